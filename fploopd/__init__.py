@@ -1,0 +1,3 @@
+"""fploopd: unattended FramePack loop generation."""
+
+__version__ = "0.1.0"

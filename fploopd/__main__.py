@@ -1,0 +1,3 @@
+from fploopd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""The ``fploopd`` command: argument parsing, logging set-up, dispatch.
+
+Each command lives in ``fploopd/commands/<name>.py`` with ``register(subparsers)`` and a
+``run(args) -> int``; modules import their heavy dependencies inside ``run`` so that
+``fploopd --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from fploopd import __version__
+from fploopd.errors import FploopdError
+
+# Command modules under fploopd.commands, in the order --help lists them.
+COMMANDS = (
+    "init",
+    "run",
+    "demo",
+    "status",
+    "submit",
+    "retry",
+    "cancel",
+    "generate",
+    "loop",
+    "connect",
+    "video2loop",
+    "decode",
+    "doctor",
+    "models",
+    "bench",
+)
+
+
+def add_root_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(os.environ.get("FPLOOPD_ROOT", ".")),
+        help="the fploopd root folder (default: $FPLOOPD_ROOT or the current folder)",
+    )
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="auto",
+        help="'tiny' (embedded test family), 'auto' (FramePack weights wherever found) or a folder",
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or a comma list (default: auto)")
+    parser.add_argument(
+        "--vram",
+        choices=("auto", "high", "low"),
+        default="auto",
+        help="keep every model resident (high) or offload between uses (low); auto decides from free memory",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fploopd", description="Unattended FramePack loop generator.")
+    parser.add_argument("--version", action="version", version=f"fploopd {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("FPLOOPD_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"fploopd.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"fploopd.commands.{name}":
+                raise
+            continue  # not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from fploopd.logs import configure_logging
+
+    configure_logging(level=args.log_level)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except FploopdError as exc:
+        where = ", ".join(f"{k}: {v}" for k, v in (("file", exc.file), ("field", exc.field)) if v)
+        print(f"fploopd: {exc.message}" + (f" ({where})" if where else ""), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

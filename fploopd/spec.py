@@ -1,0 +1,100 @@
+"""The job specification: one pydantic model for sidecars, profiles and the one-shot commands.
+
+Every field is bounded; unknown keys are refused, so a typo such as ``promt`` is an error instead
+of a silent fallback to a default. Defaults are FramePack's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Pipeline = Literal["loop", "connect", "video2loop", "i2v"]
+OutputKind = Literal["mp4", "webp", "gif", "prores", "png"]
+
+# Bare file names only: no separators, nothing hidden (which also rules out "." and "..").
+_BARE_NAME = re.compile(r"^[^/\\\x00.][^/\\\x00]{0,254}$")
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+MAX_SEED = 2**63 - 1
+DEFAULT_SEED = 31337
+TEACACHE_DEFAULT_THRESHOLD = 0.15
+
+
+class GenerationSettings(BaseModel):
+    """Settings a profile may set and a sidecar may override."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    main_sections: Annotated[int, Field(ge=1, le=32)] = 1
+    connection_sections: Annotated[int, Field(ge=1, le=16)] = 1
+    padding_sections: Annotated[int, Field(ge=0, le=8)] = 0
+    loop_count: Annotated[int, Field(ge=1, le=100)] = 1
+    steps: Annotated[int, Field(ge=1, le=100)] = 25
+    distilled_guidance: Annotated[float, Field(ge=1.0, le=32.0)] = 10.0
+    cfg: Annotated[float, Field(ge=1.0, le=32.0)] = 1.0
+    cfg_rescale: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    negative_prompt: Annotated[str, Field(max_length=2000)] = ""
+    resolution: Annotated[int, Field(ge=64, le=1280, multiple_of=16)] = 640
+    window: Annotated[int, Field(ge=1, le=33)] = 9
+    # false = off, true = FramePack's threshold (0.15), a number = that threshold.
+    teacache: bool | Annotated[float, Field(gt=0.0, le=1.0)] = False
+    crf: Annotated[int, Field(ge=0, le=51)] = 16
+    fps: Annotated[int, Field(ge=1, le=120)] = 30
+    decode: bool = True
+    outputs: Annotated[list[OutputKind], Field(min_length=1, max_length=5)] = ["mp4"]
+    count: Annotated[int, Field(ge=1, le=100)] = 1
+    consecutive_seeds: bool = False
+    priority: Annotated[int, Field(ge=-100, le=100)] = 0
+
+    @field_validator("outputs")
+    @classmethod
+    def _unique_outputs(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("outputs must not repeat a kind")
+        return value
+
+    @property
+    def teacache_threshold(self) -> float | None:
+        if self.teacache is False:
+            return None
+        if self.teacache is True:
+            return TEACACHE_DEFAULT_THRESHOLD
+        return float(self.teacache)
+
+
+class JobSpec(GenerationSettings):
+    """A complete job: what to make, from which files, with which settings."""
+
+    prompt: Annotated[str, Field(max_length=4000)]
+    pipeline: Pipeline | None = None
+    profile: Annotated[str, Field(pattern=_PROFILE_NAME.pattern)] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    image: Annotated[str, Field(pattern=_BARE_NAME.pattern)] | None = None
+    video: Annotated[str, Field(pattern=_BARE_NAME.pattern)] | None = None
+    head: Annotated[str, Field(pattern=_BARE_NAME.pattern)] | None = None
+    tail: Annotated[str, Field(pattern=_BARE_NAME.pattern)] | None = None
+    tags: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=16)] = []
+
+    @model_validator(mode="after")
+    def _media_fields_fit_pipeline(self) -> JobSpec:
+        allowed = MEDIA_FIELDS.get(self.pipeline) if self.pipeline else None
+        if allowed is None:
+            return self
+        for name in ("image", "video", "head", "tail"):
+            if getattr(self, name) is not None and name not in allowed:
+                raise ValueError(f"field {name!r} is not used by the {self.pipeline} pipeline (it takes {', '.join(allowed)})")
+        return self
+
+
+# Which media fields each pipeline reads, in order.
+MEDIA_FIELDS: dict[str, tuple[str, ...]] = {
+    "loop": ("image",),
+    "i2v": ("image",),
+    "connect": ("head", "tail"),
+    "video2loop": ("video",),
+}
+
+SETTINGS_FIELDS = tuple(GenerationSettings.model_fields)
