@@ -1,0 +1,82 @@
+"""One job = ``count`` generations of one pipeline over one set of inputs."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fploopd.spec import JobSpec
+
+if TYPE_CHECKING:
+    from fploopd.engine.components import Components
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a job is. Indices are 1-based; ``step`` 0 means the phase has just begun."""
+
+    phase: str  # "encode" | "sample" | "decode" | "write"
+    generation: int = 1
+    generations: int = 1
+    section: int = 0
+    sections: int = 0
+    step: int = 0
+    steps: int = 0
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    path: Path
+    kind: str  # "1loop", "loop", "connect", "i2v", "latent", "preview", "webp", "gif", "prores", "png"
+    seed: int
+    frames: int | None = None
+    fps: float | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.frames is None or not self.fps else self.frames / self.fps
+
+
+@dataclass
+class JobResult:
+    outputs: list[OutputFile]
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def pick_seeds(spec: JobSpec) -> list[int]:
+    """Seeds for ``spec.count`` generations, decided once and recorded before any work.
+
+    A given seed is used for the first generation; further ones are random unless the user asked
+    for consecutive seeds.
+    """
+    if spec.seed is None:
+        return [secrets.randbits(63) for _ in range(spec.count)]
+    if spec.consecutive_seeds:
+        return [spec.seed + i for i in range(spec.count)]
+    return [spec.seed] + [secrets.randbits(63) for _ in range(spec.count - 1)]
+
+
+def run_job(
+    spec: JobSpec,
+    inputs: dict[str, Path],
+    out_dir: Path,
+    *,
+    name: str,
+    seeds: list[int],
+    components: Components,
+    work_dir: Path,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> JobResult:
+    """Run every generation of ``spec`` and write its outputs into ``out_dir``.
+
+    ``inputs`` maps the pipeline's media fields (``image``, ``video``, ``head``, ``tail``) to files.
+    Section checkpoints live under ``work_dir``: calling again after a crash resumes from them and
+    gives the same result as an uninterrupted run. ``should_stop`` is polled between sampling steps;
+    when it returns true the job raises ``Cancelled`` and keeps its last checkpoint.
+    """
+    raise NotImplementedError("pipelines land with the pipelines issue")
