@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fploopd.media.limits import MediaLimits
 from fploopd.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -71,6 +73,7 @@ def run_job(
     work_dir: Path,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    limits: MediaLimits | None = None,
 ) -> JobResult:
     """Run every generation of ``spec`` and write its outputs into ``out_dir``.
 
@@ -79,4 +82,25 @@ def run_job(
     gives the same result as an uninterrupted run. ``should_stop`` is polled between sampling steps;
     when it returns true the job raises ``Cancelled`` and keeps its last checkpoint.
     """
-    raise NotImplementedError("pipelines land with the pipelines issue")
+    from fploopd.pipelines.runners import RUNNERS, JobContext
+
+    if spec.pipeline not in RUNNERS:
+        raise ValueError(f"spec.pipeline must be one of {sorted(RUNNERS)}, got {spec.pipeline!r}")
+    if len(seeds) != spec.count:
+        raise ValueError(f"{spec.count} generations need {spec.count} seeds, got {len(seeds)}")
+    ctx = JobContext(
+        spec=spec,
+        inputs=inputs,
+        out_dir=Path(out_dir),
+        name=name,
+        components=components,
+        work_dir=Path(work_dir),
+        progress=progress,
+        should_stop=should_stop,
+        limits=limits or MediaLimits(),
+    )
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    outputs = RUNNERS[spec.pipeline](ctx, seeds)
+    return JobResult(outputs, list(seeds), {"total_s": round(time.monotonic() - started, 3)})

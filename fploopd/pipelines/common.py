@@ -1,0 +1,144 @@
+"""What every pipeline does the same way: conditioning, the model callable, progress and stopping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from loguru import logger
+
+from fploopd.engine.components import Components
+from fploopd.engine.denoiser import Guidance, TransformerFn, prompt_kwargs
+from fploopd.core.assemble import DecodePlan, run_plan
+from fploopd.engine.encode import (
+    encode_image,
+    encode_prompt,
+    find_bucket,
+    resize_and_center_crop,
+    vae_decode,
+    vae_encode,
+)
+from fploopd.engine.sections import Checkpoint, Conditioning, SectionState
+from fploopd.errors import Cancelled
+from fploopd.media.frames import frames_to_tensor
+from fploopd.pipelines.job import Progress
+from fploopd.spec import GenerationSettings
+
+TRANSFORMER_DTYPE = torch.bfloat16
+
+
+def guidance_of(settings: GenerationSettings) -> Guidance:
+    return Guidance(distilled=settings.distilled_guidance, cfg=settings.cfg, rescale=settings.cfg_rescale)
+
+
+def make_model(components: Components, settings: GenerationSettings) -> TransformerFn:
+    """The transformer callable for this job's settings (TeaCache threshold included)."""
+    from fploopd.engine.forward import TransformerRunner
+
+    return TransformerRunner(components.transformer, teacache_threshold=settings.teacache_threshold)
+
+
+def encode_conditioning(
+    components: Components, prompt: str, negative_prompt: str, settings: GenerationSettings, image: np.ndarray
+) -> Conditioning:
+    """Prompt (and the negative only when cfg needs it) and the image's SigLIP embedding."""
+    device = components.device
+    with components.on_device(components.text_encoder), components.on_device(components.text_encoder_2):
+        positive = encode_prompt(components, prompt)
+        negative = encode_prompt(components, negative_prompt) if settings.cfg != 1.0 else positive.zeros()
+    with components.on_device(components.image_encoder):
+        image_embeds = encode_image(components, image)
+    g = settings.distilled_guidance
+    return Conditioning(
+        positive=prompt_kwargs(positive, g, device, TRANSFORMER_DTYPE),
+        negative=prompt_kwargs(negative, g, device, TRANSFORMER_DTYPE),
+        image_embeds=image_embeds.to(device, TRANSFORMER_DTYPE),
+    )
+
+
+@dataclass
+class Reporter:
+    """Turns sampler steps into ``Progress`` reports and honours a stop request between steps."""
+
+    progress: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    generation: int = 1
+    generations: int = 1
+
+    def phase(self, name: str, section: int = 0, sections: int = 0) -> None:
+        self.check_stop()
+        if self.progress is not None:
+            self.progress(Progress(name, self.generation, self.generations, section, sections))
+
+    def check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("stopped between steps; the last section checkpoint is kept")
+
+    def step_hook(self, section: int, sections: int, steps: int) -> Callable[[int], None]:
+        def on_step(i: int) -> None:
+            if self.progress is not None:
+                self.progress(Progress("sample", self.generation, self.generations, section, sections, i + 1, steps))
+            self.check_stop()
+
+        return on_step
+
+
+SectionStep = Callable[[int, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def drive_sections(
+    sections: int,
+    initial: torch.Tensor,
+    step: SectionStep,
+    *,
+    seed: int,
+    checkpoint: Checkpoint | None,
+    reporter: Reporter,
+) -> torch.Tensor:
+    """Run ``step(k, history, generator) -> history`` for each section, checkpointing after each.
+
+    One CPU generator, seeded once, feeds every section in order. With a checkpoint on disk the
+    run continues after its last completed section, with the generator state it had there, so the
+    result is identical to an uninterrupted run.
+    """
+    generator = torch.Generator("cpu").manual_seed(seed)
+    history, done = initial, 0
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        history, done = state.tensors["history"], state.done
+        generator.set_state(state.rng_state)
+        logger.info("resuming after section {} of {}", done, sections)
+    for k in range(done, sections):
+        reporter.phase("sample", k + 1, sections)
+        history = step(k, history, generator)
+        if checkpoint is not None:
+            checkpoint.save(SectionState(k + 1, {"history": history}, generator.get_state()))
+    return history
+
+
+@dataclass(frozen=True)
+class StartImage:
+    """The input image fitted to its bucket, and its latent."""
+
+    pixels: np.ndarray  # uint8 (H, W, 3) at the bucket size
+    latent: torch.Tensor  # (1, 16, 1, H/8, W/8) float32, CPU
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return self.latent.shape[-2], self.latent.shape[-1]
+
+
+def prepare_image(components: Components, image: np.ndarray, resolution: int) -> StartImage:
+    height, width = find_bucket(image.shape[0], image.shape[1], resolution)
+    fitted = resize_and_center_crop(image, width, height)
+    with components.on_device(components.vae):
+        latent = vae_encode(components, frames_to_tensor(fitted[None])[None])
+    return StartImage(fitted, latent)
+
+
+def decode_with_plan(components: Components, latents: torch.Tensor, plan: DecodePlan) -> torch.Tensor:
+    """Frames (1, 3, T, H, W) in [-1, 1] for ``latents`` decoded by ``plan``."""
+    with components.on_device(components.vae):
+        return run_plan(plan, lambda start, count: vae_decode(components, latents[:, :, start : start + count]))

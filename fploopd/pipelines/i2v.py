@@ -1,0 +1,64 @@
+"""Plain FramePack image-to-video: sections generated backwards in time from the input image."""
+
+from __future__ import annotations
+
+import torch
+
+from fploopd.core.assemble import linear_plan
+from fploopd.core.plan import inverted_section, original_paddings
+from fploopd.engine.components import Components
+from fploopd.engine.denoiser import TransformerFn
+from fploopd.engine.sections import Checkpoint, Conditioning, SectionContext, sample_section
+from fploopd.pipelines.common import Reporter, StartImage, decode_with_plan, drive_sections, guidance_of
+from fploopd.spec import GenerationSettings
+
+CONTEXT = 1 + 2 + 16  # post, 2x, 4x latents taken from the history
+
+
+def generate_latents(
+    components: Components,
+    model: TransformerFn,
+    cond: Conditioning,
+    start: StartImage,
+    settings: GenerationSettings,
+    seed: int,
+    *,
+    checkpoint: Checkpoint | None = None,
+    reporter: Reporter | None = None,
+) -> torch.Tensor:
+    """The video's latents in time order; the start latent first. ``main_sections`` sections."""
+    reporter = reporter or Reporter()
+    window, paddings = settings.window, original_paddings(settings.main_sections)
+    h, w = start.latent_size
+
+    def step(k: int, history: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        context = SectionContext(
+            inverted_section(paddings[k] * window, window),
+            clean=torch.cat([start.latent, history[:, :, :1]], dim=2),
+            history_2x=history[:, :, 1:3],
+            history_4x=history[:, :, 3:CONTEXT],
+        )
+        new = sample_section(
+            model,
+            cond,
+            context,
+            latent_size=(h, w),
+            steps=settings.steps,
+            generator=generator,
+            guidance=guidance_of(settings),
+            device=components.device,
+            on_step=reporter.step_hook(k + 1, len(paddings), settings.steps),
+        )
+        if paddings[k] == 0:  # the earliest section begins with the input image itself
+            new = torch.cat([start.latent, new], dim=2)
+        return torch.cat([new, history], dim=2)
+
+    initial = torch.zeros(1, start.latent.shape[1], CONTEXT, h, w)
+    history = drive_sections(len(paddings), initial, step, seed=seed, checkpoint=checkpoint, reporter=reporter)
+    return history[:, :, : history.shape[2] - CONTEXT]
+
+
+def decode(components: Components, latents: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+    window, sections = settings.window, settings.main_sections
+    sizes = [window] * (sections - 1) + [window + 1]
+    return decode_with_plan(components, latents, linear_plan(sizes, window))

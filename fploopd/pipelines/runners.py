@@ -1,0 +1,165 @@
+"""Per-pipeline job runners: encode once, then generate, decode and write each seed's outputs."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from fploopd.engine.components import Components
+from fploopd.engine.sections import Checkpoint, fingerprint
+from fploopd.errors import InputError
+from fploopd.media import concat_repeat, latent_preview, load_image, save_png_atomic, tensor_to_frames, write_outputs
+from fploopd.media.limits import MediaLimits
+from fploopd.pipelines import i2v, loop
+from fploopd.pipelines.common import Reporter, encode_conditioning, make_model, prepare_image
+from fploopd.pipelines.job import OutputFile, Progress
+from fploopd.pipelines.latentfile import save_latents
+from fploopd.spec import JobSpec
+
+# Settings that change only how results are written, not the latents a checkpoint holds.
+_OUTPUT_ONLY = {"outputs", "crf", "fps", "decode", "loop_count", "count", "consecutive_seeds", "priority", "tags", "profile", "seed"}
+
+
+@dataclass
+class JobContext:
+    spec: JobSpec
+    inputs: dict[str, Path]
+    out_dir: Path
+    name: str
+    components: Components
+    work_dir: Path
+    progress: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    limits: MediaLimits = field(default_factory=MediaLimits)
+
+    def reporter(self, generation: int, generations: int) -> Reporter:
+        return Reporter(self.progress, self.should_stop, generation, generations)
+
+    @cached_property
+    def input_hashes(self) -> dict[str, str]:
+        return {k: _sha256(p) for k, p in sorted(self.inputs.items())}
+
+    def checkpoint(self, seed: int) -> Checkpoint:
+        settings = self.spec.model_dump(exclude=_OUTPUT_ONLY)
+        key = fingerprint(settings=settings, seed=seed, inputs=self.input_hashes, model=self.components.identity)
+        return Checkpoint(self.work_dir / f"checkpoint-{seed}.safetensors", key)
+
+    def base(self, seed: int, suffix: str = "") -> Path:
+        return self.out_dir / (f"{self.name}_{seed}" + (f"_{suffix}" if suffix else ""))
+
+    def input(self, field_name: str) -> Path:
+        try:
+            return self.inputs[field_name]
+        except KeyError:
+            raise InputError(f"the {self.spec.pipeline} pipeline needs a {field_name!r} file", field=field_name) from None
+
+
+def _with_ext(base: Path, ext: str) -> Path:
+    """Appended, never ``with_suffix``: job names may contain dots."""
+    return base.with_name(base.name + ext)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_video(ctx: JobContext, frames: torch.Tensor, seed: int, suffix: str, kind: str) -> list[OutputFile]:
+    """Every requested output kind of one clip; the mp4 is the one named ``kind``."""
+    pixels = tensor_to_frames(frames)
+    fps = ctx.spec.fps
+    paths = write_outputs(pixels, fps, ctx.base(seed, suffix), ctx.spec.outputs, ctx.spec.crf)
+    return [
+        OutputFile(path, kind if k == "mp4" else k, seed, len(pixels), fps)
+        for k, path in zip(ctx.spec.outputs, paths)
+    ]
+
+
+def write_loop(ctx: JobContext, frames: torch.Tensor, seed: int) -> list[OutputFile]:
+    """The 1-loop clip in every requested kind, and the N-loop mp4 as its packets repeated."""
+    outputs = write_video(ctx, frames, seed, "1loop", "1loop")
+    n = ctx.spec.loop_count
+    one = next((o for o in outputs if o.kind == "1loop"), None)
+    if n > 1 and one is not None:
+        path = concat_repeat(one.path, _with_ext(ctx.base(seed, f"loop_{n}"), ".mp4"), n)
+        outputs.append(OutputFile(path, "loop", seed, one.frames * n, one.fps))
+    return outputs
+
+
+def check_loop_settings(spec: JobSpec) -> None:
+    if spec.main_sections * spec.window < 4:
+        raise InputError(
+            f"a loop's connection needs at least 4 main latents: main_sections x window = "
+            f"{spec.main_sections} x {spec.window} = {spec.main_sections * spec.window}",
+            field="main_sections",
+        )
+
+
+def run_loop(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
+    spec, components = ctx.spec, ctx.components
+    check_loop_settings(spec)
+    first = ctx.reporter(1, len(seeds))
+    first.phase("encode")
+    start = prepare_image(components, load_image(ctx.input("image"), ctx.limits), spec.resolution)
+    cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, start.pixels)
+    model = make_model(components, spec)
+    outputs: list[OutputFile] = []
+    for g, seed in enumerate(seeds, start=1):
+        reporter = ctx.reporter(g, len(seeds))
+        latents = loop.generate_latents(
+            components, model, cond, start, spec, seed, checkpoint=ctx.checkpoint(seed), reporter=reporter
+        )
+        reporter.phase("write" if not spec.decode else "decode")
+        if not spec.decode:
+            outputs += write_loop_latents(ctx, latents, seed)
+            continue
+        frames = loop.decode(components, latents)
+        reporter.phase("write")
+        outputs += write_loop(ctx, frames, seed)
+    return outputs
+
+
+def write_loop_latents(ctx: JobContext, latents: loop.LoopLatents, seed: int) -> list[OutputFile]:
+    """Latent-only mode: the loop's latents with their settings, and a preview strip per section."""
+    base = ctx.base(seed, "latent")
+    tensors = {"main": latents.main, "connection": latents.connection}
+    data = _with_ext(base, ".safetensors")
+    save_latents(data, tensors, ctx.spec, seed=seed, name=ctx.name, model=ctx.components.identity)
+    both = torch.cat([latents.main, latents.connection], dim=2)[0]
+    preview = latent_preview(both, [latents.window] * latents.sections)
+    png = save_png_atomic(preview, _with_ext(base, ".png"))
+    return [OutputFile(data, "latent", seed), OutputFile(png, "preview", seed)]
+
+
+def run_i2v(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
+    spec, components = ctx.spec, ctx.components
+    first = ctx.reporter(1, len(seeds))
+    first.phase("encode")
+    start = prepare_image(components, load_image(ctx.input("image"), ctx.limits), spec.resolution)
+    cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, start.pixels)
+    model = make_model(components, spec)
+    outputs: list[OutputFile] = []
+    for g, seed in enumerate(seeds, start=1):
+        reporter = ctx.reporter(g, len(seeds))
+        latents = i2v.generate_latents(
+            components, model, cond, start, spec, seed, checkpoint=ctx.checkpoint(seed), reporter=reporter
+        )
+        reporter.phase("decode")
+        frames = i2v.decode(components, latents, spec)
+        reporter.phase("write")
+        outputs += write_video(ctx, frames, seed, "", "video")
+    return outputs
+
+
+RUNNERS: dict[str, Callable[[JobContext, list[int]], list[OutputFile]]] = {
+    "loop": run_loop,
+    "i2v": run_i2v,
+}
