@@ -6,12 +6,27 @@ A reader (OBS, an editing tool, the daemon after a crash) sees either nothing or
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+@functools.cache
+def _umask() -> int:
+    # os.umask can only be read by setting it; do it once, before any worker threads write files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: Path, *, folder: bool = False) -> None:
+    """Give a temp file (mkstemp: 0600) the mode a plain ``open`` would: OBS, editors and SMB
+    shares often read the outbox as another user."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
 def fsync_dir(path: Path) -> None:
@@ -41,6 +56,7 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     yield tmp
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+    public_mode(tmp)
     os.replace(tmp, target)
     fsync_dir(target.parent)
 
