@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from loguru import logger
 
-from fploopd.engine.components import Components
-from fploopd.engine.denoiser import Guidance, TransformerFn, prompt_kwargs
 from fploopd.core.assemble import DecodePlan, run_plan
+from fploopd.engine.denoiser import Guidance, TransformerFn, prompt_kwargs
 from fploopd.engine.encode import (
     encode_image,
     encode_prompt,
@@ -25,6 +25,9 @@ from fploopd.errors import Cancelled
 from fploopd.media.frames import frames_to_tensor
 from fploopd.pipelines.job import Progress
 from fploopd.spec import GenerationSettings
+
+if TYPE_CHECKING:
+    from fploopd.engine.components import Components
 
 TRANSFORMER_DTYPE = torch.bfloat16
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError, safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fploopd.errors import InputError
@@ -49,7 +49,7 @@ def load_latents(path: Path) -> tuple[dict[str, torch.Tensor], JobSpec, int, str
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"{path.name} is not a readable safetensors latent file: {exc}", file=path.name) from exc
     if meta.get("format") != FORMAT:
         raise InputError(f"{path.name} is a safetensors file but not an fploopd latent file", file=path.name)

@@ -11,16 +11,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from fploopd.core.assemble import ring_latents, ring_plan
 from fploopd.core.plan import connection_history_4x, inverted_section, original_paddings
-from fploopd.engine.components import Components
 from fploopd.engine.denoiser import TransformerFn
-from fploopd.engine.sections import Checkpoint, Conditioning, SectionContext, sample_section
-from fploopd.pipelines.common import Reporter, StartImage, decode_with_plan, drive_sections, guidance_of
+from fploopd.engine.sections import (
+    Checkpoint,
+    Conditioning,
+    SectionContext,
+    sample_section,
+)
+from fploopd.pipelines.common import (
+    Reporter,
+    StartImage,
+    decode_with_plan,
+    drive_sections,
+    guidance_of,
+)
 from fploopd.spec import GenerationSettings
+
+if TYPE_CHECKING:
+    from fploopd.engine.components import Components
 
 MAIN_CONTEXT = 1 + 2 + 16
 

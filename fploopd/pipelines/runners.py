@@ -7,19 +7,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from fploopd.engine.components import Components
 from fploopd.engine.sections import Checkpoint, fingerprint
 from fploopd.errors import InputError
-from fploopd.media import concat_repeat, latent_preview, load_image, save_png_atomic, tensor_to_frames, write_outputs
+from fploopd.media import (
+    concat_repeat,
+    latent_preview,
+    load_image,
+    save_png_atomic,
+    tensor_to_frames,
+    write_outputs,
+)
 from fploopd.media.limits import MediaLimits
 from fploopd.pipelines import i2v, loop
-from fploopd.pipelines.common import Reporter, encode_conditioning, make_model, prepare_image
+from fploopd.pipelines.common import (
+    Reporter,
+    encode_conditioning,
+    make_model,
+    prepare_image,
+)
 from fploopd.pipelines.job import OutputFile, Progress
 from fploopd.pipelines.latentfile import save_latents
 from fploopd.spec import JobSpec
+
+if TYPE_CHECKING:
+    from fploopd.engine.components import Components
 
 # Settings that change only how results are written, not the latents a checkpoint holds.
 _OUTPUT_ONLY = {"outputs", "crf", "fps", "decode", "loop_count", "count", "consecutive_seeds", "priority", "tags", "profile", "seed"}
@@ -159,7 +174,12 @@ def run_i2v(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
     return outputs
 
 
+from fploopd.pipelines.connect import run_connect  # noqa: E402 - they import this module's writers lazily
+from fploopd.pipelines.video2loop import run_video2loop  # noqa: E402
+
 RUNNERS: dict[str, Callable[[JobContext, list[int]], list[OutputFile]]] = {
     "loop": run_loop,
     "i2v": run_i2v,
+    "connect": run_connect,
+    "video2loop": run_video2loop,
 }
