@@ -1,0 +1,341 @@
+"""Load the FramePack components and place them on a device under a VRAM policy.
+
+Dtypes follow FramePack: the transformer always runs in bf16; the text encoders, VAE and SigLIP in
+fp16 on an accelerator and fp32 on CPU. Two VRAM modes:
+
+- ``high``: every model resident on the device.
+- ``low``: a full-size section fits in about 8 GiB. The transformer and the Llama text encoder
+  (26 GB and 16 GB of weights) are group-offloaded block by block (diffusers hooks move each block
+  in just before it runs); CLIP, SigLIP and the VAE wait on the CPU and move in only for their
+  phase (``Components.on_device``); VAE tiling and slicing are on, as FramePack does in low VRAM.
+
+On CPU nothing is offloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from loguru import logger
+
+from fploopd.engine.sources import COMPONENTS, ModelPaths
+from fploopd.errors import FploopdError, ModelError
+
+GB = 10**9
+GiB = 2**30
+# Full-size weights at their run dtypes: transformer 13B bf16, Llama 3 8B fp16, SigLIP-so400m,
+# CLIP-L text and the HunyuanVideo VAE in fp16.
+FULL_SIZE_RESIDENT_BYTES = 26 * GB + 16 * GB + int(0.9 * GB) + int(0.25 * GB) + int(0.5 * GB)
+# Free memory needed to keep everything resident, as a multiple of the weights: room for the
+# transformer's activations at the 640 bucket and an untiled VAE decode. 43.65 GB x 1.4 = 61 GB,
+# in line with FramePack's own "more than 60 GB free" rule.
+HIGH_VRAM_FACTOR = 1.4
+VRAM_MODES = ("auto", "high", "low")
+VARIANTS = ("i2v", "f1")
+# Components that low mode group-offloads; the others move whole (on_device).
+GROUP_OFFLOADED = ("transformer", "text_encoder")
+MODEL_NAMES = ("transformer", "text_encoder", "text_encoder_2", "vae", "image_encoder")
+_HASH_CONTENT_MAX = 1 << 20  # files up to 1 MiB are hashed whole; bigger ones by name and size
+_BLOB = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class Components:
+    """Every model FramePack needs, on one device, with how they are placed."""
+
+    transformer: Any
+    text_encoder: Any
+    tokenizer: Any
+    text_encoder_2: Any
+    tokenizer_2: Any
+    vae: Any
+    image_encoder: Any
+    feature_extractor: Any
+    device: torch.device
+    vram: str  # "high" | "low"
+    identity: dict[str, Any]
+    variant: str = "i2v"
+    offloaded: frozenset[str] = field(default_factory=frozenset)  # names under group-offload hooks
+
+    @property
+    def transformer_dtype(self) -> torch.dtype:
+        return torch.bfloat16
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the text encoders, the VAE and SigLIP (fp16 on an accelerator, fp32 on CPU)."""
+        return encoder_dtype(self.device)
+
+    @contextlib.contextmanager
+    def on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
+        """Have ``modules`` on the device for a phase; in low mode move them back to the CPU after.
+
+        A no-op in high mode, on CPU, and for group-offloaded models (their hooks do the moving).
+        Nesting is fine: only the call that moved a module moves it back.
+        """
+        if self.vram != "low" or self.device.type == "cpu":
+            yield
+            return
+        hooked = {id(getattr(self, n)) for n in self.offloaded}
+        moved = [m for m in modules if id(m) not in hooked and _module_device(m) != self.device]
+        for m in moved:
+            m.to(self.device)
+        try:
+            yield
+        finally:
+            for m in moved:
+                m.to("cpu")
+            if moved and self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def encoder_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` = the first CUDA GPU if there is one, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if "," in device:
+        raise FploopdError(f"one device per model set, got {device!r}; the daemon starts one worker per device")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise FploopdError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FploopdError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu or fix the driver")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FploopdError(f"device {device!r} does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
+
+
+def choose_vram(free_bytes: int, total_bytes: int, override: str, *, resident_bytes: int = FULL_SIZE_RESIDENT_BYTES) -> str:
+    """``high`` or ``low`` from the device's free and total memory and the user's choice.
+
+    ``auto`` keeps everything resident only when the free memory covers the weights
+    (``resident_bytes``, the full-size set by default) with room for activations. An explicit
+    ``high`` on a device that cannot even hold the weights is refused now rather than at the first
+    out-of-memory error.
+    """
+    if override not in VRAM_MODES:
+        raise ValueError(f"vram must be one of {', '.join(VRAM_MODES)}, got {override!r}")
+    if override == "low":
+        return "low"
+    if override == "high":
+        if total_bytes < resident_bytes:
+            raise ModelError(
+                f"--vram high needs at least {resident_bytes / GiB:.1f} GiB for the weights alone, but the GPU has "
+                f"{total_bytes / GiB:.1f} GiB in all; use --vram low or --vram auto"
+            )
+        return "high"
+    return "high" if free_bytes >= high_vram_threshold(resident_bytes) else "low"
+
+
+def high_vram_threshold(resident_bytes: int = FULL_SIZE_RESIDENT_BYTES) -> int:
+    """Free bytes from which ``auto`` keeps everything resident (about 61 GB for the full-size set)."""
+    return int(resident_bytes * HIGH_VRAM_FACTOR)
+
+
+def load_components(paths: ModelPaths, device: str = "auto", vram: str = "auto", variant: str = "i2v") -> Components:
+    """Load every component with the same ``from_pretrained`` calls as FramePack, then place them."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if vram not in VRAM_MODES:
+        raise ValueError(f"vram must be one of {', '.join(VRAM_MODES)}, got {vram!r}")
+    transformer_path = paths.transformer if variant == "i2v" else paths.transformer_f1
+    if transformer_path is None:
+        raise ModelError(
+            f"the F1 transformer ({COMPONENTS['transformer_f1'].repo}) was not found in {paths.source}; "
+            "put it beside the other weights or use the i2v variant",
+            field="model",
+        )
+    dev = resolve_device(device)
+    low = encoder_dtype(dev)
+    with quiet_progress():
+        models = {
+            "transformer": _load("transformer", transformer_path, _transformer_loader()),
+            "text_encoder": _load("text_encoder", paths.text_encoder, _hf_loader("LlamaModel", low)),
+            "tokenizer": _load("tokenizer", paths.tokenizer, _hf_loader("AutoTokenizer")),
+            "text_encoder_2": _load("text_encoder_2", paths.text_encoder_2, _hf_loader("CLIPTextModel", low)),
+            "tokenizer_2": _load("tokenizer_2", paths.tokenizer_2, _hf_loader("CLIPTokenizer")),
+            "vae": _load("vae", paths.vae, _vae_loader(low)),
+            "image_encoder": _load("image_encoder", paths.image_encoder, _hf_loader("SiglipVisionModel", low)),
+            "feature_extractor": _load("feature_extractor", paths.feature_extractor, _feature_extractor_loader()),
+        }
+    for name in MODEL_NAMES:
+        models[name].eval().requires_grad_(False)
+    mode = "high"
+    if dev.type == "cuda":
+        free, total = torch.cuda.mem_get_info(dev)
+        resident = sum(_module_bytes(models[n]) for n in MODEL_NAMES)
+        mode = choose_vram(free, total, vram, resident_bytes=resident)
+        logger.info("VRAM: {:.1f} GiB free of {:.1f} GiB, weights {:.1f} GiB: {} mode", free / GiB, total / GiB, resident / GiB, mode)
+    elif vram == "low":
+        logger.info("--vram low has no effect on {}: nothing is offloaded", dev)
+    components = Components(
+        **models, device=dev, vram=mode, identity=model_identity(paths, variant), variant=variant
+    )
+    place(components)
+    return components
+
+
+def place(components: Components, *, use_stream: bool | None = None) -> None:
+    """Put the models where ``components.vram`` says (low mode: install the offload hooks)."""
+    dev = components.device
+    if components.vram == "high" or dev.type == "cpu":
+        for name in MODEL_NAMES:
+            getattr(components, name).to(dev)
+        return
+    stream = dev.type == "cuda" if use_stream is None else use_stream
+    # The transformer runs every step: prefetch the next block on a side stream, from pinned memory.
+    _group_offload(components.transformer, dev, use_stream=stream, low_cpu_mem_usage=False)
+    # The Llama runs once per prompt: pin on the fly rather than holding 16 GB pinned.
+    _group_offload(components.text_encoder, dev, use_stream=stream, low_cpu_mem_usage=True)
+    components.vae.enable_tiling()
+    components.vae.enable_slicing()
+    components.offloaded = frozenset(GROUP_OFFLOADED)
+
+
+def _group_offload(module: torch.nn.Module, device: torch.device, *, use_stream: bool, low_cpu_mem_usage: bool) -> None:
+    from diffusers.hooks import apply_group_offloading
+
+    apply_group_offloading(
+        module,
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=use_stream,
+        low_cpu_mem_usage=low_cpu_mem_usage and use_stream,
+    )
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _load(name: str, path: Path, loader: Callable[[Path], Any]) -> Any:
+    start = time.perf_counter()
+    try:
+        obj = loader(path)
+    except Exception as exc:  # noqa: BLE001 - loaders raise many kinds (safetensors, json, torch); all mean "bad files"
+        raise ModelError(
+            f"could not load {name} from {path}: {type(exc).__name__}: {exc}. The files may be damaged, partial, or "
+            f"not {COMPONENTS[name].hub_path}; replace them (fploopd models shows where each was found)",
+            field="model",
+        ) from exc
+    logger.debug("loaded {} from {} in {:.2f}s", name, path, time.perf_counter() - start)
+    return obj
+
+
+def _transformer_loader() -> Callable[[Path], Any]:
+    def load(path: Path) -> Any:
+        from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+        return HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=torch.bfloat16)
+
+    return load
+
+
+def _vae_loader(dtype: torch.dtype) -> Callable[[Path], Any]:
+    def load(path: Path) -> Any:
+        from diffusers import AutoencoderKLHunyuanVideo
+
+        return AutoencoderKLHunyuanVideo.from_pretrained(path, torch_dtype=dtype)
+
+    return load
+
+
+def _hf_loader(class_name: str, dtype: torch.dtype | None = None) -> Callable[[Path], Any]:
+    def load(path: Path) -> Any:
+        import transformers
+
+        cls = getattr(transformers, class_name)
+        return cls.from_pretrained(path) if dtype is None else cls.from_pretrained(path, dtype=dtype)
+
+    return load
+
+
+def _feature_extractor_loader() -> Callable[[Path], Any]:
+    def load(path: Path) -> Any:
+        # FramePack preprocesses with the PIL-based SigLIP processor; transformers 5 makes the
+        # torchvision one the default, which resizes slightly differently. Keep the PIL one.
+        try:
+            from transformers import SiglipImageProcessorPil as Processor
+        except ImportError:  # transformers 4.x: the PIL one is the default
+            from transformers import SiglipImageProcessor as Processor
+        return Processor.from_pretrained(path)
+
+    return load
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """No diffusers/transformers progress bars inside (a bar per small file is noise); restored after."""
+    from diffusers.utils import logging as df_logging
+    from transformers.utils import logging as hf_logging
+
+    was = (df_logging.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled())
+    df_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            df_logging.enable_progress_bar()
+        if was[1]:
+            hf_logging.enable_progress_bar()
+
+
+# --- identity ---------------------------------------------------------------------------------
+
+
+def model_identity(paths: ModelPaths, variant: str = "i2v") -> dict[str, Any]:
+    """What a manifest records about the weights: source, and per component its folder and a
+    fingerprint of its files (stable across loads and copies; weights by their HF blob hash where
+    the HF cache gives one, by name and size when too big to hash)."""
+    comps: dict[str, dict[str, str]] = {}
+    for name in ("transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae", "image_encoder", "feature_extractor"):
+        source = "transformer_f1" if name == "transformer" and variant == "f1" else name
+        path = paths.path(source)
+        assert path is not None  # load_components checked the F1 case
+        comps[name] = {"repo": COMPONENTS[source].hub_path, "path": str(path), "sha256": folder_fingerprint(path)}
+    overall = hashlib.sha256("".join(f"{n}={c['sha256']};" for n, c in comps.items()).encode()).hexdigest()
+    return {"source": paths.source, "variant": variant, "sha256": overall, "components": comps}
+
+
+def folder_fingerprint(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        if size <= _HASH_CONTENT_MAX:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif path.is_symlink() and _BLOB.match(path.resolve().name):
+            digest = path.resolve().name  # HF cache blobs of LFS files are named by their sha256
+        else:
+            digest = f"size={size}"
+        h.update(f"{path.name}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def _module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
