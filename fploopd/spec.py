@@ -79,6 +79,12 @@ class JobSpec(GenerationSettings):
     tags: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=16)] = []
 
     @model_validator(mode="after")
+    def _latent_only_is_for_loops(self) -> JobSpec:
+        if not self.decode and self.pipeline not in (None, "loop"):
+            raise ValueError(f"decode: false (latents only) is for the loop pipeline, not {self.pipeline}")
+        return self
+
+    @model_validator(mode="after")
     def _media_fields_fit_pipeline(self) -> JobSpec:
         allowed = MEDIA_FIELDS.get(self.pipeline) if self.pipeline else None
         if allowed is None:

@@ -92,6 +92,28 @@ def ring_plan(sections: int, window: int) -> DecodePlan:
     )
 
 
+def bridge_plan(head_latents: int, sections: int, window: int, tail_latents: int) -> DecodePlan:
+    """FramePackConnect's decode of ``[head | sections x window generated | tail]`` latents.
+
+    Walks backwards: the tail alone, then each generated window with the window after it (clamped
+    to what exists), then the head with the first generated window. Consecutive decodes overlap by
+    ``4*window - 3`` frames, or by all the frames so far when fewer exist (a tail shorter than a
+    window); ``run_plan`` clamps. The result is ``4*total - 3`` frames, aligned as one causal decode.
+    """
+    if head_latents < 1 or tail_latents < 1 or sections < 1 or window < 1:
+        raise ValueError(
+            f"a bridge needs head, tail, sections and window >= 1, got {head_latents}, {tail_latents}, {sections}, {window}"
+        )
+    bridge_end = head_latents + sections * window
+    total = bridge_end + tail_latents
+    steps = [DecodeStep(bridge_end, tail_latents)]
+    for k in reversed(range(sections)):
+        start = head_latents + k * window
+        steps.append(DecodeStep(start, min(2 * window, total - start)))
+    steps.append(DecodeStep(0, head_latents + window))
+    return DecodePlan(tuple(steps), overlap=frames_for_latents(window))
+
+
 def run_plan(plan: DecodePlan, decode: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
     """Execute ``plan`` with ``decode(start, count) -> frames (..., T, H, W)``.
 
@@ -109,7 +131,8 @@ def run_plan(plan: DecodePlan, decode: Callable[[int, int], torch.Tensor]) -> to
             current = decode(step.start, step.count)
             if remaining[step] > 0:
                 cache[step] = current
-        video = current if video is None else soft_append(current, video, plan.overlap)
+        # A plan may start with fewer frames than the overlap (a connect's short tail): blend what exists.
+        video = current if video is None else soft_append(current, video, min(plan.overlap, video.shape[TIME_DIM]))
     assert video is not None
     end = video.shape[TIME_DIM] - plan.crop_back
     return video[..., plan.crop_front : end, :, :]

@@ -29,7 +29,8 @@ def frames_to_tensor(frames: np.ndarray, dtype: torch.dtype | None = None) -> to
     import torch
 
     check_frames(frames)
-    t = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
+    # A copy when read-only (PIL/PyAV buffers): torch warns on non-writable arrays.
+    t = torch.from_numpy(frames if frames.flags.writeable and frames.flags.c_contiguous else np.array(frames)).permute(3, 0, 1, 2)
     return (t.to(torch.float32) / 127.5 - 1.0).to(dtype or torch.float32)
 
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -55,5 +56,8 @@ def load_latents(path: Path) -> tuple[dict[str, torch.Tensor], JobSpec, int, str
         raise InputError(f"{path.name} is a safetensors file but not an fploopd latent file", file=path.name)
     if meta.get("version") != VERSION:
         raise InputError(f"{path.name} has latent format version {meta.get('version')}; this fploopd reads {VERSION}", file=path.name)
-    spec = JobSpec.model_validate_json(meta["spec"])
+    try:
+        spec = JobSpec.model_validate_json(meta.get("spec", ""))
+    except ValidationError as exc:
+        raise InputError(f"{path.name} carries settings this fploopd cannot use: {exc}", file=path.name) from exc
     return tensors, spec, int(meta["seed"]), meta["name"]

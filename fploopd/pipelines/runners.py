@@ -36,8 +36,9 @@ from fploopd.spec import JobSpec
 if TYPE_CHECKING:
     from fploopd.engine.components import Components
 
-# Settings that change only how results are written, not the latents a checkpoint holds.
-_OUTPUT_ONLY = {"outputs", "crf", "fps", "decode", "loop_count", "count", "consecutive_seeds", "priority", "tags", "profile", "seed"}
+# Settings that change only how results are written, not the latents a checkpoint holds. (Not fps:
+# it decides which frames of an input video are read.)
+_OUTPUT_ONLY = {"outputs", "crf", "decode", "loop_count", "count", "consecutive_seeds", "priority", "tags", "profile", "seed"}
 
 
 @dataclass

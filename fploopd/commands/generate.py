@@ -1,0 +1,21 @@
+"""``fploopd generate IMAGE``: plain FramePack image-to-video, one shot, no daemon."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fploopd.commands.oneshot import add_oneshot_options
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="one image-to-video clip from IMAGE (FramePack), without the daemon")
+    p.add_argument("image", type=Path, metavar="IMAGE", help="the start image")
+    add_oneshot_options(p, aliases={"main_sections": ["--sections"]})
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fploopd.commands.oneshot import run_oneshot
+
+    return run_oneshot(args, "i2v", {"image": args.image})

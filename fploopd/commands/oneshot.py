@@ -1,0 +1,320 @@
+"""What the one-shot commands (generate, loop, connect, video2loop) share.
+
+Their options are the sidecar's fields, generated from ``JobSpec.model_fields`` so the two can never
+drift apart, and the values are validated the way a sidecar's are (profile first, same messages).
+A run keeps its section checkpoints in ``<out>/.fploopd-work/<name>``: re-running the same command
+after an interruption resumes there (with the same seeds) and the folder goes once the job is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TextIO, Union, get_args, get_origin
+
+from fploopd.cli import add_model_options, add_root_option
+from fploopd.spec import JobSpec
+
+if TYPE_CHECKING:
+    from fploopd.pipelines.job import Progress
+
+WORK_FOLDER = ".fploopd-work"
+# Not options: the command decides the pipeline and takes the media as arguments; a one-shot run
+# has no queue for a priority to order.
+NOT_OPTIONS = {"pipeline", "image", "video", "head", "tail", "priority"}
+HELP = {
+    "prompt": "what should happen in the video (default: empty)",
+    "negative_prompt": "what should not (used only when --cfg > 1)",
+    "main_sections": "length of the main video in sections (window*4 frames each)",
+    "connection_sections": "length of the connection / bridge in sections",
+    "padding_sections": "extra blank windows before the main video starts",
+    "loop_count": "how many loops the N-loop file repeats",
+    "resolution": "bucket family size: 640 is FramePack's; smaller multiples of 16 for quick runs",
+    "window": "latents per section",
+    "steps": "sampling steps per section",
+    "distilled_guidance": "FramePack's distilled guidance scale",
+    "cfg": "real classifier-free guidance (1 = off, one model pass per step)",
+    "cfg_rescale": "std rescale of the guided prediction, 0..1",
+    "crf": "H.264 quality, lower is better",
+    "fps": "frame rate of the outputs, and the rate input videos are read at",
+    "teacache": "off, on (threshold 0.15) or a threshold in (0, 1]",
+    "decode": "decode to video (--no-decode: save latents only; loop pipeline)",
+    "outputs": "comma list of mp4, webp, gif, prores, png",
+    "count": "generations, each with its own seed",
+    "consecutive_seeds": "seed, seed+1, ... instead of random seeds after the first",
+    "seed": "the first generation's seed (default: random)",
+    "profile": "a profile: <root>/profiles/NAME.json or a shipped preset (default: default)",
+    "tags": "comma list of labels",
+}
+
+
+# --- options from the spec --------------------------------------------------------------------
+
+
+def _strip(tp: Any) -> Any:
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp
+
+
+def _bool_or_number(text: str) -> bool | float:
+    low = text.strip().lower()
+    if low in ("on", "true", "yes"):
+        return True
+    if low in ("off", "false", "no"):
+        return False
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected on, off or a number, got {text!r}") from None
+
+
+def _list_of(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        return [convert(part.strip()) for part in text.split(",") if part.strip()]
+
+    parse.__name__ = "comma list"
+    return parse
+
+
+def option_kind(annotation: Any) -> tuple[str, Callable[[str], Any] | None, str | None]:
+    """(kind, converter, metavar) for a field type: kind is "flag" or "value"."""
+    tp = _strip(annotation)
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        members = [_strip(a) for a in get_args(tp) if a is not type(None)]
+        if len(members) == 1:
+            return option_kind(members[0])
+        if set(members) == {bool, float}:
+            return "value", _bool_or_number, "on|off|N"
+        raise TypeError(f"no command-line form for {annotation!r}")
+    if tp is bool:
+        return "flag", None, None
+    if tp in (int, float, str):
+        return "value", tp, {int: "N", float: "X", str: "TEXT"}[tp]
+    if origin is Literal:
+        return "value", str, "|".join(map(str, get_args(tp)))
+    if origin is list:
+        _, convert, metavar = option_kind(get_args(tp)[0])
+        return "value", _list_of(convert or str), f"{metavar},..."
+    raise TypeError(f"no command-line form for {annotation!r}")
+
+
+def option_names(field: str) -> list[str]:
+    """``--main-sections``, and the sidecar's own spelling ``--main_sections`` too."""
+    names = [f"--{field.replace('_', '-')}"]
+    return names + [f"--{field}"] if "_" in field else names
+
+
+def add_spec_options(parser: argparse.ArgumentParser, aliases: dict[str, list[str]] | None = None) -> None:
+    """One option per sidecar field; every default is None, meaning "not given", so the profile and
+    then the spec's own defaults apply exactly as for a sidecar."""
+    aliases = aliases or {}
+    group = parser.add_argument_group("job settings (the sidecar's fields; same names, same limits)")
+    fields = sorted(JobSpec.model_fields.items(), key=lambda item: item[0] != "prompt")  # the prompt first
+    for field, info in fields:
+        if field in NOT_OPTIONS:
+            continue
+        kind, convert, metavar = option_kind(info.annotation)
+        default = "" if field == "prompt" else info.default
+        shown = json.dumps(default) if isinstance(default, (list, str)) else default
+        if field == "teacache":
+            shown = "off"
+        help_text = HELP.get(field, field.replace("_", " "))
+        if field != "prompt" and default is not None:
+            help_text += f" (default: {shown})"
+        # The sidecar's spelling (--main_sections) is accepted too; flags keep one form each.
+        names = aliases.get(field, []) + (option_names(field)[:1] if kind == "flag" else option_names(field))
+        dest = f"spec_{field}"
+        if kind == "flag":
+            group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(*names, dest=dest, type=convert, metavar=metavar, default=None, help=help_text)
+
+
+def add_oneshot_options(parser: argparse.ArgumentParser, aliases: dict[str, list[str]] | None = None) -> None:
+    add_root_option(parser)
+    add_model_options(parser)
+    parser.add_argument("--out", type=Path, default=Path("."), help="output folder (default: the current folder)")
+    parser.add_argument("--name", help="job name, the start of every output's name (default: the input's name)")
+    add_spec_options(parser, aliases)
+
+
+def given_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {k[5:]: v for k, v in vars(args).items() if k.startswith("spec_") and v is not None}
+
+
+def spec_from_args(args: argparse.Namespace, pipeline: str) -> JobSpec:
+    """The job's spec exactly as a sidecar with these fields would give it: profile, then values."""
+    from fploopd.daemon.profiles import Profiles
+    from fploopd.daemon.sidecar import effective_spec
+    from fploopd.errors import InputError
+
+    raw = given_fields(args)
+    raw.setdefault("prompt", "")
+    profiles_dir = Path(args.root) / "profiles"
+    label = "command line"
+    try:
+        return effective_spec(raw, Path(label), pipeline, Profiles(profiles_dir if profiles_dir.is_dir() else None))
+    except InputError as exc:
+        # The sidecar's message, with each field named as the option that sets it.
+        def option(match: re.Match[str]) -> str:
+            field = match.group(2)
+            known = field in JobSpec.model_fields and field not in NOT_OPTIONS
+            return f"{match.group(1)}{option_names(field)[0] if known else field}: "
+
+        message = re.sub(r"(^|; )(\w+): ", option, exc.message.removeprefix(f"{label}: "))
+        raise InputError(message, field=exc.field) from None
+
+
+# --- progress -------------------------------------------------------------------------------
+
+
+def render(p: Progress, elapsed: float, width: int = 20) -> str:
+    """One status line: generation, phase, section i/n, step j/k with a bar, elapsed time."""
+    parts = [f"[{p.generation}/{p.generations}]"] if p.generations > 1 else []
+    parts.append(f"{p.phase:<6}")
+    if p.phase == "sample" and p.sections:
+        parts.append(f"section {p.section}/{p.sections}")
+        if p.steps:
+            parts.append(f"step {p.step}/{p.steps}")
+            done = ((p.section - 1) * p.steps + p.step) / (p.sections * p.steps)
+            filled = round(done * width)
+            parts.append("[" + "#" * filled + "." * (width - filled) + "]")
+    minutes, seconds = divmod(int(elapsed), 60)
+    parts.append(f"{minutes}:{seconds:02d}")
+    return "  ".join(parts)
+
+
+class ProgressBar:
+    """Feeds on ``run_job``'s progress reports. On a terminal, one line redrawn in place; otherwise
+    (a log, a pipe) one line per phase or section, so logs stay short."""
+
+    def __init__(self, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream or sys.stderr
+        self.clock = clock
+        self.started = clock()
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.width = 0
+        self.last_key: tuple[Any, ...] | None = None
+
+    def __call__(self, p: Progress) -> None:
+        line = render(p, self.clock() - self.started)
+        if self.live:
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = max(self.width, len(line))
+        else:
+            key = (p.generation, p.phase, p.section)
+            if key == self.last_key:
+                return
+            self.last_key = key
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.live and self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.width = 0
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+def job_name(args: argparse.Namespace, first_input: Path) -> str:
+    from fploopd.errors import InputError
+    from fploopd.pipelines.decode import is_plain_name
+
+    name = args.name if args.name is not None else first_input.stem
+    if not is_plain_name(name):
+        raise InputError(f"--name {name!r} must be a plain file name (no folders, not hidden)", field="name")
+    return name
+
+
+def check_inputs(inputs: dict[str, Path]) -> None:
+    from fploopd.errors import InputError
+
+    for field, path in inputs.items():
+        if not path.is_file():
+            raise InputError(f"{path} is not a file", file=path.name, field=field)
+
+
+def seeds_for(spec: JobSpec, inputs: dict[str, Path], work_dir: Path) -> list[int]:
+    """The seeds recorded in ``work_dir`` by an interrupted run of the same job, else new ones.
+
+    Without this a random seed would differ on the re-run and its checkpoints would not apply.
+    """
+    from fploopd.engine.sections import fingerprint
+    from fploopd.fsutil import write_json_atomic
+    from fploopd.pipelines import pick_seeds
+
+    stamp = {k: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for k, p in sorted(inputs.items())}
+    key = fingerprint(spec=spec.model_dump(mode="json"), inputs=stamp)
+    record = work_dir / "seeds.json"
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        if saved.get("key") == key and len(saved.get("seeds", [])) == spec.count:
+            return [int(s) for s in saved["seeds"]]
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass  # none yet, or unreadable: start afresh
+    seeds = pick_seeds(spec)
+    write_json_atomic(record, {"key": key, "seeds": seeds})
+    return seeds
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    from fploopd.engine.components import load_components
+    from fploopd.engine.sources import resolve
+
+    return load_components(resolve(args.model), device=args.device, vram=args.vram)
+
+
+def _remove_work(work: Path) -> None:
+    """Only checkpoints and the seed record live there; outputs are in the folder above."""
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        work.parent.rmdir()
+    except OSError:
+        pass  # other jobs' work is there, or it is already gone
+
+
+def run_oneshot(args: argparse.Namespace, pipeline: str, inputs: dict[str, Path]) -> int:
+    """Validate, load the model, run the job with a progress bar, print the output paths."""
+    from loguru import logger
+
+    from fploopd.errors import InputError
+    from fploopd.pipelines import run_job
+
+    check_inputs(inputs)
+    spec = spec_from_args(args, pipeline)
+    if not spec.decode and pipeline != "loop":
+        raise InputError(f"--no-decode (latents only) is a loop feature; {pipeline} always decodes", field="decode")
+    name = job_name(args, next(iter(inputs.values())))
+    out = Path(args.out).absolute()
+    work = out / WORK_FOLDER / name
+    seeds = seeds_for(spec, inputs, work)
+    components = load_model(args)
+    bar = ProgressBar()
+    try:
+        result = run_job(spec, inputs, out, name=name, seeds=seeds, components=components, work_dir=work, progress=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted; run the same command again to resume from {work}", file=sys.stderr)
+        raise
+    except InputError:
+        _remove_work(work)  # the input is at fault: there is nothing to resume
+        raise
+    finally:
+        bar.close()
+    _remove_work(work)
+    logger.info("{} done in {:.1f} s, seeds {}", name, result.timings.get("total_s", 0.0), ", ".join(map(str, seeds)))
+    for output in result.outputs:
+        print(output.path)
+    return 0
