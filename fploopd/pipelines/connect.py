@@ -218,11 +218,6 @@ def connect_pixels(inputs: ConnectInputs, decoded: torch.Tensor) -> np.ndarray:
     return np.concatenate([inputs.head_kept, tensor_to_frames(decoded), inputs.tail_kept])
 
 
-def pixels_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 frames as the (1, 3, T, H, W) tensor the writers take; float16 converts back exactly."""
-    return frames_to_tensor(pixels, torch.float16)[None]
-
-
 def run_connect(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
     from fploopd.pipelines.runners import (
         write_video,  # runners registers this runner: import late
@@ -244,5 +239,5 @@ def run_connect(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
         reporter.phase("decode")
         decoded = decode_bridge(components, sides, bridge, spec.window)
         reporter.phase("write")
-        outputs += write_video(ctx, pixels_tensor(connect_pixels(inputs, decoded)), seed, "connect", "connect")
+        outputs += write_video(ctx, connect_pixels(inputs, decoded), seed, "connect", "connect")
     return outputs

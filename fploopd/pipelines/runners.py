@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from fploopd.engine.sections import Checkpoint, fingerprint
@@ -88,9 +89,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_video(ctx: JobContext, frames: torch.Tensor, seed: int, suffix: str, kind: str) -> list[OutputFile]:
-    """Every requested output kind of one clip; the mp4 is the one named ``kind``."""
-    pixels = tensor_to_frames(frames)
+def write_video(ctx: JobContext, frames: torch.Tensor | np.ndarray, seed: int, suffix: str, kind: str) -> list[OutputFile]:
+    """Every requested output kind of one clip (decoded pixels, or uint8 frames); the mp4 is ``kind``."""
+    pixels = frames if isinstance(frames, np.ndarray) else tensor_to_frames(frames)
     fps = ctx.spec.fps
     paths = write_outputs(pixels, fps, ctx.base(seed, suffix), ctx.spec.outputs, ctx.spec.crf)
     return [
@@ -99,7 +100,7 @@ def write_video(ctx: JobContext, frames: torch.Tensor, seed: int, suffix: str, k
     ]
 
 
-def write_loop(ctx: JobContext, frames: torch.Tensor, seed: int) -> list[OutputFile]:
+def write_loop(ctx: JobContext, frames: torch.Tensor | np.ndarray, seed: int) -> list[OutputFile]:
     """The 1-loop clip in every requested kind, and the N-loop mp4 as its packets repeated."""
     outputs = write_video(ctx, frames, seed, "1loop", "1loop")
     n = ctx.spec.loop_count

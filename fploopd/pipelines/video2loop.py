@@ -26,7 +26,6 @@ from fploopd.pipelines.connect import (
     encode_sides,
     encoded_frames,
     generate_bridge,
-    pixels_tensor,
     read_clip,
 )
 from fploopd.spec import GenerationSettings
@@ -87,5 +86,5 @@ def run_video2loop(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
         decoded = decode_bridge(components, sides, bridge, spec.window)
         reporter.phase("write")
         pixels = loop_pixels(video, bridge_frames(decoded, sides.head.shape[2], bridge.shape[2]))
-        outputs += write_loop(ctx, pixels_tensor(pixels), seed)
+        outputs += write_loop(ctx, pixels, seed)
     return outputs
