@@ -22,15 +22,21 @@ class _InterceptHandler(logging.Handler):
         logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
 
 
-def configure_logging(level: str = "INFO", log_dir: Path | None = None) -> None:
-    """Stderr always; a rotating file under ``log_dir`` when given (the daemon's ``.fploopd/logs``)."""
+def configure_logging(
+    level: str = "INFO", log_dir: Path | None = None, filename: str = "fploopd.log", tag: str = "-"
+) -> None:
+    """Stderr always; a rotating file under ``log_dir`` when given (the daemon's ``.fploopd/logs``).
+
+    ``tag`` fills the job column outside a job (a worker process names its device there). Each
+    process needs its own ``filename``: two processes must not rotate one file.
+    """
     logger.remove()
-    logger.configure(extra={"job": "-"})
+    logger.configure(extra={"job": tag})
     logger.add(sys.stderr, level=level.upper(), format=_FORMAT, colorize=None)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         logger.add(
-            log_dir / "fploopd.log",
+            log_dir / filename,
             level="DEBUG",
             format=_FORMAT,
             rotation="20 MB",

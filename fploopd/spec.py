@@ -79,6 +79,16 @@ class JobSpec(GenerationSettings):
     tags: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=16)] = []
 
     @model_validator(mode="after")
+    def _loop_has_room_for_its_connection(self) -> JobSpec:
+        # The connection's context needs 1 + 2 + at least one 4x latent from the main video.
+        if self.pipeline == "loop" and self.main_sections * self.window < 4:
+            raise ValueError(
+                f"main_sections: a loop needs main_sections x window >= 4 latents for its connection, "
+                f"got {self.main_sections} x {self.window}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _latent_only_is_for_loops(self) -> JobSpec:
         if not self.decode and self.pipeline not in (None, "loop"):
             raise ValueError(f"decode: false (latents only) is for the loop pipeline, not {self.pipeline}")
@@ -91,7 +101,7 @@ class JobSpec(GenerationSettings):
             return self
         for name in ("image", "video", "head", "tail"):
             if getattr(self, name) is not None and name not in allowed:
-                raise ValueError(f"field {name!r} is not used by the {self.pipeline} pipeline (it takes {', '.join(allowed)})")
+                raise ValueError(f"{name}: not used by the {self.pipeline} pipeline (it takes {', '.join(allowed)})")
         return self
 
 

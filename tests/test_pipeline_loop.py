@@ -108,14 +108,8 @@ def test_loop_job_writes_a_1loop_and_an_n_loop(tiny_components, image, tmp_path)
     assert probe_video(many.path, MediaLimits()).frames == 3 * frames == many.frames
 
 
-def test_too_short_main_for_a_connection_is_an_input_error(tiny_components, image, tmp_path):
-    from PIL import Image
+def test_too_short_main_for_a_connection_is_refused_with_the_spec():
+    from pydantic import ValidationError
 
-    from fploopd.errors import InputError
-
-    src = tmp_path / "in.png"
-    Image.fromarray(image).save(src)
-    spec = SPEC.model_copy(update={"window": 1, "main_sections": 3})
-    with pytest.raises(InputError, match="main_sections x window = 3 x 1 = 3") as err:
-        run_job(spec, {"image": src}, tmp_path / "o", name="x", seeds=[1], components=tiny_components, work_dir=tmp_path / "w")
-    assert err.value.field == "main_sections"
+    with pytest.raises(ValidationError, match="main_sections x window >= 4 latents for its connection, got 3 x 1"):
+        JobSpec.model_validate({**SPEC.model_dump(), "window": 1, "main_sections": 3})

@@ -111,18 +111,8 @@ def write_loop(ctx: JobContext, frames: torch.Tensor | np.ndarray, seed: int) ->
     return outputs
 
 
-def check_loop_settings(spec: JobSpec) -> None:
-    if spec.main_sections * spec.window < 4:
-        raise InputError(
-            f"a loop's connection needs at least 4 main latents: main_sections x window = "
-            f"{spec.main_sections} x {spec.window} = {spec.main_sections * spec.window}",
-            field="main_sections",
-        )
-
-
 def run_loop(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
     spec, components = ctx.spec, ctx.components
-    check_loop_settings(spec)
     first = ctx.reporter(1, len(seeds))
     first.phase("encode")
     start = prepare_image(components, load_image(ctx.input("image"), ctx.limits), spec.resolution)

@@ -1,0 +1,52 @@
+"""``fploopd demo``: make a root, drop a generated picture, run it on the tiny model, print the paths."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job out of the box: a sample loop on the tiny model, on the CPU")
+    p.add_argument("--root", type=Path, default=Path("fploopd-demo"), help="the root to make and use (default: ./fploopd-demo)")
+    p.add_argument("--model", default="tiny", help="'tiny' (default, no download), 'auto' or a folder")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fploopd.daemon.control import job_view, open_journal
+    from fploopd.daemon.demo import DEMO_SIDECAR, drop_demo
+    from fploopd.daemon.layout import Layout
+    from fploopd.daemon.rootinit import init_root
+    from fploopd.daemon.settings import load_settings
+    from fploopd.daemon.supervisor import run_daemon
+
+    root = args.root.absolute()
+    init_root(root)
+    layout = Layout(root)
+    sidecar = drop_demo(layout.inbox / "loop")
+    print(f"dropped {sidecar.with_suffix('.png')} and {sidecar}")
+    # The demo's own folder settles fast: the files were written whole, by us.
+    settings = load_settings(root, {"model": args.model, "device": args.device, "settle_s": 0.1, "rescan_interval_s": 0.2})
+    started = time.monotonic()
+    code = run_daemon(settings, once=True)
+    journal = open_journal(layout)
+    source = layout.rel(sidecar)
+    jobs = [j for j in (journal.jobs() if journal else []) if any(i.get("source") == source for i in j.inputs)]
+    if code != 0 or not jobs:
+        print(f"the demo did not finish (exit {code}); see `fploopd status --root {root}` and {layout.logs}")
+        return code or 1
+    view = job_view(jobs[-1], layout)
+    if view["state"] != "done":
+        print(f"the demo job {view['state']}: {(view['error'] or {}).get('error')}; its files are in {view['location']['inputs']}")
+        return 1
+    print(f"\ndone in {time.monotonic() - started:.1f} s on {args.device} with the {args.model} model:")
+    for out in view["outputs"]:
+        label = {"1loop": "one seamless loop", "loop": f"{DEMO_SIDECAR['loop_count']}x loop"}.get(out["kind"], out["kind"])
+        print(f"  {label:<18} {out['path']}")
+    print(f"  {'manifest':<18} {Path(view['location']['outputs']) / 'manifest.json'}")
+    print(f"  {'original inputs':<18} {view['location']['inputs']}")
+    return 0
+

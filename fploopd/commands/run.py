@@ -1,0 +1,41 @@
+"""``fploopd run``: the daemon in the foreground (systemd and the Windows service run this)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fploopd.cli import add_model_options, add_root_option
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the daemon: watch the inbox, make the videos, deliver them")
+    add_root_option(p)
+    add_model_options(p)
+    p.add_argument("--once", action="store_true", help="process what is in the inbox now (waiting for it to settle), then exit")
+    p.add_argument("--poll", action="store_true", default=None, help="poll the inbox (SMB/NFS shares send no events)")
+    # None = not given, so fploopd.toml and FPLOOPD_* decide.
+    p.set_defaults(handler=run, model=None, device=None, vram=None)
+
+
+def settings_from(args: argparse.Namespace, **extra: object):  # noqa: ANN201 - Settings, imported lazily
+    from fploopd.daemon.settings import load_settings
+
+    flags = {"model": args.model, "device": args.device, "vram": args.vram, "poll": getattr(args, "poll", None), **extra}
+    return load_settings(args.root.absolute(), flags)
+
+
+def configure_daemon_logging(args: argparse.Namespace, settings) -> None:  # noqa: ANN001
+    """Stderr plus a rotating file under .fploopd/logs; --log-level wins over the setting."""
+    from fploopd.daemon.layout import Layout
+    from fploopd.logs import configure_logging
+
+    level = args.log_level if args.log_level.upper() != "INFO" else settings.log_level
+    configure_logging(level=level, log_dir=Layout(settings.root).logs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fploopd.daemon.supervisor import run_daemon
+
+    settings = settings_from(args)
+    configure_daemon_logging(args, settings)
+    return run_daemon(settings, once=args.once)

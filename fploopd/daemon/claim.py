@@ -1,0 +1,177 @@
+"""Claiming a drop: its files leave the inbox by rename into ``.fploopd/work/<id>/inputs/``.
+
+Crash safety (design.md §4): the claim is recorded in the journal's ``claims`` table (job id,
+name, spec or error, and every move) BEFORE the first rename; the job row is inserted and the
+claim row deleted in one transaction AFTER the last. ``complete_claim`` redoes the moves
+idempotently, so it serves both the normal path and recovery at start: a crash at any point leaves
+each file either still in the inbox or in the work dir, and the recorded claim finishes it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from fploopd.daemon import deliver
+from fploopd.daemon.crash import crashpoint
+from fploopd.daemon.files import move_once, sha256_file
+from fploopd.daemon.journal import Job, Journal
+from fploopd.daemon.layout import Layout
+from fploopd.errors import FploopdError, InputError
+from fploopd.pipelines.job import pick_seeds
+from fploopd.spec import JobSpec
+
+MAX_NAME_SUFFIX = 100_000
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A sidecar ready to claim: valid (``spec``, ``media``) or rejected (``error``, ``extra``)."""
+
+    sidecar: Path
+    spec: JobSpec | None = None
+    media: dict[str, Path] | None = None
+    error: InputError | None = None
+    extra: tuple[Path, ...] = ()
+    pipeline: str | None = None  # the inbox subfolder's, for a rejected drop
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(5)
+
+
+def unique_name(stem: str, layout: Layout, journal: Journal) -> str:
+    """``stem``, else ``stem-2``, ``stem-3``...: free in outbox/, failed/, archive/ and the journal."""
+    for n in range(1, MAX_NAME_SUFFIX):
+        name = stem if n == 1 else f"{stem}-{n}"
+        if journal.name_taken(name):
+            continue
+        if any(os.path.lexists(folder / name) for folder in (layout.outbox, layout.failed, layout.archive)):
+            continue
+        return name
+    raise FploopdError(f"no free job name for {stem!r}")
+
+
+def claim(drop: Drop, layout: Layout, journal: Journal, tick: Callable[[], None] | None = None) -> Job:
+    """Record the claim, move the drop's files into the work dir, then create the job."""
+    job_id = new_job_id()
+    name = unique_name(drop.sidecar.stem, layout, journal)
+    inputs_dir = layout.inputs_dir(job_id)
+    # The sidecar moves first: once it is gone, no scan can see the drop again.
+    files: list[tuple[str, Path]] = [("sidecar", drop.sidecar)]
+    files += list((drop.media or {}).items())
+    files += [("extra", p) for p in drop.extra]
+    record: dict[str, Any] = {
+        "moves": [{"field": f, "src": layout.rel(p), "dst": layout.rel(inputs_dir / p.name)} for f, p in files],
+        "error": drop.error.to_json() if drop.error is not None else None,
+        "pipeline": drop.spec.pipeline if drop.spec is not None else drop.pipeline,
+    }
+    if drop.spec is not None:
+        record["spec"] = drop.spec.model_dump(mode="json")
+        record["seeds"] = pick_seeds(drop.spec)  # decided once, before any work
+    journal.open_claim(job_id, name, record)
+    crashpoint("claim:after_journal")
+    job = complete_claim(job_id, name, record, layout, journal, tick)
+    crashpoint("claim:after_commit")
+    return job
+
+
+def complete_claim(
+    job_id: str, name: str, record: dict[str, Any], layout: Layout, journal: Journal, tick: Callable[[], None] | None = None
+) -> Job:
+    """Do (or finish) the recorded moves, hash the inputs, and turn the claim into a job."""
+    inputs: list[dict[str, Any]] = []
+    vanished: list[str] = []
+    layout.inputs_dir(job_id).mkdir(parents=True, exist_ok=True)
+    for i, move in enumerate(record["moves"]):
+        src, dst = layout.abs(move["src"]), layout.abs(move["dst"])
+        # "conflict": moved before a crash, and a new file of that name was dropped since: it stays.
+        outcome = move_once(src, dst)
+        if outcome == "missing":
+            vanished.append(src.name)
+            continue
+        if i == 0:
+            crashpoint("claim:after_first_move")
+        entry = {"field": move["field"], "name": dst.name, "source": move["src"]}
+        if os.path.isfile(dst) and not os.path.islink(dst):
+            entry["size"] = os.path.getsize(dst)
+            entry["sha256"] = sha256_file(dst, tick)
+        inputs.append(entry)
+    crashpoint("claim:after_moves")
+    error = record.get("error")
+    if error is None and vanished:
+        error = InputError(
+            f"{', '.join(vanished)} disappeared from the inbox while the job was being claimed", file=vanished[0]
+        ).to_json()
+    spec = record.get("spec")
+    fields = {"image", "video", "head", "tail"}
+    media = {m["field"]: m["name"] for m in inputs if m["field"] in fields}
+    if spec is not None:
+        spec = {**spec, **media}  # the effective spec names the files it was made from
+    job = journal.close_claim(
+        job_id,
+        name=name,
+        pipeline=record.get("pipeline"),
+        spec=spec,
+        seeds=record.get("seeds"),
+        inputs=inputs,
+        priority=(spec or {}).get("priority", 0),
+        error=error,
+        delivery=deliver.plan_rejected(layout, job_id, name, error) if error is not None else None,
+    )
+    what = record["moves"][0]["src"] if record["moves"] else name
+    if error is None:
+        logger.info("claimed {} as job {} ({})", what, name, job_id)
+    else:
+        logger.warning("rejected {} as job {} ({}): {}", what, name, job_id, error["error"])
+    return job
+
+
+def recover_claims(layout: Layout, journal: Journal) -> list[Job]:
+    """Finish the claims a crash interrupted (start-up)."""
+    jobs = []
+    for job_id, name, record in journal.open_claims():
+        with logger.contextualize(job=job_id):
+            logger.warning("finishing the claim of {} interrupted by a crash", name)
+            jobs.append(complete_claim(job_id, name, record, layout, journal))
+    return jobs
+
+
+def adopt_orphans(layout: Layout, journal: Journal) -> list[Job]:
+    """Work dirs the journal does not know (a lost or replaced journal): their files go to failed/.
+
+    Nothing is lost: each becomes a failed job whose files (inputs, and any outputs, in ``out/``)
+    are delivered to ``failed/<name>/`` with an error.json that explains.
+    """
+    if not layout.work.is_dir():
+        return []
+    known = {j.id for j in journal.jobs()} | {c[0] for c in journal.open_claims()}
+    jobs = []
+    for entry in sorted(layout.work.iterdir()):
+        if entry.name in known or not entry.is_dir():
+            continue
+        inputs_dir, out_dir = layout.inputs_dir(entry.name), layout.out_dir(entry.name)
+        if not inputs_dir.is_dir() and not out_dir.is_dir():
+            continue  # only checkpoints: nothing of the user's
+        if out_dir.is_dir():
+            move_once(out_dir, inputs_dir / "out")
+        files = sorted(p.name for p in inputs_dir.iterdir()) if inputs_dir.is_dir() else []
+        sidecars = [f for f in files if f.endswith(".json")]
+        name = unique_name(Path(sidecars[0]).stem if sidecars else entry.name, layout, journal)
+        error = FploopdError(
+            f"found in .fploopd/work/{entry.name}/ with no journal record (was the journal lost?); "
+            "these are the job's files as they were: drop them again to run the job"
+        ).to_json()
+        here = [layout.rel(inputs_dir / f) for f in files]
+        record = {"moves": [{"field": "orphan", "src": r, "dst": r} for r in here], "error": error, "pipeline": None}
+        journal.open_claim(entry.name, name, record)
+        job = complete_claim(entry.name, name, record, layout, journal)
+        logger.error("recovered orphan work dir {} as failed job {}", entry.name, name)
+        jobs.append(job)
+    return jobs

@@ -1,0 +1,319 @@
+"""The journal (design.md §4): SQLite at ``.fploopd/journal.sqlite3``, WAL, synchronous FULL.
+
+Every state transition is committed before the action it announces, together with an event row.
+The ``claims`` table holds claims in flight (the moves out of the inbox, recorded before the first
+rename); a job row exists once its inputs are all in its work dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+TERMINAL = ("done", "failed", "cancelled")
+# The contract's state machine, plus running -> queued (crash, warm stop, retry after backoff) and
+# failed -> queued (fploopd retry). A rejected drop is created directly in `failed`.
+TRANSITIONS = {
+    ("queued", "running"),
+    ("queued", "cancelled"),
+    ("running", "done"),
+    ("running", "failed"),
+    ("running", "cancelled"),
+    ("running", "queued"),
+    ("failed", "queued"),
+}
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    pipeline TEXT,
+    spec TEXT,
+    seeds TEXT,
+    inputs TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 0,
+    progress TEXT,
+    error TEXT,
+    outputs TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    delivery TEXT,
+    delivered_at REAL,
+    worker TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_next ON jobs (state, priority DESC, created_at);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT,
+    at REAL NOT NULL,
+    who TEXT NOT NULL,
+    what TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
+CREATE TABLE IF NOT EXISTS claims (
+    job_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL COLLATE NOCASE,
+    record TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+_JSON_COLUMNS = ("spec", "seeds", "inputs", "progress", "error", "outputs", "delivery")
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    name: str
+    pipeline: str | None
+    spec: dict[str, Any] | None
+    seeds: list[int] | None
+    inputs: list[dict[str, Any]]
+    state: str
+    attempts: int
+    next_attempt_at: float
+    priority: int
+    progress: dict[str, Any] | None
+    error: dict[str, Any] | None
+    outputs: list[dict[str, Any]] | None
+    cancel_requested: bool
+    delivery: dict[str, Any] | None
+    delivered_at: float | None
+    worker: str | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        values = dict(row)
+        for key in _JSON_COLUMNS:
+            if values[key] is not None:
+                values[key] = json.loads(values[key])
+        values["cancel_requested"] = bool(values["cancel_requested"])
+        return cls(**values)
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)
+
+
+class Journal:
+    def __init__(self, path: Path, who: str) -> None:
+        """``who`` tags the events this connection writes (``supervisor``, ``cli``); the pid is added."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.who = f"{who}:{os.getpid()}"
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE takes the write lock up front).
+        self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":  # e.g. a network file system without shared memory
+            from loguru import logger
+
+            logger.warning("the journal {} runs in {} mode, not WAL; keep .fploopd/ on a local disk", path, mode)
+        self.db.execute("PRAGMA synchronous = FULL")
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.executescript(_SCHEMA)  # idempotent; each statement commits on its own
+        self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _event(self, job_id: str | None, what: str, detail: Any = None) -> None:
+        self.db.execute(
+            "INSERT INTO events (job_id, at, who, what, detail) VALUES (?, ?, ?, ?, ?)",
+            (job_id, time.time(), self.who, what, _dump(detail)),
+        )
+
+    def event(self, job_id: str | None, what: str, detail: Any = None) -> None:
+        with self.transaction():
+            self._event(job_id, what, detail)
+
+    # --- claims -------------------------------------------------------------------------------
+
+    def name_taken(self, name: str) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM jobs WHERE name = ? UNION ALL SELECT 1 FROM claims WHERE name = ? LIMIT 1", (name, name)
+        ).fetchone()
+        return row is not None
+
+    def open_claim(self, job_id: str, name: str, record: dict[str, Any]) -> None:
+        """Record a claim (its job and the moves it will make) before the first move."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO claims (job_id, name, record, created_at) VALUES (?, ?, ?, ?)",
+                (job_id, name, _dump(record), time.time()),
+            )
+            self._event(job_id, "claim", record)
+
+    def open_claims(self) -> list[tuple[str, str, dict[str, Any]]]:
+        rows = self.db.execute("SELECT job_id, name, record FROM claims ORDER BY created_at").fetchall()
+        return [(r["job_id"], r["name"], json.loads(r["record"])) for r in rows]
+
+    def close_claim(
+        self,
+        job_id: str,
+        *,
+        name: str,
+        pipeline: str | None,
+        spec: dict[str, Any] | None,
+        seeds: list[int] | None,
+        inputs: list[dict[str, Any]],
+        priority: int = 0,
+        error: dict[str, Any] | None = None,
+        delivery: dict[str, Any] | None = None,
+    ) -> Job:
+        """The claim's moves are done: the job exists, ``queued``, or ``failed`` when ``error`` is given."""
+        now = time.time()
+        state = "failed" if error is not None else "queued"
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO jobs (id, name, pipeline, spec, seeds, inputs, state, priority, error, delivery,"
+                " created_at, updated_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    name,
+                    pipeline,
+                    _dump(spec),
+                    _dump(seeds),
+                    _dump(inputs),
+                    state,
+                    priority,
+                    _dump(error),
+                    _dump(delivery),
+                    now,
+                    now,
+                    now if error is not None else None,
+                ),
+            )
+            self.db.execute("DELETE FROM claims WHERE job_id = ?", (job_id,))
+            self._event(job_id, state, error)
+        return self.get(job_id)
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Job:
+        """A job by id, or by name (case-insensitive)."""
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1", (key, key, key)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return Job.from_row(row)
+
+    def jobs(self, states: tuple[str, ...] = STATES) -> list[Job]:
+        marks = ",".join("?" * len(states))
+        rows = self.db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at, id", states).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT at, who, what, detail FROM events WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def transition(self, job_id: str, to: str, *, expect: str | tuple[str, ...] | None = None, **fields: Any) -> Job:
+        """Move ``job_id`` to state ``to``, setting ``fields``; raises IllegalTransition when not allowed.
+
+        ``expect`` narrows the states it may come from (the transition table allows the rest).
+        """
+        now = time.time()
+        with self.transaction():
+            row = self.db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            current = row["state"]
+            allowed = (expect,) if isinstance(expect, str) else expect
+            if (current, to) not in TRANSITIONS or (allowed is not None and current not in allowed):
+                raise IllegalTransition(f"job {job_id}: {current} -> {to} is not allowed")
+            values = {k: (_dump(v) if k in _JSON_COLUMNS else v) for k, v in fields.items()}
+            if "delivery" in fields:
+                values["delivered_at"] = None  # a new plan is pending until settled
+            values["state"] = to
+            values["updated_at"] = now
+            if to == "running":
+                values["started_at"] = now
+            if to in TERMINAL:
+                values["finished_at"] = now
+            sets = ", ".join(f"{k} = ?" for k in values)
+            self.db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
+            self._event(job_id, to, {k: v for k, v in fields.items() if k not in ("spec", "delivery", "outputs")} or None)
+        return self.get(job_id)
+
+    def claim_next(self, worker: str, now: float | None = None) -> Job | None:
+        """Atomically take the next due queued job (priority, then age) and mark it running."""
+        now = time.time() if now is None else now
+        with self.transaction():
+            row = self.db.execute(
+                "UPDATE jobs SET state = 'running', worker = ?, started_at = ?, updated_at = ?, progress = NULL"
+                " WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND next_attempt_at <= ? AND cancel_requested = 0"
+                " AND (delivery IS NULL OR delivered_at IS NOT NULL)"
+                " ORDER BY priority DESC, created_at, id LIMIT 1) AND state = 'queued' RETURNING id",
+                (worker, now, now, now),
+            ).fetchone()
+            if row is None:
+                return None
+            self._event(row["id"], "running", {"worker": worker})
+        return self.get(row["id"])
+
+    def next_due_at(self) -> float | None:
+        row = self.db.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'queued' AND cancel_requested = 0").fetchone()
+        return row[0]
+
+    def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        self.db.execute(
+            "UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ? AND state = 'running'",
+            (_dump(progress), time.time(), job_id),
+        )
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Queued: cancelled at once. Running: flagged; the worker stops at the next step."""
+        with self.transaction():
+            self.db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (time.time(), job_id))
+            self._event(job_id, "cancel requested")
+        return self.get(job_id)
+
+    def set_delivery(self, job_id: str, delivery: dict[str, Any]) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE jobs SET delivery = ? WHERE id = ? AND delivered_at IS NULL", (_dump(delivery), job_id))
+
+    def pending_moves(self) -> list[Job]:
+        """Jobs whose recorded file moves (delivery, or a retry's way back) are not all done."""
+        rows = self.db.execute(
+            "SELECT * FROM jobs WHERE delivery IS NOT NULL AND delivered_at IS NULL ORDER BY updated_at"
+        ).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def mark_delivered(self, job_id: str, detail: Any = None) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE jobs SET delivered_at = ? WHERE id = ?", (time.time(), job_id))
+            self._event(job_id, "delivered", detail)

@@ -1,0 +1,149 @@
+"""Daemon settings: defaults < ``fploopd.toml`` < ``FPLOOPD_*`` environment < command-line flags.
+
+Built once by the CLI into a frozen dataclass and passed down; nothing reads the environment or the
+file at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
+
+from fploopd.errors import FploopdError
+from fploopd.media.limits import MediaLimits
+
+SETTINGS_FILE = "fploopd.toml"
+ENV_PREFIX = "FPLOOPD_"
+# Environment variables the CLI or the service reads for other purposes, not settings.
+_ENV_NOT_SETTINGS = {"FPLOOPD_ROOT", "FPLOOPD_TEST_CRASH_AT"}
+
+
+class SettingsError(FploopdError):
+    kind = "settings"
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Settings:
+    root: Path = Path(".")
+    # Weights: "tiny", "auto" (FramePack weights wherever found) or a folder.
+    model: str = "auto"
+    # "auto", "cpu", "cuda", "cuda:1" or a comma list: one worker process per entry.
+    device: str = "auto"
+    vram: Literal["auto", "high", "low"] = "auto"
+    allow_download: bool = False
+    # Watching: native events, or polling for SMB/NFS shares that deliver none.
+    poll: bool = False
+    poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    rescan_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    settle_s: Annotated[float, Field(ge=0, le=3600)] = 3.0
+    grace_s: Annotated[float, Field(ge=0, le=7 * 86400)] = 600.0
+    # Failures that are not the input's fault are retried with capped exponential backoff.
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    backoff_base_s: Annotated[float, Field(ge=0, le=86400)] = 30.0
+    backoff_max_s: Annotated[float, Field(ge=0, le=7 * 86400)] = 1800.0
+    max_sidecar_bytes: Annotated[int, Field(ge=256, le=16 * 1024 * 1024)] = 64 * 1024
+    log_level: str = "INFO"
+    limits: MediaLimits = dataclasses.field(default_factory=MediaLimits)
+
+    def devices(self) -> list[str]:
+        """The devices to start a worker on; ``auto`` = every visible GPU, else the CPU."""
+        wanted = [d.strip() for d in self.device.split(",") if d.strip()]
+        if wanted in ([], ["auto"]):
+            import torch  # only here: the supervisor needs it once, at start
+
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+        return ["cuda:0" if d == "cuda" else d for d in wanted]
+
+    def backoff_s(self, attempts: int) -> float:
+        """Delay before attempt ``attempts + 1``: base, 2x base, 4x base, ... capped."""
+        if attempts <= 0:
+            return 0.0
+        return min(self.backoff_max_s, self.backoff_base_s * 2 ** min(attempts - 1, 30))
+
+
+SETTING_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if f.name not in ("root", "limits"))
+
+
+def load_settings(root: Path, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read ``root/fploopd.toml`` (when present), then ``FPLOOPD_<NAME>`` variables, then ``flags``.
+
+    ``flags`` holds only what the user gave on the command line (``None`` values are ignored).
+    """
+    env = os.environ if env is None else env
+    path = Path(root).absolute() / SETTINGS_FILE
+    values: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            values.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{path} is not valid TOML: {exc}", file=str(path)) from None
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX) and key not in _ENV_NOT_SETTINGS:
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in SETTING_NAMES:
+                values[name] = value
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    values["root"] = Path(root).absolute()
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(
+            f"bad setting ({problems}); settings come from {path}, FPLOOPD_* variables and flags",
+            field=field,
+            file=str(path),
+        ) from None
+
+
+SETTINGS_TEMPLATE = """\
+# fploopd settings for this root. Every key is optional: the values shown are the defaults.
+# FPLOOPD_<KEY> environment variables (FPLOOPD_MODEL=tiny) and command-line flags override them.
+
+# Weights: "tiny" (embedded test family), "auto" (FramePack weights wherever found) or a folder.
+# model = "auto"
+# "auto" (every GPU, else the CPU), "cpu", "cuda", "cuda:1", or "cuda:0,cuda:1" (one worker per GPU).
+# device = "auto"
+# Keep every model on the GPU ("high") or offload between uses ("low"); "auto" decides.
+# vram = "auto"
+# Allow downloading missing FramePack weights from the Hugging Face hub.
+# allow_download = false
+
+# Watching the inbox. Use poll = true when the inbox is an SMB/NFS share (they send no events).
+# poll = false
+# poll_interval_s = 2.0
+# A full rescan of the inbox every this many seconds is the truth; events only wake it early.
+# rescan_interval_s = 10.0
+# A file is ready when its size and mtime have not changed for this long (shares stall mid-copy).
+# settle_s = 3.0
+# A sidecar whose media is still missing after this long fails, naming the missing file.
+# grace_s = 600.0
+
+# Failures that are not the input's fault are retried: base, 2x base, 4x base ... capped.
+# max_attempts = 3
+# backoff_base_s = 30.0
+# backoff_max_s = 1800.0
+
+# Largest sidecar accepted, in bytes.
+# max_sidecar_bytes = 65536
+# log_level = "INFO"
+
+[limits]
+# Largest media accepted; larger files fail with an error naming the limit.
+# max_image_pixels = 64000000
+# max_image_bytes = 268435456
+# max_video_seconds = 600.0
+# max_video_frames = 36000
+# max_video_pixels = 16777216
+# max_video_bytes = 8589934592
+# max_decoded_bytes = 8589934592
+"""

@@ -1,0 +1,192 @@
+"""Sidecars (design.md §3): read ``NAME.json``, validate it with ``JobSpec``, find the media it names.
+
+Every problem is an ``InputError`` that names the sidecar, the field and what was expected, so the
+user can fix the drop found in ``failed/<job>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from fploopd.daemon.jsonfile import read_json_object
+from fploopd.daemon.layout import is_temporary_name
+from fploopd.daemon.profiles import Profiles
+from fploopd.daemon.validation import translate
+from fploopd.errors import InputError
+from fploopd.spec import MEDIA_FIELDS, JobSpec
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi")
+MEDIA_KINDS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS, "head": VIDEO_EXTENSIONS, "tail": VIDEO_EXTENSIONS}
+# An omitted media field means the file named after the sidecar: cat.json -> cat.png; connect
+# takes two, so it uses cat_head.mp4 and cat_tail.mp4.
+DEFAULT_STEM_SUFFIX = {"image": "", "video": "", "head": "_head", "tail": "_tail"}
+
+
+def read_sidecar(path: Path, max_bytes: int) -> dict[str, Any]:
+    """The sidecar's JSON object (see ``read_json_object``)."""
+    return read_json_object(path, max_bytes, label=path.name)
+
+
+def effective_spec(raw: dict[str, Any], sidecar: Path, folder_pipeline: str | None, profiles: Profiles) -> JobSpec:
+    """The job's full spec: profile values, then the sidecar's own, with the pipeline decided."""
+    name = sidecar.name
+    given = raw.get("pipeline")
+    if folder_pipeline is not None and given is not None and given != folder_pipeline:
+        raise InputError(
+            f"{name}: pipeline {json.dumps(given)} disagrees with the folder inbox/{folder_pipeline}/ "
+            f"(drop it in inbox/{given}/ or remove the key)",
+            field="pipeline",
+            file=name,
+        )
+    pipeline = folder_pipeline or given
+    if pipeline in MEDIA_FIELDS:
+        for field in ("image", "video", "head", "tail"):
+            if field in raw and field not in MEDIA_FIELDS[pipeline]:
+                raise InputError(
+                    f"{name}: key '{field}' is not used by the {pipeline} pipeline (it takes {', '.join(MEDIA_FIELDS[pipeline])})",
+                    field=field,
+                    file=name,
+                )
+    own = validate(raw, name)
+    if pipeline is None:
+        raise InputError(
+            f"{name}: missing key 'pipeline' (one of {', '.join(MEDIA_FIELDS)}): it is required for sidecars "
+            "directly in inbox/; or drop into inbox/loop/, inbox/connect/ or inbox/video2loop/",
+            field="pipeline",
+            file=name,
+        )
+    profile_name = own.profile or "default"
+    values = profiles.values(profile_name, file=name)
+    values.update(own.model_dump(exclude_unset=True))
+    values["pipeline"] = pipeline
+    return validate(values, name)
+
+
+def validate(values: dict[str, Any], name: str) -> JobSpec:
+    try:
+        return JobSpec.model_validate(values)
+    except ValidationError as exc:
+        raise translate(exc, name) from None
+
+
+@dataclass(frozen=True)
+class MediaStatus:
+    """Where each media field's file is, and what is still missing (field -> expected name)."""
+
+    found: dict[str, Path]
+    missing: dict[str, str]
+
+
+def locate_media(spec: JobSpec, sidecar: Path) -> MediaStatus:
+    """Find the media files of ``spec`` beside ``sidecar``; refuse links out, non-files, ambiguity."""
+    assert spec.pipeline is not None
+    folder = sidecar.parent
+    found: dict[str, Path] = {}
+    missing: dict[str, str] = {}
+    for field in MEDIA_FIELDS[spec.pipeline]:
+        given: str | None = getattr(spec, field)
+        if given is not None:
+            if given.lower().endswith(".json"):
+                raise InputError(
+                    f"{sidecar.name}: {field} '{given}' names a .json file, which is a sidecar, not media",
+                    field=field,
+                    file=sidecar.name,
+                )
+            path = folder / given
+            if not os.path.lexists(path):
+                missing[field] = given
+                continue
+        else:
+            stem = sidecar.stem + DEFAULT_STEM_SUFFIX[field]
+            candidates = default_candidates(folder, stem, MEDIA_KINDS[field])
+            if not candidates:
+                missing[field] = f"{stem}{{{','.join(MEDIA_KINDS[field])}}}"
+                continue
+            if len(candidates) > 1:
+                names = ", ".join(p.name for p in candidates)
+                raise InputError(
+                    f"{sidecar.name}: '{field}' is not given and several files match: {names}; name one with \"{field}\"",
+                    field=field,
+                    file=sidecar.name,
+                )
+            path = candidates[0]
+        check_confined(path, folder, field, sidecar.name)
+        found[field] = path
+    return MediaStatus(found, missing)
+
+
+def default_candidates(folder: Path, stem: str, extensions: tuple[str, ...]) -> list[Path]:
+    try:
+        entries = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    return [
+        folder / e
+        for e in entries
+        if not is_temporary_name(e) and os.path.splitext(e)[0] == stem and os.path.splitext(e)[1].lower() in extensions
+    ]
+
+
+def check_confined(path: Path, folder: Path, field: str, sidecar_name: str) -> None:
+    """A media file must be a regular file in the sidecar's own folder; links may not lead out."""
+    resolved = path.resolve()
+    if resolved.parent != folder.resolve():
+        raise InputError(
+            f"{sidecar_name}: {field} '{path.name}' is a link that leads out of the sidecar's folder (to {resolved})",
+            field=field,
+            file=path.name,
+        )
+    try:
+        st = os.stat(resolved)
+    except OSError as exc:
+        raise InputError(f"{sidecar_name}: {field} '{path.name}' cannot be read ({exc.strerror})", field=field, file=path.name) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{sidecar_name}: {field} '{path.name}' is not a regular file", field=field, file=path.name)
+    if os.path.islink(path):
+        # A link to a file beside it: claiming would move the link and break it. Keep it simple.
+        raise InputError(
+            f"{sidecar_name}: {field} '{path.name}' is a symbolic link; drop the file itself", field=field, file=path.name
+        )
+
+
+def companions_of_bad_sidecar(sidecar: Path, raw: dict[str, Any] | None) -> list[Path]:
+    """Files that go to failed/ with a sidecar that did not validate (design.md §3).
+
+    The media it names (bare names of files or links beside it); failing that, the files sharing
+    its stem. Never a folder, never anything outside its folder.
+    """
+    folder = sidecar.parent
+    named: list[Path] = []
+    if raw is not None:
+        named = [folder / v for f in MEDIA_KINDS if isinstance(v := raw.get(f), str) and _is_bare(v)]
+        named = [p for p in named if p.suffix.lower() != ".json" and _takeable(p)]  # never another sidecar
+    if not named:
+        try:
+            entries = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            entries = []
+        stems = {sidecar.stem + suffix for suffix in DEFAULT_STEM_SUFFIX.values()}
+        named = [folder / e for e in entries if not is_temporary_name(e) and os.path.splitext(e)[0] in stems]
+        named = [p for p in named if p != sidecar and p.suffix.lower() != ".json" and _takeable(p)]
+    return list(dict.fromkeys(named))
+
+
+def _takeable(path: Path) -> bool:
+    """Regular files and links (the link itself moves, never its target); never a folder."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
+
+
+def _is_bare(value: str) -> bool:
+    return bool(value) and value not in (".", "..") and not value.startswith(".") and "/" not in value and "\\" not in value and "\x00" not in value

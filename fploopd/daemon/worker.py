@@ -1,0 +1,199 @@
+"""The GPU worker: one process per device, started with 'spawn' (CUDA cannot survive a fork).
+
+It loads the models once and keeps them between jobs. It never touches the journal: it gets a job
+from the supervisor over a Pipe, runs ``run_job``, and reports progress and the outcome back. A
+stop request (``fploopd cancel``, a warm stop of the daemon, the supervisor gone) is honoured at the
+next sampling step; the job keeps its section checkpoint.
+
+Messages, supervisor -> worker: ``("job", payload)``, ``("stop", job_id)``, ``("exit",)``.
+Worker -> supervisor: ``("ready", info)``, ``("fatal", error)``, ``("progress", job_id, progress)``,
+``("done", job_id, result)``, ``("failed", job_id, error, input_fault)``, ``("stopped", job_id)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from fploopd.daemon.crash import crashpoint, step_delay
+from fploopd.daemon.layout import Layout
+from fploopd.daemon.settings import Settings
+from fploopd.errors import Cancelled, FploopdError, InputError, ModelError
+
+
+def load_models(settings: Settings, device: str) -> Any:
+    """The models, loaded once per worker and kept between jobs."""
+    from fploopd.engine.components import load_components
+    from fploopd.engine.sources import resolve
+
+    return load_components(resolve(settings.model, allow_download=settings.allow_download), device, vram=settings.vram)
+
+
+def identity_of(components: Any) -> Any:
+    identity = getattr(components, "identity", None)
+    if dataclasses.is_dataclass(identity) and not isinstance(identity, type):
+        return dataclasses.asdict(identity)
+    return identity if isinstance(identity, (str, dict, list, type(None))) else str(identity)
+
+
+class Worker:
+    def __init__(self, settings: Settings, device: str, conn: Connection) -> None:
+        self.settings = settings
+        self.device = device
+        self.conn = conn
+        self.parent = os.getppid()
+        self.signalled = False  # SIGTERM to the worker itself: stop warm, then exit
+        self.exit_after = False
+        self.current: str | None = None
+        self.stop_current = False
+
+    def serve(self) -> int:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
+        signal.signal(signal.SIGTERM, self._on_term)
+        started = time.monotonic()
+        try:
+            components = load_models(self.settings, self.device)
+        except Exception as exc:  # noqa: BLE001 - every failure to load is reported, not raised
+            error = exc if isinstance(exc, FploopdError) else ModelError(f"loading the models failed: {type(exc).__name__}: {exc}")
+            logger.opt(exception=not isinstance(exc, FploopdError)).error("worker on {}: {}", self.device, error.message)
+            self._send("fatal", error.to_json())
+            return 2
+        info = {"device": self.device, "model": identity_of(components), "load_s": round(time.monotonic() - started, 3)}
+        logger.info("worker on {} ready, models loaded in {:.1f} s", self.device, info["load_s"])
+        self._send("ready", info)
+        while not self.signalled:
+            if not self.conn.poll(0.5):
+                if os.getppid() != self.parent:
+                    return 0  # the supervisor is gone
+                continue
+            try:
+                msg = self.conn.recv()
+            except EOFError:
+                return 0
+            if msg[0] == "exit":
+                return 0
+            if msg[0] == "job":
+                if not self._run(msg[1], components):
+                    return 1  # an unexpected error may leave the device unusable: start afresh
+                if self.exit_after:
+                    return 0
+        return 0
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def _run(self, job: dict[str, Any], components: Any) -> bool:
+        """Run one job and report its outcome; False when the process should be replaced."""
+        from fploopd.pipelines import run_job
+        from fploopd.spec import JobSpec
+
+        job_id = job["id"]
+        self.current, self.stop_current = job_id, False
+        with logger.contextualize(job=job_id):
+            try:
+                spec = JobSpec.model_validate(job["spec"])
+                result = run_job(
+                    spec,
+                    {k: Path(v) for k, v in job["inputs"].items()},
+                    Path(job["out_dir"]),
+                    name=job["name"],
+                    seeds=job["seeds"],
+                    components=components,
+                    work_dir=Path(job["work_dir"]),
+                    progress=lambda p: self._progress(job_id, p),
+                    should_stop=self._should_stop,
+                    limits=self.settings.limits,
+                )
+            except Cancelled:
+                logger.info("stopped at a step boundary; the checkpoint stays")
+                self._send("stopped", job_id)
+                return True
+            except InputError as exc:
+                self._send("failed", job_id, exc.to_json(), True)
+                return True
+            except FploopdError as exc:
+                self._send("failed", job_id, exc.to_json(), False)
+                return True
+            except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which retries
+                logger.error("job failed: {}", traceback.format_exc())
+                self._send("failed", job_id, {"kind": "error", "error": f"{type(exc).__name__}: {exc}"}, False)
+                return False
+            finally:
+                self.current = None
+            out_dir = Path(job["out_dir"])
+            outputs = [
+                {
+                    "file": Path(o.path).relative_to(out_dir).as_posix(),
+                    "kind": o.kind,
+                    "seed": o.seed,
+                    "frames": o.frames,
+                    "fps": o.fps,
+                    "duration_s": o.duration_s,
+                }
+                for o in result.outputs
+            ]
+            self._send("done", job_id, {"outputs": outputs, "seeds": list(result.seeds), "timings": dict(result.timings)})
+            return True
+
+    def _progress(self, job_id: str, p: Any) -> None:
+        self._send("progress", job_id, dataclasses.asdict(p))
+        if p.phase == "sample" and p.step >= 1:
+            if p.section >= 2:
+                crashpoint("run:section2")
+            step_delay()
+
+    def _should_stop(self) -> bool:
+        while self.conn.poll():
+            msg = self.conn.recv()
+            if msg[0] == "stop" and msg[1] == self.current:
+                self.stop_current = True
+            elif msg[0] == "exit":
+                self.stop_current = self.exit_after = True
+        if self.signalled or os.getppid() != self.parent:
+            self.stop_current = self.exit_after = True
+        return self.stop_current
+
+    def _send(self, *msg: Any) -> None:
+        try:
+            self.conn.send(msg)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            os._exit(0)  # the supervisor is gone; nothing to report to
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the supervisor dies, so a SIGKILLed daemon never
+    leaves a worker writing into a job that the next daemon resumes."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def worker_main(settings: Settings, device: str, conn: Connection) -> None:
+    """Entry point of the spawned process."""
+    from fploopd.logs import configure_logging
+
+    _die_with_parent()
+
+    configure_logging(
+        level=settings.log_level,
+        log_dir=Layout(settings.root).logs,
+        filename=f"worker-{device.replace(':', '')}.log",
+        tag=f"w:{device}",
+    )
+    code = Worker(settings, device, conn).serve()
+    # Outputs are fsynced and reported; tearing down torch and the models is only a wait.
+    logger.complete()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,81 @@
+"""Settings, sd_notify, the root lock: the service glue, unit by unit."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from fploopd.daemon.service import Notifier, RootLock
+from fploopd.daemon.settings import SETTINGS_TEMPLATE, Settings, SettingsError, load_settings
+
+
+def test_settings_precedence_file_env_flags(tmp_path: Path) -> None:
+    (tmp_path / "fploopd.toml").write_text('model = "tiny"\nsettle_s = 1.5\npoll = false\n[limits]\nmax_image_bytes = 1000\n')
+    s = load_settings(tmp_path, env={})
+    assert (s.model, s.settle_s, s.poll, s.limits.max_image_bytes) == ("tiny", 1.5, False, 1000)
+    s = load_settings(tmp_path, env={"FPLOOPD_SETTLE_S": "2.5", "FPLOOPD_POLL": "true", "FPLOOPD_ROOT": "/elsewhere"})
+    assert (s.settle_s, s.poll, s.root) == (2.5, True, tmp_path.absolute())
+    s = load_settings(tmp_path, {"settle_s": 0.1, "model": None}, env={"FPLOOPD_SETTLE_S": "2.5"})
+    assert (s.settle_s, s.model) == (0.1, "tiny")
+
+
+def test_the_template_is_valid_and_all_defaults(tmp_path: Path) -> None:
+    (tmp_path / "fploopd.toml").write_text(SETTINGS_TEMPLATE)
+    assert load_settings(tmp_path, env={}) == Settings(root=tmp_path.absolute())
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [("modle = 'tiny'\n", "modle"), ("settle_s = -1\n", "settle_s"), ("[limits]\nmax_image_bytes = 0\n", "limits"), ("x = \n", None)],
+)
+def test_bad_settings_name_the_file_and_key(tmp_path: Path, text: str, field: str | None) -> None:
+    (tmp_path / "fploopd.toml").write_text(text)
+    with pytest.raises(SettingsError) as exc:
+        load_settings(tmp_path, env={})
+    assert exc.value.file == str(tmp_path / "fploopd.toml")
+    if field:
+        assert exc.value.field == field and field in exc.value.message
+
+
+def test_devices() -> None:
+    assert Settings(device="cpu").devices() == ["cpu"]
+    assert Settings(device="cuda").devices() == ["cuda:0"]
+    assert Settings(device="cuda:0, cuda:1").devices() == ["cuda:0", "cuda:1"]
+    assert Settings(device="auto").devices()[0] in ("cpu", "cuda:0")
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_sd_notify_datagrams(tmp_path: Path, abstract: bool) -> None:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    address = f"\0fploopd-test-{os.getpid()}" if abstract else str(tmp_path / "notify")
+    server.bind(address)
+    server.settimeout(2)
+    n = Notifier({"NOTIFY_SOCKET": "@" + address[1:] if abstract else address, "WATCHDOG_USEC": "2000000"})
+    assert n.watchdog_s == 1.0
+    n.ready("watching")
+    n.status("job cat: sample section 1/2")
+    n.status("job cat: sample section 1/2")  # unchanged: not sent again
+    n.status("job cat: sample section 2/2")  # too soon after the last: not sent
+    n.beat()
+    n.stopping("stopping")
+    got = [server.recv(4096).decode() for _ in range(4)]
+    assert got[0].startswith("READY=1\nSTATUS=watching\nMAINPID=")
+    assert got[1:] == ["STATUS=job cat: sample section 1/2", "WATCHDOG=1", "STOPPING=1\nSTATUS=stopping"]
+    server.close()
+
+
+def test_notifier_is_silent_outside_systemd_and_for_other_pids() -> None:
+    Notifier({}).ready("x")  # no socket: nothing happens
+    assert Notifier({"NOTIFY_SOCKET": "/nowhere", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_s is None
+
+
+def test_one_lock_per_root(tmp_path: Path) -> None:
+    a, b = RootLock(tmp_path / "daemon.lock"), RootLock(tmp_path / "daemon.lock")
+    assert a.acquire()
+    assert not b.acquire() and b.holder() == str(os.getpid())
+    a.release()
+    assert b.acquire()
+    b.release()
