@@ -1,0 +1,207 @@
+"""TransformerRunner computes diffusers' FramePack forward; TeaCache skips as FramePack does."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fploopd.bench.inputs import section_kwargs, tiny_spec
+from fploopd.bench.models import TINY_TRANSFORMER, build_transformer
+from fploopd.engine import accel
+from fploopd.engine.forward import TransformerRunner, teacache_rescale
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return build_transformer("tiny", "cpu", torch.float32, seed=1234)
+
+
+def _inputs(seed: int = 0, sigma: float = 0.7) -> dict[str, torch.Tensor]:
+    return section_kwargs(tiny_spec(TINY_TRANSFORMER), "cpu", torch.float32, seed=seed, sigma=sigma)
+
+
+def _stock(model: torch.nn.Module, kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**kwargs, return_dict=False)[0]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_equals_diffusers_forward(model: torch.nn.Module) -> None:
+    runner = TransformerRunner(model, attention="sdpa", compile=False, fp8=False)
+    runner.reset(2)
+    for seed in (0, 1):  # fresh inputs each time; the second call also exercises the caches
+        kwargs = _inputs(seed)
+        ref = _stock(model, kwargs)
+        out = runner(**kwargs)
+        assert out.shape == ref.shape == kwargs["hidden_states"].shape
+        assert ref.abs().mean() > 1e-2  # the tiny random model gives non-trivial outputs
+        assert _rel(out, ref) < 2e-6
+
+
+def test_cached_rope_and_history_reused(model: torch.nn.Module) -> None:
+    runner = TransformerRunner(model, attention="sdpa")
+    kwargs = _inputs(3)
+    runner.reset(3)
+    first = runner(**kwargs)
+    kwargs2 = {**kwargs, "hidden_states": torch.randn_like(kwargs["hidden_states"])}
+    runner(**kwargs2)
+    assert len(runner._prepared) == 1  # same indices and context tensors: one entry
+    kwargs["latents_clean"].mul_(2.0)  # an in-place change must not hit the stale entry
+    changed = runner(**kwargs)
+    assert len(runner._prepared) == 2
+    assert _rel(changed, _stock(model, kwargs)) < 2e-6
+    assert not torch.allclose(changed, first)
+
+
+def test_batch_two_with_different_text_lengths(model: torch.nn.Module) -> None:
+    a, b = _inputs(4), _inputs(5)
+    b["encoder_attention_mask"][:, 3:] = False
+    b["encoder_hidden_states"][:, 3:] = 0
+    batched = {
+        k: (torch.cat([a[k], b[k]]) if not k.startswith("indices") and k not in ("timestep", "guidance") else a[k])
+        for k in a
+    }
+    batched["timestep"] = torch.cat([a["timestep"], b["timestep"]])
+    batched["guidance"] = torch.cat([a["guidance"], b["guidance"]])
+    ref = _stock(model, batched)
+    out = TransformerRunner(model, attention="sdpa")(**batched)
+    assert _rel(out, ref) < 2e-6
+
+
+def _run_section(runner: TransformerRunner, steps: int) -> None:
+    kwargs = _inputs(6)
+    runner.reset(steps)
+    for i in range(steps):
+        sigma = 1.0 - i / steps
+        kwargs["timestep"] = torch.tensor([sigma * 1000.0])
+        kwargs["hidden_states"] = kwargs["hidden_states"] * 0.97  # a slowly changing latent, as in sampling
+        runner(**kwargs, branch="pos")
+
+
+def test_teacache_high_threshold_skips_but_computes_first_and_last(model: torch.nn.Module) -> None:
+    steps = 6
+    runner = TransformerRunner(model, attention="sdpa", teacache_threshold=1e9)
+    blocks = len(model.transformer_blocks) + len(model.single_transformer_blocks)
+    _run_section(runner, steps)
+    computed = [c for _, _, c in runner.stats.history]
+    assert computed[0] and computed[-1]
+    assert not any(computed[1:-1])
+    assert runner.stats.skipped == steps - 2
+    assert runner.stats.block_calls == 2 * blocks
+    # a new section starts computing again
+    _run_section(runner, steps)
+    assert runner.stats.block_calls == 4 * blocks
+
+
+def test_teacache_zero_threshold_skips_nothing(model: torch.nn.Module) -> None:
+    for threshold in (0.0, None):
+        runner = TransformerRunner(model, attention="sdpa", teacache_threshold=threshold)
+        _run_section(runner, 5)
+        assert runner.stats.skipped == 0
+        assert runner.stats.computed == 5
+        assert runner.stats.block_calls == 5 * (len(model.transformer_blocks) + len(model.single_transformer_blocks))
+
+
+def test_teacache_skip_reuses_residual_and_branches_are_separate(model: torch.nn.Module) -> None:
+    runner = TransformerRunner(model, attention="sdpa", teacache_threshold=1e9)
+    kwargs = _inputs(7)
+    runner.reset(3)
+    ref = runner(**kwargs, branch="pos")
+    # an identical second call within the step budget is skipped and returns the same output
+    again = runner(**kwargs, branch="pos")
+    assert runner.stats.skipped == 1
+    assert _rel(again, ref) < 1e-6
+    # the negative branch has its own state: its first call computes
+    runner(**kwargs, branch="neg")
+    assert runner.stats.history[-1] == ("neg", 0, True)
+
+
+def test_teacache_polynomial_matches_numpy_order() -> None:
+    x = 0.3
+    coeffs = [7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02]
+    expected = sum(c * x ** (len(coeffs) - 1 - i) for i, c in enumerate(coeffs))
+    assert teacache_rescale(x) == pytest.approx(expected)
+
+
+def test_fp8_linears_close_to_bf16(model: torch.nn.Module) -> None:
+    kwargs = _inputs(8)
+    ref = _stock(model, kwargs)
+    n = accel.quantize_fp8(model)
+    try:
+        assert n == len(accel.fp8_linears(model)) > 0
+        out = TransformerRunner(model, attention="sdpa", fp8=True)(**kwargs)
+        dev = ((out - ref).norm() / ref.norm()).item()
+        assert 0 < dev < 0.15  # e4m3 rounding through 4 blocks; finite and close
+    finally:
+        accel.remove_fp8(model)
+    assert _rel(TransformerRunner(model, attention="sdpa")(**kwargs), ref) < 2e-6
+
+
+def test_fused_projections_same_function(model: torch.nn.Module) -> None:
+    kwargs = _inputs(11)
+    ref = _stock(model, kwargs)
+    assert accel.fuse_projections(model) == 2 * len(model.transformer_blocks) + len(model.single_transformer_blocks)
+    try:
+        assert _rel(TransformerRunner(model, attention="sdpa")(**kwargs), ref) < 2e-6
+        assert _rel(_stock(model, kwargs), ref) < 1e-7  # the stock forward sees the same weights (views)
+        for granularity in ("row", "tensor"):
+            accel.quantize_fp8(model, granularity)
+            out = TransformerRunner(model, attention="sdpa", fp8=True)(**kwargs)
+            assert 0 < ((out - ref).norm() / ref.norm()).item() < 0.15
+            accel.remove_fp8(model)
+    finally:
+        accel.unfuse_projections(model)
+    assert _rel(TransformerRunner(model, attention="sdpa")(**kwargs), ref) < 2e-6
+
+
+def test_optimize_on_cpu_records_choices(model: torch.nn.Module) -> None:
+    applied = accel.optimize(model, device="cpu")
+    try:
+        assert applied["attention"] == "sdpa" and applied["compile"] is False and applied["fp8"] is False
+        runner = TransformerRunner(model)
+        assert (runner.attention, runner.compile, runner.fp8) == ("sdpa", False, False)
+    finally:
+        delattr(model, "_fploopd_accel")
+
+
+@pytest.mark.skipif(not os.environ.get("FPLOOPD_TEST_COMPILE"), reason="slow: set FPLOOPD_TEST_COMPILE=1")
+def test_compiled_blocks_match(model: torch.nn.Module) -> None:
+    kwargs = _inputs(9)
+    ref = _stock(model, kwargs)
+    runner = TransformerRunner(model, attention="sdpa", compile=True)
+    assert _rel(runner(**kwargs), ref) < 1e-5
+    assert _rel(runner(**_inputs(10)), _stock(model, _inputs(10))) < 1e-5
+
+
+def test_fp8_attention_plumbing(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cuDNN FP8 path's scales, checked with a reference kernel in its place (no cuDNN on CPU)."""
+    from fploopd.engine.forward import attention
+
+    def reference_sdpa_fp8(q8, k8, v8, dq, dk, dv):  # type: ignore[no-untyped-def]
+        o = attention(q8.float() * dq, k8.float() * dk, v8.float() * dv, "math")
+        return torch.clamp(o / dv, -448, 448).to(torch.float8_e4m3fn)
+
+    monkeypatch.setattr(accel, "sdpa_fp8", reference_sdpa_fp8)
+    kwargs = _inputs(12)
+    ref = _stock(model, kwargs)
+    out = TransformerRunner(model, attention="cudnn_fp8")(**kwargs)
+    assert 0 < ((out - ref).norm() / ref.norm()).item() < 0.15
+
+
+def test_diffusers_group_offloading_falls_back_to_stock() -> None:
+    from diffusers.hooks import apply_group_offloading
+
+    hooked = build_transformer("tiny", "cpu", torch.float32, seed=99)
+    kwargs = _inputs(13)
+    ref = _stock(hooked, kwargs)
+    apply_group_offloading(hooked, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                           offload_type="block_level", num_blocks_per_group=1)
+    runner = TransformerRunner(hooked, attention="sdpa", teacache_threshold=0.15)
+    runner.reset(2)
+    assert _rel(runner(**kwargs), ref) < 1e-6
+    assert runner.stats.block_calls == 0  # the stock forward ran
