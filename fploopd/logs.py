@@ -41,7 +41,6 @@ def configure_logging(
             format=_FORMAT,
             rotation="20 MB",
             retention=10,
-            enqueue=True,
             colorize=False,
         )
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
