@@ -41,7 +41,7 @@ HIGH_VRAM_FACTOR = 1.4
 VRAM_MODES = ("auto", "high", "low")
 VARIANTS = ("i2v", "f1")
 # Components that low mode group-offloads; the others move whole (on_device).
-GROUP_OFFLOADED = ("transformer", "text_encoder")
+GROUP_OFFLOADED = ("text_encoder",)  # the transformer streams through accel instead
 MODEL_NAMES = ("transformer", "text_encoder", "text_encoder_2", "vae", "image_encoder")
 _HASH_CONTENT_MAX = 1 << 20  # files up to 1 MiB are hashed whole; bigger ones by name and size
 _BLOB = re.compile(r"^[0-9a-f]{64}$")
@@ -64,6 +64,9 @@ class Components:
     identity: dict[str, Any]
     variant: str = "i2v"
     offloaded: frozenset[str] = field(default_factory=frozenset)  # names under group-offload hooks
+    # Low mode: streams the transformer's blocks from pinned host memory (accel.BlockStreamer).
+    streamer: Any = None
+    accel: dict[str, Any] = field(default_factory=dict)  # what accel.optimize applied, for manifests
 
     @property
     def transformer_dtype(self) -> torch.dtype:
@@ -197,10 +200,18 @@ def place(components: Components, *, use_stream: bool | None = None) -> None:
     if components.vram == "high" or dev.type == "cpu":
         for name in MODEL_NAMES:
             getattr(components, name).to(dev)
+        if dev.type == "cuda":
+            from fploopd.engine.accel import optimize
+
+            # Attention backend timed on this GPU, regional compile of the blocks (compiled lazily).
+            components.accel = optimize(components.transformer, device=dev)
         return
     stream = dev.type == "cuda" if use_stream is None else use_stream
-    # The transformer runs every step: prefetch the next block on a side stream, from pinned memory.
-    _group_offload(components.transformer, dev, use_stream=stream, low_cpu_mem_usage=False)
+    # The transformer runs every step: its blocks stream from pinned memory, the next ones prefetched
+    # while the current computes (accel's streamer: the runner's fast path keeps working with it).
+    from fploopd.engine.accel import enable_low_vram
+
+    components.streamer = enable_low_vram(components.transformer, dev)
     # The Llama runs once per prompt: pin on the fly rather than holding 16 GB pinned.
     _group_offload(components.text_encoder, dev, use_stream=stream, low_cpu_mem_usage=True)
     components.vae.enable_tiling()

@@ -16,7 +16,11 @@ is copied), but shaped for speed:
 - each block is a plain function of its module, so ``accel`` can compile it once for all blocks of its
   kind, pick the attention kernel, and swap linears for FP8 ones without touching the stock forward
   (the benchmark's baseline stays diffusers' own code);
-- optional TeaCache, as FramePack does it, with separate state per CFG branch.
+- optional TeaCache, as FramePack does it, with separate state per CFG branch;
+- attention behind an opaque custom op (any SDPA kernel, SageAttention, or cuDNN's FP8 attention
+  with its quantisation traced so compile fuses it);
+- low-VRAM through an ``offloader`` (``accel.BlockStreamer``); a transformer under diffusers' group
+  offloading hooks is run through its stock forward instead (same function, no TeaCache).
 """
 
 from __future__ import annotations
@@ -345,7 +349,7 @@ class TransformerRunner:
     ``attention``: one of ``ATTENTION_BACKENDS`` or ``"auto"`` (what ``accel.optimize`` chose, else
     ``"sdpa"``). ``compile`` / ``fp8``: ``None`` follows ``accel.optimize``; ``True``/``False`` force.
     ``teacache_threshold``: ``None`` or 0 disables skipping; FramePack uses 0.15.
-    ``offloader``: an object with ``run(blocks, fn)`` semantics (see ``accel.BlockStreamer``) for
+    ``offloader``: an object with ``run(blocks, fn, state) -> state`` (``accel.BlockStreamer``) for
     low-VRAM mode; ``None`` when the blocks are resident.
     """
 

@@ -40,7 +40,9 @@ def make_model(components: Components, settings: GenerationSettings) -> Transfor
     """The transformer callable for this job's settings (TeaCache threshold included)."""
     from fploopd.engine.forward import TransformerRunner
 
-    return TransformerRunner(components.transformer, teacache_threshold=settings.teacache_threshold)
+    return TransformerRunner(
+        components.transformer, teacache_threshold=settings.teacache_threshold, offloader=components.streamer
+    )
 
 
 def encode_conditioning(

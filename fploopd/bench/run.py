@@ -1,0 +1,639 @@
+"""``fploopd bench``: every figure in one process, the baseline measured beside each variant.
+
+Stages (each guarded: a failing one records its error and the rest go on; the JSON is rewritten
+after every stage so an interrupted run keeps what it measured):
+
+- ``text``: prompt encoding (Llama 8B hidden_states[-3] + CLIP-L pooler) and SigLIP image encoding;
+- ``transformer``: one forward, diffusers' stock code (baseline) against our runner, eager and
+  compiled, per attention kernel, bf16 and FP8, with deviations from the baseline's output;
+- ``vae``: VAE encode of the start image, decode of one section (2 windows, as FramePack's soft
+  append decodes), stock against ``accel.optimize_vae``;
+- ``section``: a 25-step section through ``engine.sections.sample_section`` (FramePack's UniPC) plus
+  its decode: baseline (stock forward + stock decode) against ours (bf16, FP8, TeaCache);
+- ``lowvram``: our section with the blocks streamed from pinned host memory, the process held to
+  8 GiB of GPU memory, as a ratio to our high-VRAM section;
+- ``e2e``: a loop job (main 1, connection 1) through the pipelines, where they exist.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from loguru import logger
+
+from fploopd.bench import inputs as binputs
+from fploopd.bench import models
+from fploopd.bench.timing import (
+    Measurement,
+    deviation,
+    free,
+    measure,
+    peak_gib,
+    reset_peak,
+    sync,
+)
+
+STAGES = ("text", "transformer", "vae", "section", "lowvram", "e2e")
+KEYS = ("median_s", "min_s", "max_s", "peak_gib", "vs_baseline", "max_abs_dev", "mean_abs_dev")
+
+
+@dataclass
+class BenchConfig:
+    model: str = "tiny"  # tiny | full-random | PATH (a diffusers transformer folder)
+    device: str = "cpu"
+    out: Path = Path("bench.json")
+    repeats: int = 5
+    warmup: int = 2
+    quick: bool = False
+    steps: int = 25
+    stages: tuple[str, ...] = STAGES
+    attention: str = "auto"
+    compile: bool | None = None
+    fp8: bool | None = None  # None: measure FP8 where the GPU supports it
+    teacache: float = 0.15
+    low_vram_gib: float = 8.0
+    section_repeats: int = 1
+    compile_mode: str | None = None  # also time torch.compile in this mode (e.g. max-autotune-no-cudagraphs)
+    command: str = ""
+
+    @property
+    def size(self) -> str:
+        return "tiny" if self.model == "tiny" else "full"
+
+
+@dataclass
+class State:
+    transformer: Any = None
+    vae: Any = None
+    spec: binputs.InputSpec | None = None
+    kwargs: dict[str, torch.Tensor] = field(default_factory=dict)
+    baseline_out: torch.Tensor | None = None
+    best_bf16: dict[str, Any] | None = None  # runner options of the fastest bf16 variant
+    best_fp8: dict[str, Any] | None = None
+    best_fp8_attn: dict[str, Any] | None = None
+    section_latents: dict[str, torch.Tensor] = field(default_factory=dict)
+    applied: dict[str, Any] = field(default_factory=dict)
+    fused: bool = False  # model state: projections fused
+    fp8_granularity: str | None = None  # model state: FP8 weights present, of this granularity
+    vae_channels_last: bool = False
+
+
+class Bench:
+    def __init__(self, cfg: BenchConfig) -> None:
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.vae_dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.results: dict[str, dict[str, Any]] = {}
+        self.errors: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.profiles: dict[str, Any] = {}
+        self.st = State()
+        self.started = time.perf_counter()
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+
+    def record(
+        self,
+        name: str,
+        m: Measurement | None,
+        *,
+        baseline: str | None = None,
+        dev: tuple[float | None, float | None] = (None, None),
+        **extra: Any,
+    ) -> None:
+        row: dict[str, Any] = dict.fromkeys(KEYS)
+        if m is not None:
+            row.update(median_s=m.median, min_s=min(m.times), max_s=max(m.times), peak_gib=m.peak_gib)
+            row["repeats"] = len(m.times)
+            base = self.results.get(baseline) if baseline else None
+            if baseline == name:
+                row["vs_baseline"] = 1.0
+            elif base and base.get("median_s"):
+                row["vs_baseline"] = m.median / base["median_s"]
+        row["max_abs_dev"], row["mean_abs_dev"] = dev
+        row.update(extra)
+        self.results[name] = row
+        logger.info("bench {}: {}", name, _short(row))
+        self.write()  # an interrupted run keeps every figure it measured
+
+    def document(self) -> dict[str, Any]:
+        spec = self.st.spec or (binputs.full_spec() if self.cfg.size == "full" else binputs.tiny_spec(models.TINY_TRANSFORMER))
+        cfg = models.FULL_TRANSFORMER if self.cfg.size == "full" else models.TINY_TRANSFORMER
+        from fploopd.engine.forward import count_flops
+
+        latent_tokens, cond_tokens = binputs.token_counts(spec)
+        return {
+            "gpu": _gpu_name(self.device),
+            "torch": torch.__version__,
+            "model": self.cfg.model,
+            "bucket": spec.bucket,
+            "window": spec.window,
+            "results": self.results,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": self.cfg.command,
+            "python": platform.python_version(),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "steps": self.cfg.steps,
+            "tokens": {"latent": latent_tokens, "conditioning": cond_tokens},
+            "flops_per_forward": count_flops(latent_tokens, cond_tokens, cfg),
+            "applied": self.st.applied,
+            "profile": self.profiles,
+            "notes": self.notes,
+            "errors": self.errors,
+            "wall_s": time.perf_counter() - self.started,
+        }
+
+    def write(self) -> None:
+        from fploopd.fsutil import write_json_atomic
+
+        self.cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.cfg.out, self.document())
+
+    def run(self) -> dict[str, Any]:
+        stages: dict[str, Callable[[], None]] = {
+            "text": self.stage_text,
+            "transformer": self.stage_transformer,
+            "vae": self.stage_vae,
+            "section": self.stage_section,
+            "lowvram": self.stage_lowvram,
+            "e2e": self.stage_e2e,
+        }
+        for name in STAGES:
+            if name not in self.cfg.stages:
+                continue
+            t0 = time.perf_counter()
+            try:
+                stages[name]()
+            except Exception as exc:  # noqa: BLE001  # keep measuring the other stages; the JSON says what broke
+                self.errors[name] = f"{type(exc).__name__}: {exc}"
+                logger.error("bench stage {} failed: {}\n{}", name, exc, traceback.format_exc())
+            logger.info("bench stage {} took {:.1f} s", name, time.perf_counter() - t0)
+            self.write()
+        return self.document()
+
+    # -- helpers ----------------------------------------------------------------------------------------
+
+    def _reps(self, heavy: bool = False) -> tuple[int, int]:
+        if self.cfg.quick:
+            return 1, 1
+        if heavy:
+            return self.cfg.section_repeats, 0
+        return self.cfg.repeats, self.cfg.warmup
+
+    def _ensure_transformer(self) -> None:
+        if self.st.transformer is not None:
+            return
+        t0 = time.perf_counter()
+        if self.cfg.model in ("tiny", "full-random"):
+            self.st.transformer = models.build_transformer(self.cfg.size, self.device, self.dtype)
+            label = "load.transformer_random_build"
+        else:
+            from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+            path = Path(self.cfg.model)
+            path = path / "transformer" if (path / "transformer").is_dir() else path
+            self.st.transformer = HunyuanVideoFramepackTransformer3DModel.from_pretrained(
+                path, torch_dtype=self.dtype
+            ).to(self.device).eval()
+            label = "load.transformer_from_disk"
+        sync(self.device)
+        self.record(label, Measurement([time.perf_counter() - t0], peak_gib(self.device)))
+        self.st.spec = binputs.full_spec() if self.cfg.size == "full" else binputs.tiny_spec(self.st.transformer.config)
+        self.st.kwargs = binputs.section_kwargs(self.st.spec, self.device, self.dtype, seed=0)
+
+    def _ensure_vae(self) -> None:
+        if self.st.vae is None:
+            t0 = time.perf_counter()
+            self.st.vae = models.build_vae(self.cfg.size, self.device, self.vae_dtype)
+            sync(self.device)
+            self.record("load.vae_random_build", Measurement([time.perf_counter() - t0], peak_gib(self.device)))
+
+    def _runner(self, **opts: Any) -> Any:
+        """A runner for ``opts``; model-level options (``fuse``, ``fp8_granularity``) are applied to
+        the shared transformer first."""
+        from fploopd.engine import accel
+        from fploopd.engine.forward import TransformerRunner
+
+        t = self.st.transformer
+        opts = dict(opts)
+        fuse, granularity = bool(opts.pop("fuse", False)), opts.pop("fp8_granularity", "row")
+        if fuse != self.st.fused:
+            (accel.fuse_projections if fuse else accel.unfuse_projections)(t)
+            self.st.fused, self.st.fp8_granularity = fuse, None
+        if opts.get("fp8") and self.st.fp8_granularity != granularity:
+            t0 = time.perf_counter()
+            n = accel.quantize_fp8(t, granularity)
+            sync(self.device)
+            self.record(f"load.fp8_quantize_{granularity}", Measurement([time.perf_counter() - t0], peak_gib(self.device)),
+                        linears=n)
+            self.st.fp8_granularity = granularity
+        return TransformerRunner(t, **opts)
+
+    # -- stages -----------------------------------------------------------------------------------------
+
+    def stage_text(self) -> None:
+        size, dev = self.cfg.size, self.device
+        t0 = time.perf_counter()
+        llama, clip = models.build_text_encoders(size, dev, self.dtype if dev.type == "cuda" else torch.float32)
+        sync(dev)
+        self.record("load.text_encoders_random_build", Measurement([time.perf_counter() - t0], peak_gib(dev)))
+        g = torch.Generator().manual_seed(0)
+        # FramePack: template + prompt padded to 256 + crop_start (95) tokens; ~40 prompt tokens.
+        n_ids, n_real = (351, 135) if size == "full" else (24, 12)
+        ids = torch.randint(0, llama.config.vocab_size, (1, n_ids), generator=g).to(dev)
+        mask = torch.zeros(1, n_ids, dtype=torch.long)
+        mask[:, :n_real] = 1
+        mask = mask.to(dev)
+        clip_ids = torch.randint(0, clip.config.vocab_size, (1, 77), generator=g).to(dev)
+
+        @torch.inference_mode()
+        def encode() -> torch.Tensor:
+            hidden = llama(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-3]
+            pooled = clip(input_ids=clip_ids).pooler_output
+            return hidden[:, 95 if size == "full" else 4 : n_real], pooled
+
+        reps, warm = self._reps()
+        self.record("prompt_encode", measure(encode, dev, repeats=reps, warmup=warm))
+        llama = clip = None  # free before the next model
+        free(dev)
+
+        siglip = models.build_image_encoder(size, dev, self.dtype if dev.type == "cuda" else torch.float32)
+        px = siglip.config.image_size
+        pixels = torch.randn((1, 3, px, px), generator=g).to(dev, next(siglip.parameters()).dtype)
+        with torch.inference_mode():
+            m = measure(lambda: siglip(pixel_values=pixels).last_hidden_state, dev, repeats=reps, warmup=warm)
+        self.record("image_encode", m, tokens=list(m.value.shape))
+        siglip = m = None
+        free(dev)
+
+    def stage_transformer(self) -> None:
+        from fploopd.engine import accel
+
+        self._ensure_transformer()
+        t, kw, dev = self.st.transformer, self.st.kwargs, self.device
+        reps, warm = self._reps()
+
+        with torch.inference_mode():
+            base = measure(lambda: t(**kw, return_dict=False)[0], dev, repeats=reps, warmup=warm)
+        self.st.baseline_out = base.value
+        self.record("forward.baseline", base, baseline="forward.baseline", note="diffusers stock forward, default SDPA")
+        del base
+
+        # What optimize() would pick on this device (attention timed; compile if Triton is there).
+        applied = accel.optimize(t, device=dev, compile=self.cfg.compile, fp8=False, fuse=False,
+                                 attention=self.cfg.attention)
+        delattr(t, "_fploopd_accel")
+        self.st.applied = {k: v for k, v in applied.items() if k != "notes"}
+        attn, comp = applied["attention"], applied["compile"]
+        mode = "compiled" if comp else "eager"
+        bf16: list[tuple[str, dict[str, Any]]] = [("forward.ours_eager_sdpa", {"attention": "sdpa", "compile": False})]
+        if attn != "sdpa":
+            bf16.append((f"forward.ours_eager_{attn}", {"attention": attn, "compile": False}))
+        if comp:
+            bf16.append((f"forward.ours_compiled_{attn}", {"attention": attn, "compile": True}))
+        bf16.append((f"forward.ours_{mode}_{attn}_fused", {"attention": attn, "compile": comp, "fuse": True}))
+        best = self._run_forward_variants(bf16)
+        self.st.best_bf16 = best
+
+        fp8_ok = self.cfg.fp8 is not False and (accel.fp8_supported(dev) or dev.type == "cpu")
+        if fp8_ok and best is not None:
+            fuse = bool(best.get("fuse"))
+            tag = f"forward.ours_{mode}_{attn}{'_fused' if fuse else ''}_fp8"
+            fp8 = [(tag, dict(best, fp8=True, fp8_granularity="row")),
+                   (tag + "_tensorwise", dict(best, fp8=True, fp8_granularity="tensor"))]
+            if dev.type == "cuda" and importlib.util.find_spec("sageattention"):
+                fp8.append((tag.replace(f"_{attn}", "_sage"), dict(best, attention="sage", fp8=True, fp8_granularity="row")))
+            self.st.best_fp8 = self._run_forward_variants(fp8)
+            if dev.type == "cuda" and accel.cudnn_fp8_available():
+                # FP8 attention (cuDNN) on top: lossy, kept apart from the FP8-linears figure.
+                fp8_attn = dict(best, attention="cudnn_fp8", fp8=True, fp8_granularity="row")
+                self.st.best_fp8_attn = self._run_forward_variants(
+                    [(f"forward.ours_{mode}_cudnn_fp8attn{'_fused' if fuse else ''}_fp8", fp8_attn)]
+                )
+        if comp and self.cfg.compile_mode:
+            opts = {"attention": attn, "compile": True, "compile_mode": self.cfg.compile_mode}
+            self._run_forward_variants([(f"forward.ours_compiled_{self.cfg.compile_mode}_{attn}", opts)])
+        if dev.type == "cuda":
+            for label, opts in (("bf16", self.st.best_bf16), ("fp8", self.st.best_fp8)):
+                if opts is not None:
+                    try:
+                        self.profiles[label] = self._profile(opts)
+                    except Exception as exc:  # noqa: BLE001
+                        self.errors[f"profile.{label}"] = f"{type(exc).__name__}: {exc}"
+
+    def _run_forward_variants(self, variants: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+        """Time each variant against the baseline's output; return the fastest one's options."""
+        kw, dev = self.st.kwargs, self.device
+        reps, warm = self._reps()
+        best: tuple[float, dict[str, Any]] | None = None
+        for name, opts in variants:
+            try:
+                t0 = time.perf_counter()
+                runner = self._runner(**opts)
+                setup = time.perf_counter() - t0
+                runner.reset(reps + warm + 1)
+                t0 = time.perf_counter()
+                runner(**kw)  # first call: compile / cuDNN plans, reported separately
+                sync(dev)
+                first = time.perf_counter() - t0
+                m = measure(lambda r=runner: r(**kw), dev, repeats=reps, warmup=max(0, warm - 1))
+                self.record(name, m, baseline="forward.baseline", dev=deviation(m.value, self.st.baseline_out),
+                            first_call_s=first, setup_s=setup, options=opts)
+                if best is None or m.median < best[0]:
+                    best = (m.median, opts)
+                del m, runner
+            except Exception as exc:  # noqa: BLE001
+                self.errors[name] = f"{type(exc).__name__}: {exc}"
+                logger.error("bench {} failed: {}\n{}", name, exc, traceback.format_exc())
+            free(dev)
+        return best[1] if best else None
+
+    def _profile(self, opts: dict[str, Any]) -> dict[str, Any]:
+        """Device time of one forward by kernel family (GEMM, attention, fused Triton, other)."""
+        from torch.profiler import ProfilerActivity, profile
+
+        runner = self._runner(**opts)
+        runner(**self.st.kwargs)
+        sync(self.device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            runner(**self.st.kwargs)
+            sync(self.device)
+        rows = []
+        for e in prof.key_averages():
+            us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+            if us > 0 and not e.key.startswith(("aten::", "ProfilerStep", "cuda")):
+                rows.append((e.key, us / 1e3, e.count))
+        families: dict[str, float] = {}
+        for key, ms, _ in rows:
+            families[_family(key)] = families.get(_family(key), 0.0) + ms
+        rows.sort(key=lambda r: -r[1])
+        out = {"options": opts, "families_ms": families, "total_ms": sum(families.values()),
+               "top": [[k[:120], round(ms, 3), n] for k, ms, n in rows[:20]]}
+        logger.info("profile {}: {}", opts, {k: round(v, 1) for k, v in families.items()})
+        return out
+
+    def stage_vae(self) -> None:
+        from fploopd.engine import accel
+
+        self._ensure_vae()
+        vae, dev, spec = self.st.vae, self.device, self.st.spec or self._spec()
+        reps, warm = self._reps()
+        g = torch.Generator().manual_seed(1)
+        image = torch.rand((1, 3, 1, spec.latent_h * 8, spec.latent_w * 8), generator=g).mul(2).sub(1)
+        image = image.to(dev, self.vae_dtype)
+        latents = torch.randn((1, 16, 2 * spec.window, spec.latent_h, spec.latent_w), generator=g).to(dev, self.vae_dtype)
+        torch.backends.cudnn.benchmark = False
+        with torch.inference_mode():
+            enc = measure(lambda: vae.encode(image).latent_dist.mode(), dev, repeats=reps, warmup=warm)
+            self.record("vae.encode_image", enc)
+            base = measure(lambda: vae.decode(latents).sample, dev, repeats=max(1, reps // 2), warmup=1)
+            self.record("vae.decode_section.baseline", base, baseline="vae.decode_section.baseline",
+                        frames=int(base.value.shape[2]), note="stock diffusers decode, cudnn.benchmark off")
+            applied = accel.optimize_vae(vae, dev)
+            ours = measure(lambda: vae.decode(latents).sample, dev, repeats=max(1, reps // 2), warmup=1)
+            self.record("vae.decode_section.ours", ours, baseline="vae.decode_section.baseline",
+                        dev=deviation(ours.value, base.value), applied=applied)
+            if dev.type == "cuda":  # NDHWC lets cuDNN use its tensor-core 3-D convolutions directly
+                try:
+                    self._vae_layout(True)
+                    cl = measure(lambda: vae.decode(latents.contiguous(memory_format=torch.channels_last_3d)).sample,
+                                 dev, repeats=max(1, reps // 2), warmup=1)
+                    self.record("vae.decode_section.ours_channels_last", cl, baseline="vae.decode_section.baseline",
+                                dev=deviation(cl.value, base.value), applied=dict(applied, channels_last_3d=True))
+                    self.st.vae_channels_last = cl.median < ours.median
+                    del cl
+                except Exception as exc:  # noqa: BLE001
+                    self.errors["vae.decode_section.ours_channels_last"] = f"{type(exc).__name__}: {exc}"
+                self._vae_layout(False)
+        torch.backends.cudnn.benchmark = False
+        del enc, base, ours
+        free(dev)
+
+    def _vae_layout(self, channels_last: bool) -> None:
+        fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.st.vae.to(memory_format=fmt)
+
+    def _spec(self) -> binputs.InputSpec:
+        self.st.spec = binputs.full_spec() if self.cfg.size == "full" else binputs.tiny_spec(models.TINY_TRANSFORMER)
+        return self.st.spec
+
+    def _section(self, model: Any, *, decode_benchmark: bool) -> torch.Tensor:
+        """One 25-step section with FramePack's sampler plus the decode of its two windows."""
+        from fploopd.core.plan import inverted_section
+        from fploopd.engine.denoiser import Guidance
+        from fploopd.engine.sections import Conditioning, SectionContext, sample_section
+
+        kw, spec = self.st.kwargs, self.st.spec
+        positive = {k: kw[k] for k in ("encoder_hidden_states", "encoder_attention_mask", "pooled_projections", "guidance")}
+        cond = Conditioning(positive=positive, negative=None, image_embeds=kw["image_embeds"])
+        ctx = SectionContext(
+            indices=inverted_section(spec.blank, spec.window),
+            clean=kw["latents_clean"].float(),
+            history_2x=kw["latents_history_2x"].float(),
+            history_4x=kw["latents_history_4x"].float(),
+        )
+        gen = torch.Generator().manual_seed(31337)
+        latents = sample_section(
+            model, cond, ctx, latent_size=(spec.latent_h, spec.latent_w), steps=self.cfg.steps,
+            generator=gen, guidance=Guidance(), device=self.device, dtype=self.dtype,
+        )
+        torch.backends.cudnn.benchmark = decode_benchmark
+        vae = self.st.vae
+        channels_last = decode_benchmark and self.st.vae_channels_last  # ours only
+        if channels_last:
+            self._vae_layout(True)
+        z = torch.cat([latents, kw["latents_history_4x"][:, :, : spec.window].float().cpu()], dim=2)
+        z = (z / vae.config.scaling_factor).to(self.device, vae.dtype)
+        if channels_last:
+            z = z.contiguous(memory_format=torch.channels_last_3d)
+        with torch.inference_mode():
+            _ = vae.decode(z).sample
+        if channels_last:
+            self._vae_layout(False)
+        torch.backends.cudnn.benchmark = False
+        return latents
+
+    def stage_section(self) -> None:
+        from fploopd.engine import accel
+        from fploopd.engine.denoiser import StockTransformer
+
+        self._ensure_transformer()
+        self._ensure_vae()
+        dev = self.device
+        reps, warm = self._reps(heavy=True)
+        base = measure(lambda: self._section(StockTransformer(self.st.transformer), decode_benchmark=False),
+                       dev, repeats=reps, warmup=warm)
+        ref = base.value
+        self.record("section.baseline", base, baseline="section.baseline",
+                    note=f"{self.cfg.steps} stock forwards (UniPC) + stock decode of 2 windows")
+        best = self._best_bf16()
+        variants: list[tuple[str, dict[str, Any]]] = [
+            ("section.ours_bf16", dict(best, fp8=False)),
+            ("section.ours_bf16_teacache", dict(best, fp8=False, teacache_threshold=self.cfg.teacache)),
+        ]
+        if self.st.best_fp8 is None and self.cfg.fp8 is not False and (accel.fp8_supported(dev) or dev.type == "cpu"):
+            self.st.best_fp8 = dict(best, fp8=True, fp8_granularity="row")
+        if self.st.best_fp8 is not None:
+            variants.append(("section.ours_fp8", dict(self.st.best_fp8)))
+        if self.st.best_fp8_attn is not None:
+            variants.append(("section.ours_fp8_fp8attn", dict(self.st.best_fp8_attn)))
+        for name, opts in variants:
+            try:
+                runner = self._runner(**opts)
+                m = measure(lambda r=runner: self._section(r, decode_benchmark=True), dev, repeats=reps, warmup=warm)
+                self.record(name, m, baseline="section.baseline", dev=deviation(m.value, ref), options=opts,
+                            forwards_computed=runner.stats.computed, forwards_skipped=runner.stats.skipped)
+                self.st.section_latents[name] = m.value
+            except Exception as exc:  # noqa: BLE001
+                self.errors[name] = f"{type(exc).__name__}: {exc}"
+                logger.error("bench {} failed: {}\n{}", name, exc, traceback.format_exc())
+            free(dev)
+
+    def stage_lowvram(self) -> None:
+        from fploopd.engine import accel
+
+        dev = self.device
+        if dev.type != "cuda":
+            self.record("section.ours_low_vram", None, note="low-VRAM mode needs a CUDA device")
+            return
+        self._ensure_transformer()
+        self._ensure_vae()
+        t = self.st.transformer
+        accel.remove_fp8(t)
+        self.st.fp8_granularity = None
+        self.st.baseline_out = None
+        free(dev)
+        opts = dict(self._best_bf16(), fp8=False)
+        if "section.ours_bf16" not in self.results:  # the high-VRAM reference, same options, same run
+            reps, warm = self._reps(heavy=True)
+            runner = self._runner(**opts)
+            runner(**self.st.kwargs)  # compile / plans outside the timing
+            m = measure(lambda: self._section(runner, decode_benchmark=True), dev, repeats=reps, warmup=warm)
+            again = self._section(runner, decode_benchmark=True)  # run-to-run noise of the reference
+            self.record("section.ours_bf16", m, baseline="section.baseline", options=opts,
+                        repeat_max_abs_dev=deviation(again, m.value)[0])
+            self.st.section_latents["section.ours_bf16"] = m.value
+            del runner, m
+            free(dev)
+        t0 = time.perf_counter()
+        streamer = accel.enable_low_vram(t, dev, prefetch=2)
+        sync(dev)
+        free(dev)
+        setup = time.perf_counter() - t0
+        total = torch.cuda.get_device_properties(dev).total_memory
+        limit = self.cfg.low_vram_gib * 2**30
+        resident = torch.cuda.memory_allocated(dev) / 2**30
+        self.st.vae.enable_tiling()
+        opts["fuse"] = False  # streamed blocks run their plain linears (enable_low_vram unfused them)
+        self.st.fused = False
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(limit / total, index)
+        try:
+            reps, warm = self._reps(heavy=True)
+            runner = self._runner(offloader=streamer, **opts)
+            reset_peak(dev)
+            m = measure(lambda: self._section(runner, decode_benchmark=True), dev, repeats=reps, warmup=warm)
+            high = self.results.get("section.ours_bf16", {}).get("median_s")
+            ref = self.st.section_latents.get("section.ours_bf16")
+            self.record("section.ours_low_vram", m, baseline="section.baseline", dev=deviation(m.value, ref),
+                        vs_high_vram=(m.median / high) if high else None, limit_gib=self.cfg.low_vram_gib,
+                        setup_s=setup, resident_gib_before=resident, streamed_gb_per_forward=streamer.bytes_per_pass / 1e9,
+                        options=opts, note="blocks streamed from pinned host memory; VAE tiled; dev vs section.ours_bf16")
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, index)
+            self.st.vae.disable_tiling()
+
+    def _best_bf16(self) -> dict[str, Any]:
+        """The transformer stage's fastest bf16 options, or what ``accel.optimize`` would choose."""
+        if self.st.best_bf16 is None:
+            from fploopd.engine import accel
+
+            t = self.st.transformer
+            applied = accel.optimize(t, device=self.device, compile=self.cfg.compile, fp8=False, attention=self.cfg.attention)
+            delattr(t, "_fploopd_accel")
+            self.st.applied = self.st.applied or {k: v for k, v in applied.items() if k != "notes"}
+            self.st.best_bf16 = {"attention": applied["attention"], "compile": applied["compile"]}
+        return self.st.best_bf16
+
+    def stage_e2e(self) -> None:
+        """A loop job (main 1, connection 1, 25 steps, 640 bucket) through the pipelines.
+
+        TODO(pipelines): needs ``fploopd.engine.components`` to wrap modules already in memory (the
+        random full-size set) and ``pipelines.job.run_job`` implemented; until then this stage
+        records why it did not run."""
+        try:
+            from fploopd.engine import components  # noqa: F401
+        except ImportError:
+            self.record("e2e.loop_job", None, note="not run: fploopd.engine.components does not exist yet")
+            return
+        self.record("e2e.loop_job", None, note="not run: no hook yet to hand in-memory random components to run_job")
+
+
+def _family(kernel: str) -> str:
+    k = kernel.lower()
+    if any(x in k for x in ("fmha", "flash", "cudnn", "attn", "attention", "sdpa")):
+        return "attention"
+    if any(x in k for x in ("gemm", "cutlass", "xmma", "nvjet", "matmul", "sm90_", "scaled_mm", "f8f8")):
+        return "gemm"
+    if k.startswith("triton") or "triton" in k:
+        return "fused_elementwise"
+    if "conv" in k:
+        return "conv"
+    return "other"
+
+
+def _gpu_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def _short(row: dict[str, Any]) -> str:
+    parts = []
+    for k in ("median_s", "vs_baseline", "peak_gib", "max_abs_dev"):
+        v = row.get(k)
+        if v is not None:
+            parts.append(f"{k}={v:.4g}")
+    if row.get("note"):
+        parts.append(str(row["note"]))
+    return " ".join(parts)
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    logger.info("bench: {} on {} (stages {})", cfg.model, cfg.device, ",".join(cfg.stages))
+    doc = Bench(cfg).run()
+    logger.info("bench written to {}", cfg.out)
+    return doc
+
+
+def table(doc: dict[str, Any]) -> str:
+    """A Markdown table of a bench document."""
+    lines = [
+        f"GPU: {doc['gpu']}, torch {doc['torch']}, model {doc['model']}, bucket {doc['bucket']}, window {doc['window']}",
+        "",
+        "| figure | median s | min s | max s | peak GiB | vs baseline | max abs dev | mean abs dev |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    fmt = lambda v, f: "-" if v is None else format(v, f)
+    for name, r in doc["results"].items():
+        lines.append(
+            f"| {name} | {fmt(r['median_s'], '.4f')} | {fmt(r['min_s'], '.4f')} | {fmt(r['max_s'], '.4f')} | "
+            f"{fmt(r['peak_gib'], '.1f')} | {fmt(r['vs_baseline'], '.3f')} | {fmt(r['max_abs_dev'], '.3g')} | "
+            f"{fmt(r['mean_abs_dev'], '.3g')} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience
+    sys.exit("use: fploopd bench")

@@ -1,0 +1,95 @@
+"""``fploopd bench``: performance figures as JSON (and a Markdown table on stdout)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from fploopd.cli import add_root_option
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="performance figures as JSON",
+        description="Time the transformer, a 25-step section, the VAE and the encoders against diffusers' "
+        "stock code in one run, and write the figures as JSON.",
+    )
+    add_root_option(p)
+    p.add_argument("--model", default="tiny", help="'tiny', 'full-random' (full-size, random weights, built on "
+                   "the device; no download) or a diffusers transformer folder (default: tiny)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON file to write")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per figure after warm-up (default 5; tiny 2)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs before each figure (default 2; tiny 1)")
+    p.add_argument("--section-repeats", type=int, default=1, help="timed 25-step sections per variant (default 1)")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps of the section figure (default 25)")
+    p.add_argument("--quick", action="store_true", help="one warm-up and one timed run of everything")
+    p.add_argument("--stages", default="all", help="comma list of text,transformer,vae,section,lowvram,e2e (default all)")
+    p.add_argument("--attention", default="auto", help="attention kernel for our runner (default: timed choice)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    p.add_argument("--no-fp8", action="store_true", help="skip the FP8 variants")
+    p.add_argument("--compile-mode", default=None, help="also time torch.compile in this mode "
+                   "(e.g. max-autotune-no-cudagraphs; slow to compile)")
+    p.add_argument("--teacache", type=float, default=0.15, help="TeaCache threshold of the TeaCache section figure")
+    p.add_argument("--low-vram-gib", type=float, default=8.0, help="GPU memory limit of the low-VRAM figure")
+    p.set_defaults(handler=run)
+
+
+def p_defaults() -> dict[str, object]:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    sub = parser.parse_args(["bench"])
+    return vars(sub)
+
+
+def _command_line(args: argparse.Namespace, defaults: dict[str, object]) -> str:
+    """The command as typed, up to option order: every option that differs from its default."""
+    words = ["fploopd", "bench"]
+    for key, value in vars(args).items():
+        if key in ("handler", "command", "root", "log_level") or value == defaults.get(key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        words += [flag] if value is True else [flag, str(value)]
+    return shlex.join(words)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from fploopd.bench.run import STAGES, BenchConfig, run_bench, table
+    from fploopd.errors import InputError
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("no CUDA device is available", field="--device")
+    stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise InputError(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}", field="--stages")
+    if args.model not in ("tiny", "full-random") and not Path(args.model).is_dir():
+        raise InputError(f"--model must be tiny, full-random or a folder, not {args.model!r}", field="--model")
+    cfg = BenchConfig(
+        model=args.model,
+        device=device,
+        out=args.out,
+        repeats=args.repeats if args.repeats is not None else (2 if args.model == "tiny" else 5),
+        warmup=args.warmup if args.warmup is not None else (1 if args.model == "tiny" else 2),
+        quick=args.quick,
+        steps=args.steps,
+        stages=stages,
+        attention=args.attention,
+        compile=False if args.no_compile else None,
+        fp8=False if args.no_fp8 else None,
+        teacache=args.teacache,
+        low_vram_gib=args.low_vram_gib,
+        section_repeats=args.section_repeats,
+        compile_mode=args.compile_mode,
+        command=_command_line(args, p_defaults()),
+    )
+    doc = run_bench(cfg)
+    print(table(doc))
+    return 1 if doc["errors"] and not doc["results"] else 0

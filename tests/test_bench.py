@@ -1,0 +1,39 @@
+"""``fploopd bench --model tiny --device cpu`` writes the documented schema (no timed assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fploopd.cli import main
+
+KEYS = {"median_s", "min_s", "max_s", "peak_gib", "vs_baseline", "max_abs_dev", "mean_abs_dev"}
+
+
+def _number_or_null(v: object) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def test_bench_tiny_cpu_schema(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "tiny", "--device", "cpu", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    for key in ("gpu", "torch", "model", "bucket", "window", "results"):
+        assert key in doc
+    assert doc["model"] == "tiny" and isinstance(doc["window"], int) and isinstance(doc["bucket"], str)
+    assert doc["errors"] == {}
+    results = doc["results"]
+    for name in ("forward.baseline", "forward.ours_eager_sdpa", "section.baseline", "section.ours_bf16",
+                 "vae.decode_section.baseline", "vae.encode_image", "prompt_encode"):
+        assert name in results, name
+    for name, row in results.items():
+        assert KEYS <= set(row), name
+        assert all(_number_or_null(row[k]) for k in KEYS), name
+    assert results["forward.baseline"]["vs_baseline"] == 1.0
+    ours = results["forward.ours_eager_sdpa"]
+    assert ours["median_s"] > 0 and ours["max_abs_dev"] < 1e-4  # same function as the baseline
+    assert results["section.ours_bf16"]["max_abs_dev"] < 1e-3
+
+
+def test_bench_rejects_unknown_stage(tmp_path: Path) -> None:
+    assert main(["bench", "--model", "tiny", "--device", "cpu", "--stages", "nope", "--out", str(tmp_path / "x.json")]) == 2
