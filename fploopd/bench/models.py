@@ -144,3 +144,35 @@ def build_image_encoder(size: str, device: torch.device | str, dtype: torch.dtyp
     with _build_on(device, dtype):
         model = SiglipVisionModel(SiglipVisionConfig(**(FULL_SIGLIP if size == "full" else TINY_SIGLIP)))
     return _finish(model, device, dtype)
+
+
+def random_components(transformer: nn.Module, vae: nn.Module, device: torch.device | str) -> Any:
+    """A full-size ``Components`` with random weights around an already built transformer and VAE.
+
+    Tokenizers carry no weights: the tiny family's are used (their ids fit the full vocabularies), and
+    the SigLIP preprocessor is the real one's configuration (384 px). Speed does not depend on either.
+    """
+    from transformers import SiglipImageProcessor
+
+    from fploopd.engine.components import Components, _hf_loader, encoder_dtype
+    from fploopd.engine.sources import resolve
+
+    device = torch.device(device)
+    dtype = encoder_dtype(device)
+    llama, clip = build_text_encoders("full", device, dtype)
+    siglip = build_image_encoder("full", device, dtype)
+    tiny = resolve("tiny")
+    size = siglip.config.image_size
+    return Components(
+        transformer=transformer,
+        text_encoder=llama,
+        tokenizer=_hf_loader("AutoTokenizer")(tiny.tokenizer),
+        text_encoder_2=clip,
+        tokenizer_2=_hf_loader("CLIPTokenizer")(tiny.tokenizer_2),
+        vae=vae,
+        image_encoder=siglip,
+        feature_extractor=SiglipImageProcessor(size={"height": size, "width": size}),
+        device=device,
+        vram="high",
+        identity={"source": "full-random", "note": "random weights; tokenizers from the tiny family"},
+    )

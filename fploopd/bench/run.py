@@ -567,17 +567,58 @@ class Bench:
         return self.st.best_bf16
 
     def stage_e2e(self) -> None:
-        """A loop job (main 1, connection 1, 25 steps, 640 bucket) through the pipelines.
+        """A loop job through ``run_job``, image file in, mp4 files out: its wall time.
 
-        TODO(pipelines): needs ``fploopd.engine.components`` to wrap modules already in memory (the
-        random full-size set) and ``pipelines.job.run_job`` implemented; until then this stage
-        records why it did not run."""
-        try:
-            from fploopd.engine import components  # noqa: F401
-        except ImportError:
-            self.record("e2e.loop_job", None, note="not run: fploopd.engine.components does not exist yet")
-            return
-        self.record("e2e.loop_job", None, note="not run: no hook yet to hand in-memory random components to run_job")
+        Full size: main 1, connection 1, 25 steps, 640 bucket, with what ``load_components`` applies
+        on a GPU (``accel.optimize``). Tiny: the tiny family from disk, a few steps at 64 px."""
+        import tempfile
+
+        import numpy as np
+        from PIL import Image
+
+        from fploopd.engine import accel
+        from fploopd.pipelines import run_job
+        from fploopd.spec import JobSpec
+
+        dev, full = self.device, self.cfg.size == "full"
+        if full:
+            self._ensure_transformer()
+            self._ensure_vae()
+            t = self.st.transformer
+            accel.unfuse_projections(t)
+            accel.remove_fp8(t)
+            self.st.fused, self.st.fp8_granularity = False, None
+            comps = models.random_components(t, self.st.vae, dev)
+            if dev.type == "cuda":
+                comps.accel = accel.optimize(t, device=dev)
+            spec = JobSpec(prompt="a lighthouse in a storm, waves crashing", pipeline="loop", resolution=640,
+                           main_sections=1, connection_sections=1, steps=25, loop_count=3, seed=31337)  # fmt: skip
+        else:
+            from fploopd.engine.components import load_components
+            from fploopd.engine.sources import resolve
+
+            comps = load_components(resolve("tiny"), device=str(dev))
+            spec = JobSpec(prompt="a lighthouse", pipeline="loop", resolution=64, window=4, main_sections=1,
+                           connection_sections=1, steps=2, loop_count=3, seed=31337)  # fmt: skip
+        y, x = np.mgrid[0:640, 0:640]
+        image = np.stack([x % 256, y % 256, (x + y) // 5 % 256], axis=-1).astype(np.uint8)
+        note = f"main 1 + connection 1, {spec.steps} steps, {spec.resolution} bucket, 1-loop + 3-loop mp4"
+        # First job of a worker (compiles the blocks), then a second: what every later job costs.
+        for name, what in (("e2e.loop_job_first", "includes compiling"), ("e2e.loop_job", "models warm")):
+            with tempfile.TemporaryDirectory() as tmp:
+                src = Path(tmp) / "in.png"
+                Image.fromarray(image).save(src)
+                if dev.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(dev)
+                t0 = time.perf_counter()
+                result = run_job(spec, {"image": src}, Path(tmp) / "out", name="bench", seeds=[31337],
+                                 components=comps, work_dir=Path(tmp) / "work")  # fmt: skip
+                sync(dev)
+                wall = time.perf_counter() - t0
+            frames = next(o.frames for o in result.outputs if o.kind == "1loop")
+            self.record(name, Measurement([wall], peak_gib(dev)), note=f"{note} ({frames} frames); {what}")
+        comps = None
+        free(dev)
 
 
 def _family(kernel: str) -> str:
