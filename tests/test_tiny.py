@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fploopd.engine import tiny
+from fploopd.engine.encode import PROMPT_TEMPLATE
 from fploopd.engine.sources import COMPONENTS, check_component, component_dir
 
 HV = "hunyuanvideo-community/HunyuanVideo"
@@ -89,9 +90,9 @@ def test_llama_tokenizer_behaves_like_llama_3(tiny_root: Path) -> None:
     assert ids[0] == tok.convert_tokens_to_ids("<|begin_of_text|>")
     assert tok.pad_token is not None
     # Each template word is one token, as in Llama 3, so FramePack's crop_start of 95 holds.
-    prefix = tiny.PROMPT_TEMPLATE.split("{}")[0]
+    prefix = PROMPT_TEMPLATE.split("{}")[0]
     assert len(tok(prefix).input_ids) == 95
-    padded = tok(tiny.PROMPT_TEMPLATE.format("zebra ü 日本"), max_length=128, padding="max_length", truncation=True)
+    padded = tok(PROMPT_TEMPLATE.format("zebra ü 日本"), max_length=128, padding="max_length", truncation=True)
     assert len(padded.input_ids) == 128 and 95 < sum(padded.attention_mask) < 128
     assert tok.decode(tok("zebra ü 日本", add_special_tokens=False).input_ids) == "zebra ü 日本"  # byte-level: any text
 

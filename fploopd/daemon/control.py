@@ -11,8 +11,8 @@ from typing import Any
 from fploopd.daemon import deliver
 from fploopd.daemon.journal import Job, Journal
 from fploopd.daemon.layout import Layout
-from fploopd.daemon.service import RootLock
 from fploopd.daemon.outcomes import cancel_queued
+from fploopd.daemon.service import RootLock
 from fploopd.errors import FploopdError
 
 

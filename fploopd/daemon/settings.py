@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomllib
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 

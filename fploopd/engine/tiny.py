@@ -85,17 +85,9 @@ SEEDS = {
     "transformer_f1": 1006,
 }
 
-# The Llama tokenizer is trained on HunyuanVideo's prompt template (so the template's word tokens
-# come out as in Llama 3 and FramePack's crop_start of 95 holds) plus a few prompt words.
-PROMPT_TEMPLATE = (
-    "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
-    "1. The main content and theme of the video."
-    "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
-    "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
-    "4. background environment, light, style and atmosphere."
-    "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
-    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
-)
+# The Llama tokenizer is trained on HunyuanVideo's prompt template (encode.PROMPT_TEMPLATE: so the
+# template's word tokens come out as in Llama 3 and FramePack's crop_start of 95 holds) plus a few
+# prompt words.
 EXTRA_CORPUS = (
     "The girl dances gracefully, with clear movements, full of charm. "
     "The man dances energetically, leaping mid-air with fluid arm swings and quick footwork. "
@@ -241,6 +233,8 @@ def _llama_tokenizer() -> Any:
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ]
     )
+    from fploopd.engine.encode import PROMPT_TEMPLATE
+
     # Learn from the text between special tokens, as the real tokenizer sees it.
     specials = "|".join(re.escape(s) for s in LLAMA_SPECIALS)
     text = [part for part in re.split(specials, PROMPT_TEMPLATE.replace("{}", "") + EXTRA_CORPUS) if part]
@@ -314,6 +308,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's vocabulary order: bytes, bytes + '</w>', one token per merge, then the two specials."""
     from tokenizers import Regex, normalizers, pre_tokenizers
+
+    from fploopd.engine.encode import PROMPT_TEMPLATE
 
     norm = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
     pre = pre_tokenizers.Sequence(

@@ -20,7 +20,13 @@ from fploopd.engine.encode import (
     vae_decode,
     vae_encode,
 )
-from fploopd.engine.sections import Checkpoint, Conditioning, SectionState
+from fploopd.engine.sections import (
+    Checkpoint,
+    Conditioning,
+    SectionContext,
+    SectionState,
+    sample_section,
+)
 from fploopd.errors import Cancelled
 from fploopd.media.frames import frames_to_tensor
 from fploopd.pipelines.job import Progress
@@ -88,6 +94,31 @@ class Reporter:
             self.check_stop()
 
         return on_step
+
+
+@dataclass(frozen=True)
+class SectionSampler:
+    """What every section of one generation shares; calling it samples one planned section."""
+
+    components: Components
+    model: TransformerFn
+    cond: Conditioning
+    settings: GenerationSettings
+    latent_size: tuple[int, int]
+    reporter: Reporter
+
+    def __call__(self, context: SectionContext, generator: torch.Generator, section: int, sections: int) -> torch.Tensor:
+        return sample_section(
+            self.model,
+            self.cond,
+            context,
+            latent_size=self.latent_size,
+            steps=self.settings.steps,
+            generator=generator,
+            guidance=guidance_of(self.settings),
+            device=self.components.device,
+            on_step=self.reporter.step_hook(section, sections, self.settings.steps),
+        )
 
 
 SectionStep = Callable[[int, torch.Tensor, torch.Generator], torch.Tensor]

@@ -30,17 +30,16 @@ from fploopd.engine.sections import (
     Checkpoint,
     Conditioning,
     SectionContext,
-    sample_section,
 )
 from fploopd.errors import InputError
 from fploopd.media import frames_to_tensor, probe_video, read_video, tensor_to_frames
 from fploopd.media.limits import MediaLimits
 from fploopd.pipelines.common import (
     Reporter,
+    SectionSampler,
     decode_with_plan,
     drive_sections,
     encode_conditioning,
-    guidance_of,
     make_model,
 )
 from fploopd.spec import GenerationSettings, JobSpec
@@ -130,6 +129,7 @@ def generate_bridge(
 ) -> torch.Tensor:
     """The bridge's latents in time order: ``connection_sections * window`` of them."""
     reporter = reporter or Reporter()
+    sample = SectionSampler(components, model, cond, settings, sides.latent_size, reporter)
     window, paddings = settings.window, original_paddings(settings.connection_sections)
     head, n_head, n_tail = sides.head, sides.head_4x, sides.tail_4x
 
@@ -141,17 +141,7 @@ def generate_bridge(
             history_2x=torch.cat([head[:, :, -3:-1], history[:, :, 1:3]], dim=2),
             history_4x=torch.cat([head[:, :, :n_head], history[:, :, 3 : 3 + n_tail]], dim=2),
         )
-        new = sample_section(
-            model,
-            cond,
-            context,
-            latent_size=sides.latent_size,
-            steps=settings.steps,
-            generator=generator,
-            guidance=guidance_of(settings),
-            device=components.device,
-            on_step=reporter.step_hook(k + 1, len(paddings), settings.steps),
-        )
+        new = sample(context, generator, k + 1, len(paddings))
         return torch.cat([new, history], dim=2)
 
     history = drive_sections(len(paddings), sides.tail, step, seed=seed, checkpoint=checkpoint, reporter=reporter)

@@ -13,14 +13,13 @@ from fploopd.engine.sections import (
     Checkpoint,
     Conditioning,
     SectionContext,
-    sample_section,
 )
 from fploopd.pipelines.common import (
     Reporter,
+    SectionSampler,
     StartImage,
     decode_with_plan,
     drive_sections,
-    guidance_of,
 )
 from fploopd.spec import GenerationSettings
 
@@ -43,6 +42,7 @@ def generate_latents(
 ) -> torch.Tensor:
     """The video's latents in time order; the start latent first. ``main_sections`` sections."""
     reporter = reporter or Reporter()
+    sample = SectionSampler(components, model, cond, settings, start.latent_size, reporter)
     window, paddings = settings.window, original_paddings(settings.main_sections)
     h, w = start.latent_size
 
@@ -53,17 +53,7 @@ def generate_latents(
             history_2x=history[:, :, 1:3],
             history_4x=history[:, :, 3:CONTEXT],
         )
-        new = sample_section(
-            model,
-            cond,
-            context,
-            latent_size=(h, w),
-            steps=settings.steps,
-            generator=generator,
-            guidance=guidance_of(settings),
-            device=components.device,
-            on_step=reporter.step_hook(k + 1, len(paddings), settings.steps),
-        )
+        new = sample(context, generator, k + 1, len(paddings))
         if paddings[k] == 0:  # the earliest section begins with the input image itself
             new = torch.cat([start.latent, new], dim=2)
         return torch.cat([new, history], dim=2)

@@ -22,14 +22,13 @@ from fploopd.engine.sections import (
     Checkpoint,
     Conditioning,
     SectionContext,
-    sample_section,
 )
 from fploopd.pipelines.common import (
     Reporter,
+    SectionSampler,
     StartImage,
     decode_with_plan,
     drive_sections,
-    guidance_of,
 )
 from fploopd.spec import GenerationSettings
 
@@ -65,6 +64,7 @@ def generate_latents(
     reporter: Reporter | None = None,
 ) -> LoopLatents:
     reporter = reporter or Reporter()
+    sample = SectionSampler(components, model, cond, settings, start.latent_size, reporter)
     window = settings.window
     main_pad, conn_pad = original_paddings(settings.main_sections), original_paddings(settings.connection_sections)
     n_main, total = len(main_pad), len(main_pad) + len(conn_pad)
@@ -90,17 +90,7 @@ def generate_latents(
                 history_2x=history[:, :, 1:3],
                 history_4x=history[:, :, 3 : 3 + n4x_conn],
             )
-        new = sample_section(
-            model,
-            cond,
-            context,
-            latent_size=(h, w),
-            steps=settings.steps,
-            generator=generator,
-            guidance=guidance_of(settings),
-            device=components.device,
-            on_step=reporter.step_hook(k + 1, total, settings.steps),
-        )
+        new = sample(context, generator, k + 1, total)
         return torch.cat([new, history], dim=2)
 
     initial = torch.zeros(1, start.latent.shape[1], MAIN_CONTEXT, h, w)

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from fploopd.engine.sections import Checkpoint, fingerprint
+from fploopd.engine.denoiser import TransformerFn
+from fploopd.engine.sections import Checkpoint, Conditioning, fingerprint
 from fploopd.errors import InputError
 from fploopd.media import (
     concat_repeat,
@@ -26,6 +27,7 @@ from fploopd.media.limits import MediaLimits
 from fploopd.pipelines import i2v, loop
 from fploopd.pipelines.common import (
     Reporter,
+    StartImage,
     encode_conditioning,
     make_model,
     prepare_image,
@@ -111,13 +113,18 @@ def write_loop(ctx: JobContext, frames: torch.Tensor | np.ndarray, seed: int) ->
     return outputs
 
 
-def run_loop(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
+def prepare_image_job(ctx: JobContext, generations: int) -> tuple[StartImage, Conditioning, TransformerFn]:
+    """Once per job, whatever the seeds: the image fitted and encoded, the prompt, the model callable."""
     spec, components = ctx.spec, ctx.components
-    first = ctx.reporter(1, len(seeds))
-    first.phase("encode")
+    ctx.reporter(1, generations).phase("encode")
     start = prepare_image(components, load_image(ctx.input("image"), ctx.limits), spec.resolution)
     cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, start.pixels)
-    model = make_model(components, spec)
+    return start, cond, make_model(components, spec)
+
+
+def run_loop(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
+    spec, components = ctx.spec, ctx.components
+    start, cond, model = prepare_image_job(ctx, len(seeds))
     outputs: list[OutputFile] = []
     for g, seed in enumerate(seeds, start=1):
         reporter = ctx.reporter(g, len(seeds))
@@ -148,11 +155,7 @@ def write_loop_latents(ctx: JobContext, latents: loop.LoopLatents, seed: int) ->
 
 def run_i2v(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
     spec, components = ctx.spec, ctx.components
-    first = ctx.reporter(1, len(seeds))
-    first.phase("encode")
-    start = prepare_image(components, load_image(ctx.input("image"), ctx.limits), spec.resolution)
-    cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, start.pixels)
-    model = make_model(components, spec)
+    start, cond, model = prepare_image_job(ctx, len(seeds))
     outputs: list[OutputFile] = []
     for g, seed in enumerate(seeds, start=1):
         reporter = ctx.reporter(g, len(seeds))
