@@ -8,6 +8,7 @@ size and mtime have not changed for ``settle_s`` and it can be opened for readin
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
@@ -184,8 +185,19 @@ class _Wake(FileSystemEventHandler):
         self.wake()
 
 
+class _QuietStopRace(logging.Filter):
+    """watchdog's inotify emitter logs an ERROR when it is stopped during a read (a race in watchdog
+    itself, harmless: the observer is going away). It is noise on every clean stop: drop just it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
 def start_watching(settings: Settings, layout: Layout, wake: Callable[[], None]) -> BaseObserver | None:
     """Events only wake the loop; when the observer cannot start, the periodic rescan still works."""
+    inotify_log = logging.getLogger("watchdog.observers.inotify")
+    if not any(isinstance(f, _QuietStopRace) for f in inotify_log.filters):
+        inotify_log.addFilter(_QuietStopRace())
     observer: BaseObserver = PollingObserver(timeout=settings.poll_interval_s) if settings.poll else Observer()
     try:
         observer.schedule(_Wake(wake), str(layout.inbox), recursive=True)
