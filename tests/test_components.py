@@ -13,8 +13,8 @@ import torch
 
 from fploopd.engine import components as comp
 from fploopd.engine.components import GiB, choose_vram, load_components, model_identity, resolve_device
+from fploopd.engine.encode import PROMPT_TEMPLATE
 from fploopd.engine.sources import component_dir, resolve
-from fploopd.engine.tiny import PROMPT_TEMPLATE
 from fploopd.errors import FploopdError, ModelError
 
 
