@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_root_option(p)
     add_model_options(p)
     p.add_argument("--json", action="store_true", help="the checks as a JSON list")
-    p.set_defaults(handler=run, model=None, device=None, vram=None)
+    p.set_defaults(handler=run, model=None, device=None, vram=None, fp8=None)
 
 
 def run(args: argparse.Namespace) -> int:

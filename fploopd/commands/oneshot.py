@@ -273,7 +273,7 @@ def load_model(args: argparse.Namespace) -> Any:
     from fploopd.engine.components import load_components
     from fploopd.engine.sources import resolve
 
-    return load_components(resolve(args.model), device=args.device, vram=args.vram)
+    return load_components(resolve(args.model), device=args.device, vram=args.vram, fp8=bool(args.fp8))
 
 
 def _remove_work(work: Path) -> None:

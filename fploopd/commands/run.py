@@ -14,13 +14,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--once", action="store_true", help="process what is in the inbox now (waiting for it to settle), then exit")
     p.add_argument("--poll", action="store_true", default=None, help="poll the inbox (SMB/NFS shares send no events)")
     # None = not given, so fploopd.toml and FPLOOPD_* decide.
-    p.set_defaults(handler=run, model=None, device=None, vram=None)
+    p.set_defaults(handler=run, model=None, device=None, vram=None, fp8=None)
 
 
 def settings_from(args: argparse.Namespace, **extra: object):  # noqa: ANN201 - Settings, imported lazily
     from fploopd.daemon.settings import load_settings
 
-    flags = {"model": args.model, "device": args.device, "vram": args.vram, "poll": getattr(args, "poll", None), **extra}
+    flags = {"model": args.model, "device": args.device, "vram": args.vram, "fp8": args.fp8, "poll": getattr(args, "poll", None), **extra}
     return load_settings(args.root.absolute(), flags)
 
 

@@ -35,7 +35,7 @@ def load_models(settings: Settings, device: str) -> Any:
     from fploopd.engine.components import load_components
     from fploopd.engine.sources import resolve
 
-    return load_components(resolve(settings.model, allow_download=settings.allow_download), device, vram=settings.vram)
+    return load_components(resolve(settings.model, allow_download=settings.allow_download), device, vram=settings.vram, fp8=settings.fp8)
 
 
 def identity_of(components: Any) -> Any:

@@ -66,6 +66,7 @@ class Components:
     offloaded: frozenset[str] = field(default_factory=frozenset)  # names under group-offload hooks
     # Low mode: streams the transformer's blocks from pinned host memory (accel.BlockStreamer).
     streamer: Any = None
+    fp8: bool = False  # FP8 matmuls in the transformer (high mode on a GPU with FP8 tensor cores)
     accel: dict[str, Any] = field(default_factory=dict)  # what accel.optimize applied, for manifests
 
     @property
@@ -151,7 +152,9 @@ def high_vram_threshold(resident_bytes: int = FULL_SIZE_RESIDENT_BYTES) -> int:
     return int(resident_bytes * HIGH_VRAM_FACTOR)
 
 
-def load_components(paths: ModelPaths, device: str = "auto", vram: str = "auto", variant: str = "i2v") -> Components:
+def load_components(
+    paths: ModelPaths, device: str = "auto", vram: str = "auto", variant: str = "i2v", *, fp8: bool = False
+) -> Components:
     """Load every component with the same ``from_pretrained`` calls as FramePack, then place them."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -187,9 +190,10 @@ def load_components(paths: ModelPaths, device: str = "auto", vram: str = "auto",
         logger.info("VRAM: {:.1f} GiB free of {:.1f} GiB, weights {:.1f} GiB: {} mode", free / GiB, total / GiB, resident / GiB, mode)
     elif vram == "low":
         logger.info("--vram low has no effect on {}: nothing is offloaded", dev)
-    components = Components(
-        **models, device=dev, vram=mode, identity=model_identity(paths, variant), variant=variant
-    )
+    identity = model_identity(paths, variant)
+    if fp8:  # changes the results: part of what a manifest and a checkpoint belong to
+        identity = {**identity, "fp8": True}
+    components = Components(**models, device=dev, vram=mode, identity=identity, variant=variant, fp8=fp8)
     place(components)
     return components
 
@@ -204,12 +208,15 @@ def place(components: Components, *, use_stream: bool | None = None) -> None:
             from fploopd.engine.accel import optimize
 
             # Attention backend timed on this GPU, regional compile of the blocks (compiled lazily).
-            components.accel = optimize(components.transformer, device=dev)
+            components.accel = optimize(components.transformer, device=dev, fp8=components.fp8)
         return
     stream = dev.type == "cuda" if use_stream is None else use_stream
     # The transformer runs every step: its blocks stream from pinned memory, the next ones prefetched
     # while the current computes (accel's streamer: the runner's fast path keeps working with it).
     from fploopd.engine.accel import enable_low_vram
+
+    if components.fp8:
+        logger.info("--fp8 applies when the models stay on the GPU; low-VRAM mode streams bf16 blocks")
 
     components.streamer = enable_low_vram(components.transformer, dev)
     # The Llama runs once per prompt: pin on the fly rather than holding 16 GB pinned.
