@@ -170,12 +170,17 @@ def test_too_short_inputs_name_the_file_and_the_minimum(
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_latent_only_mode_is_refused(tiny_components, pair, tmp_path):
-    spec = SPEC.model_copy(update={"decode": False})
-    with pytest.raises(InputError, match="decode: false") as err:
-        run_job(spec, {"head": pair[0], "tail": pair[1]}, tmp_path / "o", name="x", seeds=[1],
-                components=tiny_components, work_dir=tmp_path / "w")  # fmt: skip
-    assert err.value.field == "decode"
+def test_latent_only_mode_is_refused():
+    # Refused by the spec itself, so a sidecar fails at intake, before any model loads.
+    from pydantic import ValidationError
+
+    from fploopd.daemon.validation import translate
+    from fploopd.spec import JobSpec
+
+    with pytest.raises(ValidationError, match="decode: false") as exc:
+        JobSpec.model_validate({**SPEC.model_dump(), "decode": False})
+    err = translate(exc.value, "x.json")
+    assert isinstance(err, InputError) and err.field == "decode" and "decode: false" in err.message
 
 
 def test_connect_inputs_split_into_kept_and_encoded():

@@ -15,6 +15,7 @@ too-short inputs are an error naming the file; each side's encoded part is ``4n 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +43,7 @@ from fploopd.pipelines.common import (
     encode_conditioning,
     make_model,
 )
-from fploopd.spec import GenerationSettings, JobSpec
+from fploopd.spec import GenerationSettings
 
 if TYPE_CHECKING:
     from fploopd.engine.components import Components
@@ -86,14 +87,6 @@ def context_4x(frames: int, file: str, field: str, fps: float) -> int:
 def encoded_frames(n4x: int) -> int:
     """Frames a side encodes for ``n4x`` 4x latents plus 3 clean/2x latents."""
     return frames_for_latents(n4x + 3)
-
-
-def check_decode(spec: JobSpec) -> None:
-    """Latent-only mode is a loop feature: a connect's output needs the input videos to finish."""
-    if not spec.decode:
-        raise InputError(
-            f"decode: false (latents only) is supported by the loop pipeline, not by {spec.pipeline}", field="decode"
-        )
 
 
 def bucket_of(path: Path, resolution: int, limits: MediaLimits) -> tuple[int, int]:
@@ -208,19 +201,13 @@ def connect_pixels(inputs: ConnectInputs, decoded: torch.Tensor) -> np.ndarray:
     return np.concatenate([inputs.head_kept, tensor_to_frames(decoded), inputs.tail_kept])
 
 
-def run_connect(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
-    from fploopd.pipelines.runners import (
-        write_video,  # runners registers this runner: import late
-    )
+def bridges(ctx: JobContext, seeds: list[int], sides: Sides, image: np.ndarray) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Encode the prompt once, then per seed: ``(seed, bridge latents, decoded [head | bridge | tail])``.
 
+    ``image`` is what SigLIP sees: the frame just before the bridge."""
     spec, components = ctx.spec, ctx.components
-    check_decode(spec)
-    ctx.reporter(1, len(seeds)).phase("encode")
-    inputs = load_inputs(ctx.input("head"), ctx.input("tail"), spec, ctx.limits)
-    sides = encode_sides(components, inputs.head_encoded, inputs.tail_encoded)
-    cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, inputs.head[-1])
+    cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, image)
     model = make_model(components, spec)
-    outputs: list[OutputFile] = []
     for g, seed in enumerate(seeds, start=1):
         reporter = ctx.reporter(g, len(seeds))
         bridge = generate_bridge(
@@ -229,5 +216,16 @@ def run_connect(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
         reporter.phase("decode")
         decoded = decode_bridge(components, sides, bridge, spec.window)
         reporter.phase("write")
+        yield seed, bridge, decoded
+
+
+def run_connect(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
+    from fploopd.pipelines.runners import write_video  # runners registers this runner: import late
+
+    ctx.reporter(1, len(seeds)).phase("encode")
+    inputs = load_inputs(ctx.input("head"), ctx.input("tail"), ctx.spec, ctx.limits)
+    sides = encode_sides(ctx.components, inputs.head_encoded, inputs.tail_encoded)
+    outputs: list[OutputFile] = []
+    for seed, _, decoded in bridges(ctx, seeds, sides, inputs.head[-1]):
         outputs += write_video(ctx, connect_pixels(inputs, decoded), seed, "connect", "connect")
     return outputs

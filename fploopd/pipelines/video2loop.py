@@ -16,16 +16,13 @@ import torch
 
 from fploopd.media import tensor_to_frames
 from fploopd.media.limits import MediaLimits
-from fploopd.pipelines.common import encode_conditioning, make_model
 from fploopd.pipelines.connect import (
     bridge_frames,
+    bridges,
     bucket_of,
-    check_decode,
     context_4x,
-    decode_bridge,
     encode_sides,
     encoded_frames,
-    generate_bridge,
     read_clip,
 )
 from fploopd.spec import GenerationSettings
@@ -65,26 +62,13 @@ def loop_pixels(video: LoopVideo, bridge: torch.Tensor) -> np.ndarray:
 
 
 def run_video2loop(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
-    from fploopd.pipelines.runners import (
-        write_loop,  # runners registers this runner: import late
-    )
+    from fploopd.pipelines.runners import write_loop  # runners registers this runner: import late
 
-    spec, components = ctx.spec, ctx.components
-    check_decode(spec)
     ctx.reporter(1, len(seeds)).phase("encode")
-    video = load_video(ctx.input("video"), spec, ctx.limits)
-    sides = encode_sides(components, video.head_encoded, video.tail_encoded)
-    cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, video.frames[-1])
-    model = make_model(components, spec)
+    video = load_video(ctx.input("video"), ctx.spec, ctx.limits)
+    sides = encode_sides(ctx.components, video.head_encoded, video.tail_encoded)
     outputs: list[OutputFile] = []
-    for g, seed in enumerate(seeds, start=1):
-        reporter = ctx.reporter(g, len(seeds))
-        bridge = generate_bridge(
-            components, model, cond, sides, spec, seed, checkpoint=ctx.checkpoint(seed), reporter=reporter
-        )
-        reporter.phase("decode")
-        decoded = decode_bridge(components, sides, bridge, spec.window)
-        reporter.phase("write")
+    for seed, bridge, decoded in bridges(ctx, seeds, sides, video.frames[-1]):
         pixels = loop_pixels(video, bridge_frames(decoded, sides.head.shape[2], bridge.shape[2]))
         outputs += write_loop(ctx, pixels, seed)
     return outputs
