@@ -12,7 +12,7 @@ from fploopd.daemon.layout import PIPELINE_FOLDERS, Layout
 from fploopd.daemon.profiles import Profiles
 from fploopd.daemon.sidecar import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, effective_spec
 from fploopd.errors import InputError
-from fploopd.fsutil import fsync_dir, write_json_atomic
+from fploopd.fsutil import atomic_path, write_json_atomic
 
 
 def guess_pipeline(files: list[Path]) -> str:
@@ -64,12 +64,7 @@ def submit(
     # Validate now, so the user hears about a mistake before anything is copied.
     effective_spec(content, sidecar, pipeline if folder != layout.inbox else None, Profiles(layout.profiles))
     for fld, src in zip(wanted, files):
-        final = folder / content[fld]
-        part = final.with_name(final.name + ".part")  # ignored by the daemon until renamed
-        shutil.copyfile(src, part)
-        with open(part, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(part, final)
-    fsync_dir(folder)
-    write_json_atomic(sidecar, content)
+        with atomic_path(folder / content[fld]) as part:  # a hidden .part name: ignored until renamed
+            shutil.copyfile(src, part)
+    write_json_atomic(sidecar, content)  # the sidecar last: the drop's commit marker
     return sidecar, content
