@@ -205,3 +205,19 @@ def test_diffusers_group_offloading_falls_back_to_stock() -> None:
     runner.reset(2)
     assert _rel(runner(**kwargs), ref) < 1e-6
     assert runner.stats.block_calls == 0  # the stock forward ran
+
+
+def test_attention_candidates_name_fa4_only_where_it_can_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert accel.attention_candidates(torch.device("cpu")) == ["sdpa"]
+    installed = {"flash_attn.cute"}
+    monkeypatch.setattr(accel, "_has_module", lambda name: name in installed)
+    names = accel.attention_candidates(torch.device("cuda"))
+    assert "fa4" in names and "flash_attn" not in names  # FA4's namespace package is not FA2/FA3
+    installed.add("flash_attn_interface")
+    assert {"fa4", "flash_attn"} <= set(accel.attention_candidates(torch.device("cuda")))
+
+
+def test_has_module_is_false_for_a_dotted_name_without_its_parent() -> None:
+    assert accel._has_module("torch.nn")
+    assert not accel._has_module("no_such_package_fploopd.cute")
+

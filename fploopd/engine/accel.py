@@ -4,8 +4,9 @@
 ``forward.TransformerRunner`` should use:
 
 - attention kernel: timed once on the device at FramePack's 640-bucket shape among the SDPA kernels
-  (cuDNN, flash, efficient) and, when installed, SageAttention / flash-attn; lossy kernels (Sage's
-  INT8) only when ``allow_lossy``;
+  (cuDNN, flash, efficient) and, when installed, FlashAttention 4 (``flash-attn-4``: 1.2x cuDNN on
+  an H200), FlashAttention 2/3 and SageAttention; lossy kernels (Sage's INT8) only when
+  ``allow_lossy``;
 - regional ``torch.compile`` of the two block functions (one graph per block kind, shared by all 60
   blocks; fuses norms, modulation, rope and residuals around the GEMMs);
 - FP8 (e4m3) linears on Hopper/Ada via ``torch._scaled_mm``: weights quantised once per output
@@ -13,8 +14,8 @@
   docs/perf-notes.md for the measured deviation).
 
 CUDA graphs are not used: a forward is ~0.7-0.95 s of ~1000 large kernels and the profile shows
-the GPU busy 99% of it (docs/perf-notes.md). ``BlockStreamer`` is the low-VRAM mode: block weights live in pinned
-host memory and stream to the GPU one block ahead of use on a side stream.
+the GPU busy 99% of it (docs/perf-notes.md). ``BlockStreamer`` is the low-VRAM mode: block weights
+live in pinned host memory and stream to the GPU one block ahead of use on a side stream.
 """
 
 from __future__ import annotations
@@ -64,8 +65,15 @@ def fp8_supported(device: torch.device | str) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a dotted name whose parent is missing
+        return False
+
+
 def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _has_module("triton")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,8 +85,10 @@ def attention_candidates(device: torch.device, allow_lossy: bool = False) -> lis
     if device.type != "cuda":
         return ["sdpa"]
     names = ["cudnn", "flash", "efficient", "sdpa"]
-    if importlib.util.find_spec("flash_attn_interface") or importlib.util.find_spec("flash_attn"):
+    if _has_module("flash_attn_interface") or _has_module("flash_attn.flash_attn_interface"):
         names.append("flash_attn")
+    if _has_module("flash_attn.cute"):
+        names.append("fa4")
     if allow_lossy and importlib.util.find_spec("sageattention"):
         names.append("sage")
     return names
@@ -296,8 +306,9 @@ def optimize(
     ``None`` / ``"auto"`` decide from the device: compile when Triton is there (CUDA), attention by
     timing, projections unfused, FP8 off unless asked (and only where the GPU has FP8 tensor cores).
     ``attention="cudnn_fp8"`` adds cuDNN's FP8 attention (lossy; needs nvidia-cudnn-frontend).
-    Measured on an H200 (docs/benchmarks.md): compile 0.79x of diffusers' forward, + FP8 linears
-    0.67x, + FP8 attention 0.57x; fused projections and SageAttention did not pay."""
+    Measured on an H200 (docs/benchmarks.md): compile with FlashAttention 4 0.72x of diffusers'
+    forward (0.79x with cuDNN's attention), + FP8 linears 0.59x; fused projections and SageAttention
+    did not pay."""
     device = torch.device(device)
     dtype = next(transformer.parameters()).dtype
     applied: dict[str, Any] = {"device": device_name(device), "notes": []}

@@ -52,7 +52,7 @@ FUSED_QKVM = "_fploopd_qkvm"
 # Attribute on the transformer where accel.optimize records what it applied (read by "auto" options).
 ACCEL_ATTR = "_fploopd_accel"
 
-ATTENTION_BACKENDS = ("sdpa", "cudnn", "flash", "efficient", "math", "sage", "flash_attn", "cudnn_fp8")
+ATTENTION_BACKENDS = ("sdpa", "cudnn", "flash", "efficient", "math", "sage", "flash_attn", "fa4", "cudnn_fp8")
 
 
 def teacache_rescale(x: float) -> float:
@@ -119,6 +119,10 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 def attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
     """Full (unmasked) attention on (B, S, H, D) tensors; returns (B, S, H, D)."""
+    if backend == "fa4":
+        from flash_attn.cute import flash_attn_func  # FlashAttention 4 (CuTe DSL; SM90 and SM100 kernels)
+
+        return flash_attn_func(q, k, v)[0]
     if backend == "flash_attn":
         try:
             from flash_attn_interface import (
