@@ -79,3 +79,17 @@ def test_one_lock_per_root(tmp_path: Path) -> None:
     a.release()
     assert b.acquire()
     b.release()
+
+
+def test_workers_load_models_with_the_compile_vae_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fploopd.engine.components as components
+    from fploopd.daemon.worker import load_models
+
+    seen: dict = {}
+    monkeypatch.setattr(components, "load_components", lambda paths, device, **kw: seen.update(kw, device=device))
+    (tmp_path / "fploopd.toml").write_text('model = "tiny"\ncompile_vae = false\n')
+    load_models(load_settings(tmp_path, env={}), "cpu")
+    assert seen["compile_vae"] is False and seen["device"] == "cpu"
+    load_models(load_settings(tmp_path, env={"FPLOOPD_COMPILE_VAE": "true"}), "cpu")
+    assert seen["compile_vae"] is True
+    assert Settings().compile_vae is True  # the daemon's long-lived workers compile by default

@@ -221,3 +221,35 @@ def test_has_module_is_false_for_a_dotted_name_without_its_parent() -> None:
     assert accel._has_module("torch.nn")
     assert not accel._has_module("no_such_package_fploopd.cute")
 
+
+def test_guarded_compile_falls_back_to_eager_for_good() -> None:
+    calls: list[str] = []
+
+    def eager(x: int) -> int:
+        calls.append("eager")
+        return x + 1
+
+    def broken(x: int) -> int:
+        calls.append("compiled")
+        raise RuntimeError("inductor could not lower this shape")
+
+    fn = accel._guarded(eager, broken, "test module")
+    assert fn(1) == 2 and fn(2) == 3
+    assert calls == ["compiled", "eager", "eager"]  # the broken path is tried once, then left alone
+
+    working = accel._guarded(eager, lambda x: x * 10, "test module")
+    assert working(3) == 30
+
+
+def test_optimize_vae_is_a_no_op_on_cpu() -> None:
+    from fploopd.bench.models import build_vae
+
+    vae = build_vae("tiny", "cpu", torch.float32)
+    z = torch.randn(1, vae.config.latent_channels, 2, 4, 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+        assert accel.optimize_vae(vae, "cpu", compile=True) == {"compile": False}
+        assert "forward" not in vae.decoder.__dict__
+        assert torch.equal(vae.decode(z).sample, ref)
+        accel.restore_vae(vae)
+        assert torch.equal(vae.decode(z).sample, ref)

@@ -85,7 +85,6 @@ class State:
     applied: dict[str, Any] = field(default_factory=dict)
     fused: bool = False  # model state: projections fused
     fp8_granularity: str | None = None  # model state: FP8 weights present, of this granularity
-    vae_channels_last: bool = False
 
 
 class Bench:
@@ -400,37 +399,28 @@ class Bench:
             base = measure(lambda: vae.decode(latents).sample, dev, repeats=max(1, reps // 2), warmup=1)
             self.record("vae.decode_section.baseline", base, baseline="vae.decode_section.baseline",
                         frames=int(base.value.shape[2]), note="stock diffusers decode, cudnn.benchmark off")
-            applied = accel.optimize_vae(vae, dev)
+            t0 = time.perf_counter()
+            applied = accel.optimize_vae(vae, dev, compile=self.cfg.compile)
+            _ = vae.decode(latents).sample  # first decode: compiles (reported, not timed)
+            sync(dev)
+            first = time.perf_counter() - t0
             ours = measure(lambda: vae.decode(latents).sample, dev, repeats=max(1, reps // 2), warmup=1)
+            accel.restore_vae(vae)
             self.record("vae.decode_section.ours", ours, baseline="vae.decode_section.baseline",
-                        dev=deviation(ours.value, base.value), applied=applied)
-            if dev.type == "cuda":  # NDHWC lets cuDNN use its tensor-core 3-D convolutions directly
-                try:
-                    self._vae_layout(True)
-                    cl = measure(lambda: vae.decode(latents.contiguous(memory_format=torch.channels_last_3d)).sample,
-                                 dev, repeats=max(1, reps // 2), warmup=1)
-                    self.record("vae.decode_section.ours_channels_last", cl, baseline="vae.decode_section.baseline",
-                                dev=deviation(cl.value, base.value), applied=dict(applied, channels_last_3d=True))
-                    self.st.vae_channels_last = cl.median < ours.median
-                    del cl
-                except Exception as exc:  # noqa: BLE001
-                    self.errors["vae.decode_section.ours_channels_last"] = f"{type(exc).__name__}: {exc}"
-                self._vae_layout(False)
-        torch.backends.cudnn.benchmark = False
+                        dev=deviation(ours.value, base.value), applied=applied, first_call_s=first,
+                        note="compiled decoder, channels-last weights" if applied["compile"] else "stock decode")
         del enc, base, ours
         free(dev)
-
-    def _vae_layout(self, channels_last: bool) -> None:
-        fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-        self.st.vae.to(memory_format=fmt)
 
     def _spec(self) -> binputs.InputSpec:
         self.st.spec = binputs.full_spec() if self.cfg.size == "full" else binputs.tiny_spec(models.TINY_TRANSFORMER)
         return self.st.spec
 
-    def _section(self, model: Any, *, decode_benchmark: bool) -> torch.Tensor:
-        """One 25-step section with FramePack's sampler plus the decode of its two windows."""
+    def _section(self, model: Any, *, optimized_decode: bool) -> torch.Tensor:
+        """One 25-step section with FramePack's sampler plus the decode of its two windows (stock,
+        or as ``accel.optimize_vae`` makes it)."""
         from fploopd.core.plan import inverted_section
+        from fploopd.engine import accel
         from fploopd.engine.denoiser import Guidance
         from fploopd.engine.sections import Conditioning, SectionContext, sample_section
 
@@ -448,20 +438,14 @@ class Bench:
             model, cond, ctx, latent_size=(spec.latent_h, spec.latent_w), steps=self.cfg.steps,
             generator=gen, guidance=Guidance(), device=self.device, dtype=self.dtype,
         )
-        torch.backends.cudnn.benchmark = decode_benchmark
         vae = self.st.vae
-        channels_last = decode_benchmark and self.st.vae_channels_last  # ours only
-        if channels_last:
-            self._vae_layout(True)
+        if optimized_decode:
+            accel.optimize_vae(vae, self.device, compile=self.cfg.compile)
         z = torch.cat([latents, kw["latents_history_4x"][:, :, : spec.window].float().cpu()], dim=2)
         z = (z / vae.config.scaling_factor).to(self.device, vae.dtype)
-        if channels_last:
-            z = z.contiguous(memory_format=torch.channels_last_3d)
         with torch.inference_mode():
             _ = vae.decode(z).sample
-        if channels_last:
-            self._vae_layout(False)
-        torch.backends.cudnn.benchmark = False
+        accel.restore_vae(vae)
         return latents
 
     def stage_section(self) -> None:
@@ -472,7 +456,7 @@ class Bench:
         self._ensure_vae()
         dev = self.device
         reps, warm = self._reps(heavy=True)
-        base = measure(lambda: self._section(StockTransformer(self.st.transformer), decode_benchmark=False),
+        base = measure(lambda: self._section(StockTransformer(self.st.transformer), optimized_decode=False),
                        dev, repeats=reps, warmup=warm)
         ref = base.value
         self.record("section.baseline", base, baseline="section.baseline",
@@ -491,7 +475,7 @@ class Bench:
         for name, opts in variants:
             try:
                 runner = self._runner(**opts)
-                m = measure(lambda r=runner: self._section(r, decode_benchmark=True), dev, repeats=reps, warmup=warm)
+                m = measure(lambda r=runner: self._section(r, optimized_decode=True), dev, repeats=reps, warmup=warm)
                 self.record(name, m, baseline="section.baseline", dev=deviation(m.value, ref), options=opts,
                             forwards_computed=runner.stats.computed, forwards_skipped=runner.stats.skipped)
                 self.st.section_latents[name] = m.value
@@ -519,8 +503,8 @@ class Bench:
             reps, warm = self._reps(heavy=True)
             runner = self._runner(**opts)
             runner(**self.st.kwargs)  # compile / plans outside the timing
-            m = measure(lambda: self._section(runner, decode_benchmark=True), dev, repeats=reps, warmup=warm)
-            again = self._section(runner, decode_benchmark=True)  # run-to-run noise of the reference
+            m = measure(lambda: self._section(runner, optimized_decode=True), dev, repeats=reps, warmup=warm)
+            again = self._section(runner, optimized_decode=True)  # run-to-run noise of the reference
             self.record("section.ours_bf16", m, baseline="section.baseline", options=opts,
                         repeat_max_abs_dev=deviation(again, m.value)[0])
             self.st.section_latents["section.ours_bf16"] = m.value
@@ -543,7 +527,8 @@ class Bench:
             reps, warm = self._reps(heavy=True)
             runner = self._runner(offloader=streamer, **opts)
             reset_peak(dev)
-            m = measure(lambda: self._section(runner, decode_benchmark=True), dev, repeats=reps, warmup=warm)
+            # Low mode's decode is the stock tiled one, as load_components' low mode runs it.
+            m = measure(lambda: self._section(runner, optimized_decode=False), dev, repeats=reps, warmup=warm)
             high = self.results.get("section.ours_bf16", {}).get("median_s")
             ref = self.st.section_latents.get("section.ours_bf16")
             self.record("section.ours_low_vram", m, baseline="section.baseline", dev=deviation(m.value, ref),
@@ -589,8 +574,10 @@ class Bench:
             accel.remove_fp8(t)
             self.st.fused, self.st.fp8_granularity = False, None
             comps = models.random_components(t, self.st.vae, dev)
-            if dev.type == "cuda":
+            if dev.type == "cuda":  # what a daemon worker applies (load_components, high mode)
                 comps.accel = accel.optimize(t, device=dev)
+                comps.compile_vae = True
+                comps.accel["vae"] = accel.optimize_vae(comps.vae, dev)
             spec = JobSpec(prompt="a lighthouse in a storm, waves crashing", pipeline="loop", resolution=640,
                            main_sections=1, connection_sections=1, steps=25, loop_count=3, seed=31337)  # fmt: skip
         else:

@@ -35,7 +35,8 @@ def load_models(settings: Settings, device: str) -> Any:
     from fploopd.engine.components import load_components
     from fploopd.engine.sources import resolve
 
-    return load_components(resolve(settings.model, allow_download=settings.allow_download), device, vram=settings.vram, fp8=settings.fp8)
+    paths = resolve(settings.model, allow_download=settings.allow_download)
+    return load_components(paths, device, vram=settings.vram, fp8=settings.fp8, compile_vae=settings.compile_vae)
 
 
 def identity_of(components: Any) -> Any:

@@ -165,4 +165,4 @@ def vae_decode(components: Components, latents: torch.Tensor) -> torch.Tensor:
     """
     vae = components.vae
     z = latents / vae.config.scaling_factor
-    return vae.decode(z.to(device=vae.device, dtype=vae.dtype)).sample.cpu()
+    return vae.decode(z.to(device=vae.device, dtype=vae.dtype)).sample.contiguous().cpu()
