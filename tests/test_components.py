@@ -203,3 +203,28 @@ def test_damaged_files_are_a_model_error_naming_the_component(tiny_root: Path, t
     (component_dir(copy, "image_encoder") / "model.safetensors").write_bytes(b"not safetensors at all")
     with pytest.raises(ModelError, match=r"could not load image_encoder from .*image_encoder"):
         load_components(resolve(copy), device="cpu")
+
+
+def test_prompt_embeddings_are_cached_by_prompt(tiny_components: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fploopd.engine import encode
+
+    c = tiny_components
+    c.prompt_cache.clear()
+    calls: list[int] = []
+    hook = c.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        first = encode.encode_prompt(c, "a cat walks")
+        again = encode.encode_prompt(c, "a cat walks")
+        assert again is first and len(calls) == 1  # the 8B Llama runs once per prompt
+        fresh = encode._encode_prompt(c, "a cat walks")
+        assert torch.equal(fresh.llama, first.llama) and torch.equal(fresh.pooler, first.pooler)
+        other = encode.encode_prompt(c, "a dog runs")
+        assert len(calls) == 3 and not torch.equal(other.llama, first.llama)
+
+        monkeypatch.setattr(encode, "PROMPT_CACHE_SIZE", 2)
+        encode.encode_prompt(c, "a cat walks")  # most recently used again
+        encode.encode_prompt(c, "a bird sings")  # evicts "a dog runs", the least recently used
+        assert list(c.prompt_cache) == ["a cat walks", "a bird sings"]
+    finally:
+        hook.remove()
+        c.prompt_cache.clear()

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,9 @@ class Components:
     fp8: bool = False  # FP8 matmuls in the transformer (high mode on a GPU with FP8 tensor cores)
     compile_vae: bool = False  # compile the VAE decoder (high mode on a GPU): for long-lived workers
     accel: dict[str, Any] = field(default_factory=dict)  # what accel.optimize applied, for manifests
+    # Prompt embeddings by prompt (encode.encode_prompt): queues repeat prompts, and in low mode
+    # each encode streams the 8B Llama through the GPU.
+    prompt_cache: OrderedDict[str, Any] = field(default_factory=OrderedDict)
 
     @property
     def transformer_dtype(self) -> torch.dtype:

@@ -97,8 +97,26 @@ def prompt_crop_start(tokenizer) -> int:
     return len(tokenizer(prefix, add_special_tokens=True)["input_ids"])
 
 
-@torch.no_grad()
+PROMPT_CACHE_SIZE = 16  # a few MB each
+
+
 def encode_prompt(components: Components, prompt: str) -> PromptEmbeds:
+    """Llama 3 hidden states (cropped, padded to 512) and the CLIP pooler for ``prompt``, remembered
+    per ``components`` for the last ``PROMPT_CACHE_SIZE`` prompts."""
+    cache = components.prompt_cache
+    hit = cache.get(prompt)
+    if hit is not None:
+        cache.move_to_end(prompt)
+        return hit
+    embeds = _encode_prompt(components, prompt)
+    cache[prompt] = embeds
+    while len(cache) > PROMPT_CACHE_SIZE:
+        cache.popitem(last=False)
+    return embeds
+
+
+@torch.no_grad()
+def _encode_prompt(components: Components, prompt: str) -> PromptEmbeds:
     tokenizer, llama = components.tokenizer, components.text_encoder
     crop = prompt_crop_start(tokenizer)
     tokens = tokenizer(
