@@ -93,3 +93,17 @@ def test_workers_load_models_with_the_compile_vae_setting(tmp_path: Path, monkey
     load_models(load_settings(tmp_path, env={"FPLOOPD_COMPILE_VAE": "true"}), "cpu")
     assert seen["compile_vae"] is True
     assert Settings().compile_vae is True  # the daemon's long-lived workers compile by default
+
+
+def test_workers_keep_compiled_kernels_under_the_state_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from fploopd.daemon.layout import Layout
+    from fploopd.daemon.worker import use_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    use_compile_cache(Layout(tmp_path))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".fploopd" / "cache" / "torch")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")  # an operator's choice wins
+    use_compile_cache(Layout(tmp_path))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"

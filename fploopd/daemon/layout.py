@@ -59,6 +59,11 @@ class Layout:
     def work(self) -> Path:
         return self.state / "work"
 
+    @property
+    def compile_cache(self) -> Path:
+        """torch.compile's kernels and graphs, kept across restarts and reboots (unlike /tmp)."""
+        return self.state / "cache" / "torch"
+
     def job_dir(self, job_id: str) -> Path:
         return self.work / job_id
 
