@@ -209,6 +209,7 @@ def test_diffusers_group_offloading_falls_back_to_stock() -> None:
 
 def test_attention_candidates_name_fa4_only_where_it_can_run(monkeypatch: pytest.MonkeyPatch) -> None:
     assert accel.attention_candidates(torch.device("cpu")) == ["sdpa"]
+    assert not accel.fa4_would_help("cpu")
     installed = {"flash_attn.cute"}
     monkeypatch.setattr(accel, "_has_module", lambda name: name in installed)
     names = accel.attention_candidates(torch.device("cuda"))

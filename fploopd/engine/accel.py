@@ -68,6 +68,12 @@ def fp8_supported(device: torch.device | str) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+def fa4_would_help(device: torch.device | str) -> bool:
+    """A GPU that FlashAttention 4 has kernels for (Hopper, Blackwell), whether or not it is installed."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] in (9, 10, 11)
+
+
 def _has_module(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
