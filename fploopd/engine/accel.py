@@ -359,7 +359,7 @@ def optimize(
 def optimize_vae(vae: nn.Module, device: torch.device | str, *, compile: bool | None = None) -> dict[str, Any]:
     """Compile the VAE decoder (and lay its weights out channels-last) on a CUDA device.
 
-    Measured on an H200 (docs/perf-notes.md): one section's decode 3.78 s -> 1.94 s, within fp16
+    Measured on an H200 (docs/benchmarks.md): one section's decode 3.78 s -> 1.88 s, within fp16
     rounding of the stock decode; eager channels-last alone is 1.6x slower, so it only comes with
     the compile. The first decode of each new shape compiles (about a minute), which is why the
     daemon's long-lived workers use it and one-shot commands do not. ``restore_vae`` undoes it."""

@@ -225,7 +225,7 @@ def place(components: Components, *, use_stream: bool | None = None) -> None:
 
             # Attention backend timed on this GPU, regional compile of the blocks (compiled lazily).
             components.accel = optimize(components.transformer, device=dev, fp8=components.fp8)
-            components.accel["vae"] = optimize_vae(components.vae, dev, compile=components.compile_vae or False)
+            components.accel["vae"] = optimize_vae(components.vae, dev, compile=components.compile_vae)
         return
     stream = dev.type == "cuda" if use_stream is None else use_stream
     # The transformer runs every step: its blocks stream from pinned memory, the next ones prefetched
@@ -238,7 +238,7 @@ def place(components: Components, *, use_stream: bool | None = None) -> None:
     components.streamer = enable_low_vram(components.transformer, dev)
     # The Llama runs once per prompt: pin on the fly rather than holding 16 GB pinned.
     _group_offload(components.text_encoder, dev, use_stream=stream, low_cpu_mem_usage=True)
-    restore_vae(components.vae)  # the tiled decode runs eagerly: its small tiles gain little
+    restore_vae(components.vae)  # low mode keeps the stock tiled decode (a compiled one is unmeasured)
     components.vae.enable_tiling()
     components.vae.enable_slicing()
     components.offloaded = frozenset(GROUP_OFFLOADED)
