@@ -33,6 +33,8 @@ def test_bench_tiny_cpu_schema(tmp_path: Path) -> None:
     ours = results["forward.ours_eager_sdpa"]
     assert ours["median_s"] > 0 and ours["max_abs_dev"] < 1e-4  # same function as the baseline
     assert results["section.ours_bf16"]["max_abs_dev"] < 1e-3
+    # The untimed warm-up forward before each section is not counted as one of its steps.
+    assert results["section.ours_bf16"]["forwards_computed"] == doc["steps"]
 
 
 def test_bench_rejects_unknown_stage(tmp_path: Path) -> None:
