@@ -180,7 +180,7 @@ def test_compiled_blocks_match(model: torch.nn.Module) -> None:
 
 def test_fp8_attention_plumbing(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cuDNN FP8 path's scales, checked with a reference kernel in its place (no cuDNN on CPU)."""
-    from fploopd.engine.forward import attention
+    from fploopd.engine.attention import attention
 
     def reference_sdpa_fp8(q8, k8, v8, dq, dk, dv):  # type: ignore[no-untyped-def]
         o = attention(q8.float() * dq, k8.float() * dk, v8.float() * dv, "math")

@@ -34,6 +34,7 @@ import torch
 from loguru import logger
 from torch import Tensor, nn
 
+from fploopd.engine.attention import attention
 from fploopd.engine.forward import (
     ACCEL_ATTR,
     FP8_ATTR,
@@ -41,7 +42,6 @@ from fploopd.engine.forward import (
     FUSED_QKV,
     FUSED_QKVM,
     BlockFns,
-    attention,
     double_block,
     single_block,
 )
