@@ -12,7 +12,7 @@ after every stage so an interrupted run keeps what it measured):
   its decode: baseline (stock forward + stock decode) against ours (bf16, FP8, TeaCache);
 - ``lowvram``: our section with the blocks streamed from pinned host memory, the process held to
   8 GiB of GPU memory, as a ratio to our high-VRAM section;
-- ``e2e``: a loop job (main 1, connection 1) through the pipelines, where they exist.
+- ``e2e``: a loop job (main 1, connection 1) through the pipelines (``bench.e2e``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from loguru import logger
 
 from fploopd.bench import inputs as binputs
 from fploopd.bench import models
+from fploopd.bench.report import gpu_name, kernel_family, short
 from fploopd.bench.timing import (
     Measurement,
     deviation,
@@ -123,7 +124,7 @@ class Bench:
         row["max_abs_dev"], row["mean_abs_dev"] = dev
         row.update(extra)
         self.results[name] = row
-        logger.info("bench {}: {}", name, _short(row))
+        logger.info("bench {}: {}", name, short(row))
         self.write()  # an interrupted run keeps every figure it measured
 
     def document(self) -> dict[str, Any]:
@@ -133,7 +134,7 @@ class Bench:
 
         latent_tokens, cond_tokens = binputs.token_counts(spec)
         return {
-            "gpu": _gpu_name(self.device),
+            "gpu": gpu_name(self.device),
             "torch": torch.__version__,
             "model": self.cfg.model,
             "bucket": spec.bucket,
@@ -379,7 +380,7 @@ class Bench:
                 rows.append((e.key, us / 1e3, e.count))
         families: dict[str, float] = {}
         for key, ms, _ in rows:
-            families[_family(key)] = families.get(_family(key), 0.0) + ms
+            families[kernel_family(key)] = families.get(kernel_family(key), 0.0) + ms
         rows.sort(key=lambda r: -r[1])
         out = {"options": opts, "families_ms": families, "total_ms": sum(families.values()),
                "top": [[k[:120], round(ms, 3), n] for k, ms, n in rows[:20]]}
@@ -576,128 +577,9 @@ class Bench:
         return self.st.best_bf16
 
     def stage_e2e(self) -> None:
-        """A loop job through ``run_job``, image file in, mp4 files out: its wall time.
+        from fploopd.bench.e2e import run_e2e
 
-        Full size: main 1, connection 1, 25 steps, 640 bucket, with what ``load_components`` applies
-        on a GPU (``accel.optimize``). Tiny: the tiny family from disk, a few steps at 64 px."""
-        import tempfile
-
-        import numpy as np
-        from PIL import Image
-
-        from fploopd.engine import accel
-        from fploopd.pipelines import run_job
-        from fploopd.spec import JobSpec
-
-        dev, full = self.device, self.cfg.size == "full"
-        if full:
-            self._ensure_transformer()
-            self._ensure_vae()
-            t = self.st.transformer
-            accel.unfuse_projections(t)
-            accel.remove_fp8(t)
-            self.st.fused, self.st.fp8_granularity = False, None
-            comps = models.random_components(t, self.st.vae, dev)
-            if dev.type == "cuda":  # what a daemon worker applies (load_components, high mode)
-                comps.accel = accel.optimize(t, device=dev)
-                comps.compile_vae = True
-                comps.accel["vae"] = accel.optimize_vae(comps.vae, dev)
-            spec = JobSpec(prompt="a lighthouse in a storm, waves crashing", pipeline="loop", resolution=640,
-                           main_sections=1, connection_sections=1, steps=25, loop_count=3, seed=31337)  # fmt: skip
-        else:
-            from fploopd.engine.components import load_components
-            from fploopd.engine.sources import resolve
-
-            comps = load_components(resolve("tiny"), device=str(dev))
-            spec = JobSpec(prompt="a lighthouse", pipeline="loop", resolution=64, window=4, main_sections=1,
-                           connection_sections=1, steps=2, loop_count=3, seed=31337)  # fmt: skip
-        y, x = np.mgrid[0:640, 0:640]
-        image = np.stack([x % 256, y % 256, (x + y) // 5 % 256], axis=-1).astype(np.uint8)
-        note = f"main 1 + connection 1, {spec.steps} steps, {spec.resolution} bucket, 1-loop + 3-loop mp4"
-        # First job of a worker (compiles the blocks), then a second: what every later job costs.
-        for name, what in (("e2e.loop_job_first", "includes compiling"), ("e2e.loop_job", "models warm")):
-            with tempfile.TemporaryDirectory() as tmp:
-                src = Path(tmp) / "in.png"
-                Image.fromarray(image).save(src)
-                if dev.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(dev)
-                t0 = time.perf_counter()
-                result = run_job(spec, {"image": src}, Path(tmp) / "out", name="bench", seeds=[31337],
-                                 components=comps, work_dir=Path(tmp) / "work")  # fmt: skip
-                sync(dev)
-                wall = time.perf_counter() - t0
-            frames = next(o.frames for o in result.outputs if o.kind == "1loop")
-            self.record(name, Measurement([wall], peak_gib(dev)), note=f"{note} ({frames} frames); {what}")
-        if full and dev.type == "cuda":
-            self._e2e_low_vram(comps, spec, image, note)
-        comps = None
-        free(dev)
-
-    def _e2e_low_vram(self, comps: Any, spec: Any, image: Any, note: str) -> None:
-        """The same job the way an 8 GiB card runs it: ``place`` in low mode (transformer blocks
-        streamed, Llama group-offloaded, the rest moved in per phase, VAE tiled), under a cap."""
-        import tempfile
-
-        from PIL import Image
-
-        from fploopd.engine.components import MODEL_NAMES, place
-        from fploopd.pipelines import run_job
-
-        dev = self.device
-        for name in MODEL_NAMES:
-            getattr(comps, name).to("cpu")
-        comps.vram = "low"
-        free(dev)
-        place(comps)
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        total = torch.cuda.get_device_properties(index).total_memory
-        torch.cuda.set_per_process_memory_fraction(self.cfg.low_vram_gib * 2**30 / total, index)
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                src = Path(tmp) / "in.png"
-                Image.fromarray(image).save(src)
-                torch.cuda.reset_peak_memory_stats(dev)
-                t0 = time.perf_counter()
-                run_job(spec, {"image": src}, Path(tmp) / "out", name="bench", seeds=[31337], components=comps,
-                        work_dir=Path(tmp) / "work")  # fmt: skip
-                sync(dev)
-                wall = time.perf_counter() - t0
-            high = self.results.get("e2e.loop_job", {}).get("median_s")
-            self.record("e2e.loop_job_low_vram", Measurement([wall], peak_gib(dev)), limit_gib=self.cfg.low_vram_gib,
-                        vs_high_vram=(wall / high) if high else None,
-                        note=f"{note}; load_components' low mode under a {self.cfg.low_vram_gib} GiB cap")  # fmt: skip
-        finally:
-            torch.cuda.set_per_process_memory_fraction(1.0, index)
-
-
-def _family(kernel: str) -> str:
-    k = kernel.lower()
-    if any(x in k for x in ("fmha", "flash", "cudnn", "attn", "attention", "sdpa")):
-        return "attention"
-    if any(x in k for x in ("gemm", "cutlass", "xmma", "nvjet", "matmul", "sm90_", "scaled_mm", "f8f8")):
-        return "gemm"
-    if k.startswith("triton") or "triton" in k:
-        return "fused_elementwise"
-    if "conv" in k:
-        return "conv"
-    return "other"
-
-
-def _gpu_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()})"
-
-
-def _short(row: dict[str, Any]) -> str:
-    parts = []
-    for k in ("median_s", "vs_baseline", "peak_gib", "max_abs_dev"):
-        v = row.get(k)
-        if v is not None:
-            parts.append(f"{k}={v:.4g}")
-    if row.get("note"):
-        parts.append(str(row["note"]))
-    return " ".join(parts)
+        run_e2e(self)
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
@@ -705,24 +587,6 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     doc = Bench(cfg).run()
     logger.info("bench written to {}", cfg.out)
     return doc
-
-
-def table(doc: dict[str, Any]) -> str:
-    """A Markdown table of a bench document."""
-    lines = [
-        f"GPU: {doc['gpu']}, torch {doc['torch']}, model {doc['model']}, bucket {doc['bucket']}, window {doc['window']}",
-        "",
-        "| figure | median s | min s | max s | peak GiB | vs baseline | max abs dev | mean abs dev |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    fmt = lambda v, f: "-" if v is None else format(v, f)
-    for name, r in doc["results"].items():
-        lines.append(
-            f"| {name} | {fmt(r['median_s'], '.4f')} | {fmt(r['min_s'], '.4f')} | {fmt(r['max_s'], '.4f')} | "
-            f"{fmt(r['peak_gib'], '.1f')} | {fmt(r['vs_baseline'], '.3f')} | {fmt(r['max_abs_dev'], '.3g')} | "
-            f"{fmt(r['mean_abs_dev'], '.3g')} |"
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience

@@ -58,7 +58,8 @@ def _command_line(args: argparse.Namespace, defaults: dict[str, object]) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from fploopd.bench.run import STAGES, BenchConfig, run_bench, table
+    from fploopd.bench.report import table
+    from fploopd.bench.run import STAGES, BenchConfig, run_bench
     from fploopd.errors import InputError
 
     device = args.device

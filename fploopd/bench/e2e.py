@@ -1,0 +1,107 @@
+"""The bench's ``e2e`` stage: a loop job through ``run_job`` exactly as a daemon worker runs it."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fploopd.bench import models
+from fploopd.bench.timing import Measurement, free, peak_gib, sync
+
+if TYPE_CHECKING:
+    from fploopd.bench.run import Bench
+
+
+def run_e2e(bench: Bench) -> None:
+    """A loop job through ``run_job``, image file in, mp4 files out: its wall time.
+
+    Full size: main 1, connection 1, 25 steps, 640 bucket, with what ``load_components`` applies
+    on a GPU (``accel.optimize``). Tiny: the tiny family from disk, a few steps at 64 px."""
+    import numpy as np
+    from PIL import Image
+
+    from fploopd.engine import accel
+    from fploopd.pipelines import run_job
+    from fploopd.spec import JobSpec
+
+    dev, full = bench.device, bench.cfg.size == "full"
+    if full:
+        bench._ensure_transformer()
+        bench._ensure_vae()
+        t = bench.st.transformer
+        accel.unfuse_projections(t)
+        accel.remove_fp8(t)
+        bench.st.fused, bench.st.fp8_granularity = False, None
+        comps = models.random_components(t, bench.st.vae, dev)
+        if dev.type == "cuda":  # what a daemon worker applies (load_components, high mode)
+            comps.accel = accel.optimize(t, device=dev)
+            comps.compile_vae = True
+            comps.accel["vae"] = accel.optimize_vae(comps.vae, dev)
+        spec = JobSpec(prompt="a lighthouse in a storm, waves crashing", pipeline="loop", resolution=640,
+                       main_sections=1, connection_sections=1, steps=25, loop_count=3, seed=31337)  # fmt: skip
+    else:
+        from fploopd.engine.components import load_components
+        from fploopd.engine.sources import resolve
+
+        comps = load_components(resolve("tiny"), device=str(dev))
+        spec = JobSpec(prompt="a lighthouse", pipeline="loop", resolution=64, window=4, main_sections=1,
+                       connection_sections=1, steps=2, loop_count=3, seed=31337)  # fmt: skip
+    y, x = np.mgrid[0:640, 0:640]
+    image = np.stack([x % 256, y % 256, (x + y) // 5 % 256], axis=-1).astype(np.uint8)
+    note = f"main 1 + connection 1, {spec.steps} steps, {spec.resolution} bucket, 1-loop + 3-loop mp4"
+    # First job of a worker (compiles the blocks), then a second: what every later job costs.
+    for name, what in (("e2e.loop_job_first", "includes compiling"), ("e2e.loop_job", "models warm")):
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "in.png"
+            Image.fromarray(image).save(src)
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            t0 = time.perf_counter()
+            result = run_job(spec, {"image": src}, Path(tmp) / "out", name="bench", seeds=[31337],
+                             components=comps, work_dir=Path(tmp) / "work")  # fmt: skip
+            sync(dev)
+            wall = time.perf_counter() - t0
+        frames = next(o.frames for o in result.outputs if o.kind == "1loop")
+        bench.record(name, Measurement([wall], peak_gib(dev)), note=f"{note} ({frames} frames); {what}")
+    if full and dev.type == "cuda":
+        _low_vram_job(bench, comps, spec, image, note)
+    comps = None
+    free(dev)
+
+def _low_vram_job(bench: Bench, comps: Any, spec: Any, image: Any, note: str) -> None:
+    """The same job the way an 8 GiB card runs it: ``place`` in low mode (transformer blocks
+    streamed, Llama group-offloaded, the rest moved in per phase, VAE tiled), under a cap."""
+    from PIL import Image
+
+    from fploopd.engine.components import MODEL_NAMES, place
+    from fploopd.pipelines import run_job
+
+    dev = bench.device
+    for name in MODEL_NAMES:
+        getattr(comps, name).to("cpu")
+    comps.vram = "low"
+    free(dev)
+    place(comps)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(bench.cfg.low_vram_gib * 2**30 / total, index)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "in.png"
+            Image.fromarray(image).save(src)
+            torch.cuda.reset_peak_memory_stats(dev)
+            t0 = time.perf_counter()
+            run_job(spec, {"image": src}, Path(tmp) / "out", name="bench", seeds=[31337], components=comps,
+                    work_dir=Path(tmp) / "work")  # fmt: skip
+            sync(dev)
+            wall = time.perf_counter() - t0
+        high = bench.results.get("e2e.loop_job", {}).get("median_s")
+        bench.record("e2e.loop_job_low_vram", Measurement([wall], peak_gib(dev)), limit_gib=bench.cfg.low_vram_gib,
+                    vs_high_vram=(wall / high) if high else None,
+                    note=f"{note}; load_components' low mode under a {bench.cfg.low_vram_gib} GiB cap")  # fmt: skip
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
