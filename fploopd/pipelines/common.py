@@ -11,6 +11,7 @@ import torch
 from loguru import logger
 
 from fploopd.core.assemble import DecodePlan, run_plan
+from fploopd.core.plan import inverted_section
 from fploopd.engine.denoiser import Guidance, TransformerFn, prompt_kwargs
 from fploopd.engine.encode import (
     encode_image,
@@ -164,6 +165,22 @@ class StartImage:
     @property
     def latent_size(self) -> tuple[int, int]:
         return self.latent.shape[-2], self.latent.shape[-1]
+
+
+# Latents of history that condition a section generated backwards from an image: the latest 1x
+# latent, then 2 at 2x and 16 at 4x (FramePack's clean_latents_post / 2x / 4x).
+IMAGE_CONTEXT = 1 + 2 + 16
+
+
+def image_context(start: StartImage, history: torch.Tensor, blank: int, window: int) -> SectionContext:
+    """FramePack's conditioning for the section before ``history`` (newest latents first): the start
+    image and the history's first latent as clean latents, its next 2 and 16 as the 2x and 4x ones."""
+    return SectionContext(
+        inverted_section(blank, window),
+        clean=torch.cat([start.latent, history[:, :, :1]], dim=2),
+        history_2x=history[:, :, 1:3],
+        history_4x=history[:, :, 3:IMAGE_CONTEXT],
+    )
 
 
 def prepare_image(components: Components, image: np.ndarray, resolution: int) -> StartImage:

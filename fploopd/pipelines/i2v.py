@@ -7,27 +7,22 @@ from typing import TYPE_CHECKING
 import torch
 
 from fploopd.core.assemble import linear_plan
-from fploopd.core.plan import inverted_section, original_paddings
+from fploopd.core.plan import original_paddings
 from fploopd.engine.denoiser import TransformerFn
-from fploopd.engine.sections import (
-    Checkpoint,
-    Conditioning,
-    SectionContext,
-)
+from fploopd.engine.sections import Checkpoint, Conditioning
 from fploopd.pipelines.common import (
+    IMAGE_CONTEXT,
     Reporter,
     SectionSampler,
     StartImage,
     decode_with_plan,
     drive_sections,
+    image_context,
 )
 from fploopd.spec import GenerationSettings
 
 if TYPE_CHECKING:
     from fploopd.engine.components import Components
-
-CONTEXT = 1 + 2 + 16  # post, 2x, 4x latents taken from the history
-
 
 def generate_latents(
     components: Components,
@@ -47,20 +42,14 @@ def generate_latents(
     h, w = start.latent_size
 
     def step(k: int, history: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        context = SectionContext(
-            inverted_section(paddings[k] * window, window),
-            clean=torch.cat([start.latent, history[:, :, :1]], dim=2),
-            history_2x=history[:, :, 1:3],
-            history_4x=history[:, :, 3:CONTEXT],
-        )
-        new = sample(context, generator, k + 1, len(paddings))
+        new = sample(image_context(start, history, paddings[k] * window, window), generator, k + 1, len(paddings))
         if paddings[k] == 0:  # the earliest section begins with the input image itself
             new = torch.cat([start.latent, new], dim=2)
         return torch.cat([new, history], dim=2)
 
-    initial = torch.zeros(1, start.latent.shape[1], CONTEXT, h, w)
+    initial = torch.zeros(1, start.latent.shape[1], IMAGE_CONTEXT, h, w)
     history = drive_sections(len(paddings), initial, step, seed=seed, checkpoint=checkpoint, reporter=reporter)
-    return history[:, :, : history.shape[2] - CONTEXT]
+    return history[:, :, : history.shape[2] - IMAGE_CONTEXT]
 
 
 def decode(components: Components, latents: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:

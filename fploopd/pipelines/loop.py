@@ -24,19 +24,18 @@ from fploopd.engine.sections import (
     SectionContext,
 )
 from fploopd.pipelines.common import (
+    IMAGE_CONTEXT,
     Reporter,
     SectionSampler,
     StartImage,
     decode_with_plan,
     drive_sections,
+    image_context,
 )
 from fploopd.spec import GenerationSettings
 
 if TYPE_CHECKING:
     from fploopd.engine.components import Components
-
-MAIN_CONTEXT = 1 + 2 + 16
-
 
 @dataclass(frozen=True)
 class LoopLatents:
@@ -74,13 +73,7 @@ def generate_latents(
 
     def step(k: int, history: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if k < n_main:
-            blank = (main_pad[k] + settings.padding_sections) * window
-            context = SectionContext(
-                inverted_section(blank, window),
-                clean=torch.cat([start.latent, history[:, :, :1]], dim=2),
-                history_2x=history[:, :, 1:3],
-                history_4x=history[:, :, 3:MAIN_CONTEXT],
-            )
+            context = image_context(start, history, (main_pad[k] + settings.padding_sections) * window, window)
         else:
             if k == n_main:  # the connection's history starts as the main video alone
                 history = history[:, :, :main_latents]
@@ -93,7 +86,7 @@ def generate_latents(
         new = sample(context, generator, k + 1, total)
         return torch.cat([new, history], dim=2)
 
-    initial = torch.zeros(1, start.latent.shape[1], MAIN_CONTEXT, h, w)
+    initial = torch.zeros(1, start.latent.shape[1], IMAGE_CONTEXT, h, w)
     history = drive_sections(total, initial, step, seed=seed, checkpoint=checkpoint, reporter=reporter)
     conn_latents = len(conn_pad) * window
     return LoopLatents(history[:, :, conn_latents : conn_latents + main_latents], history[:, :, :conn_latents], window)
