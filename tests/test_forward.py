@@ -9,8 +9,8 @@ import torch
 
 from fploopd.bench.inputs import section_kwargs, tiny_spec
 from fploopd.bench.models import TINY_TRANSFORMER, build_transformer
-from fploopd.engine import accel
-from fploopd.engine.forward import TransformerRunner, teacache_rescale
+from fploopd.engine import accel, forward
+from fploopd.engine.forward import TransformerRunner, joint_out, linear_gelu, teacache_rescale
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +254,29 @@ def test_optimize_vae_is_a_no_op_on_cpu() -> None:
         assert torch.equal(vae.decode(z).sample, ref)
         accel.restore_vae(vae)
         assert torch.equal(vae.decode(z).sample, ref)
+
+
+def test_linear_gelu_is_the_tanh_gelu_on_cpu() -> None:
+    # _addmm_activation's GELU is tanh on CUDA but erf on the CPU: the epilogue must stay CUDA-only.
+    torch.manual_seed(0)
+    lin, x = torch.nn.Linear(16, 24), torch.randn(2, 5, 16) * 3
+    with torch.no_grad():
+        out = linear_gelu(lin, x, fp8=False)
+        tanh = torch.nn.functional.gelu(lin(x), approximate="tanh")
+        erf = torch.nn.functional.gelu(lin(x))
+    assert out.shape == (2, 5, 24)
+    assert (out - tanh).abs().max() < 1e-6
+    assert (tanh - erf).abs().max() > 1e-4  # the two GELUs differ at these inputs
+
+
+def test_joint_out_equals_the_projection_of_the_concat(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    lin, a, m = torch.nn.Linear(8 + 32, 8), torch.randn(2, 7, 8), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        ref = lin(torch.cat([a, m], dim=-1))
+        split = joint_out(lin, a, m, fp8=False)
+        monkeypatch.setattr(forward, "GELU_EPILOGUE", False)
+        whole = joint_out(lin, a, m, fp8=False)
+    assert split.shape == ref.shape == (2, 7, 8)
+    assert _rel(split, ref) < 1e-6
+    assert torch.equal(whole, ref)

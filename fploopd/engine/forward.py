@@ -40,6 +40,9 @@ from fploopd.engine.attention import ATTENTION_BACKENDS, attend
 # FramePack's TeaCache rescale polynomial (numpy.poly1d order: highest power first).
 TEACACHE_COEFFS = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
 TEACACHE_DEFAULT = 0.15
+# bf16 MLPs on CUDA: GELU as a GEMM epilogue and the single blocks' out projection without the concat
+# (``linear_gelu``, ``joint_out``). A switch for A/B runs (tools/gelu_epilogue_probe.py).
+GELU_EPILOGUE = True
 
 # Attribute on an nn.Linear that holds its FP8 weights: (w8 [out, in] e4m3, scale fp32 of shape
 # [1, out] (per output channel; activations then get per-token scales) or [] (per tensor)).
@@ -184,10 +187,31 @@ def double_block(
     return hidden, context
 
 
+def linear_gelu(lin: nn.Linear, x: Tensor, fp8: bool) -> Tensor:
+    """``gelu(lin(x), approximate="tanh")``. In bf16 on CUDA one cuBLASLt GEMM with a GELU epilogue
+    (``_addmm_activation``, which inductor leaves whole): it saves a read and a write of the 4x-wide
+    MLP activations. Not on the CPU, where that op's GELU is the exact (erf) one. FP8 keeps the
+    separate GELU, which compile fuses into the next quantisation."""
+    if GELU_EPILOGUE and x.is_cuda and not fp8 and lin.bias is not None:
+        x2 = x.reshape(-1, x.shape[-1])
+        return torch._addmm_activation(lin.bias, x2, lin.weight.t(), use_gelu=True).view(*x.shape[:-1], -1)
+    return F.gelu(linear(lin, x, fp8), approximate="tanh")
+
+
+def joint_out(lin: nn.Linear, a: Tensor, m: Tensor, fp8: bool) -> Tensor:
+    """``lin(cat([a, m], -1))``; in bf16 as two GEMMs over the column halves of the weight, so the
+    (tokens x 15,360) concatenation is never written."""
+    if not GELU_EPILOGUE or fp8:
+        return linear(lin, torch.cat([a, m], dim=-1), fp8)
+    ka = a.shape[-1]
+    out = F.linear(a, lin.weight[:, :ka], lin.bias)
+    m2 = m.reshape(-1, m.shape[-1])
+    return torch.addmm(out.reshape(-1, out.shape[-1]), m2, lin.weight[:, ka:].t()).view(out.shape)
+
+
 def _feed_forward(ff: nn.Module, x: Tensor, fp8: bool) -> Tensor:
     act = ff.net[0]  # diffusers GELU(proj, approximate="tanh"); net[1] is dropout (identity in eval)
-    x = F.gelu(linear(act.proj, x, fp8), approximate=act.approximate)
-    return linear(ff.net[2], x, fp8)
+    return linear(ff.net[2], linear_gelu(act.proj, x, fp8), fp8)
 
 
 def single_block(
@@ -208,13 +232,13 @@ def single_block(
     if fused is not None:
         mlp = block.act_mlp(fused[..., -block.proj_mlp.out_features :])
     else:
-        mlp = block.act_mlp(linear(block.proj_mlp, nx, fp8))
+        mlp = linear_gelu(block.proj_mlp, nx, fp8)
     q, k, v = _qkv(attn, nx, fp8, fused=fused)
     q = torch.cat([apply_rope(q[:, :n_latent], cos, sin), q[:, n_latent:]], dim=1)
     k = torch.cat([apply_rope(k[:, :n_latent], cos, sin), k[:, n_latent:]], dim=1)
     out = attend(q, k, v, backend).flatten(2, 3).to(q.dtype)
 
-    out = gate.unsqueeze(1) * linear(block.proj_out, torch.cat([out, mlp], dim=2), fp8)
+    out = gate.unsqueeze(1) * joint_out(block.proj_out, out, mlp, fp8)
     return out + x
 
 
