@@ -101,9 +101,12 @@ def test_workers_keep_compiled_kernels_under_the_state_folder(tmp_path: Path, mo
     from fploopd.daemon.layout import Layout
     from fploopd.daemon.worker import use_compile_cache
 
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
     use_compile_cache(Layout(tmp_path))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".fploopd" / "cache" / "torch")
+    assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"] == "1"
+    assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == str(tmp_path / ".fploopd" / "cache" / "flash_attn_cute")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")  # an operator's choice wins
     use_compile_cache(Layout(tmp_path))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"

@@ -64,6 +64,11 @@ class Layout:
         """torch.compile's kernels and graphs, kept across restarts and reboots (unlike /tmp)."""
         return self.state / "cache" / "torch"
 
+    @property
+    def attention_cache(self) -> Path:
+        """FlashAttention 4's compiled CuTe kernels (flash-attn-4's persistent JIT cache)."""
+        return self.state / "cache" / "flash_attn_cute"
+
     def job_dir(self, job_id: str) -> Path:
         return self.work / job_id
 
