@@ -297,7 +297,7 @@ class Bench:
         self.st.applied = {k: v for k, v in applied.items() if k != "notes"}
         if accel.fa4_would_help(dev) and "fa4" not in applied.get("attention_ms", {}):
             self.notes.append("flash-attn-4 is not installed: FlashAttention 4 was not timed (pip install "
-                              "'fploopd[fa4]'; on an H200 it made the compiled forward 0.72x instead of 0.79x)")
+                              "'fploopd[fa4]'; on an H200 it made the compiled forward 0.71x instead of about 0.77x)")
             logger.warning("bench: {}", self.notes[-1])
         attn, comp = applied["attention"], applied["compile"]
         mode = "compiled" if comp else "eager"
