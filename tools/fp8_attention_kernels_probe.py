@@ -13,14 +13,13 @@ without it). Usage: ``python3 tools/fp8_attention_kernels_probe.py [--out F.json
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 
 import fp8_attention_triton as fp8_attention
 import torch
 import torch.nn.functional as F
-from fa4_attention_probe import SHAPE, Attn, cudnn, timed
+from fa4_attention_probe import SHAPE, Attn, cudnn, gemm_load, input_sets, timed, write_rows
 from torch import Tensor
 
 CONFIGS = [fp8_attention.KernelConfig(128, 128, w, st, ws) for w, st, ws in
@@ -82,15 +81,7 @@ def main() -> int:
     parser.add_argument("--out")
     args = parser.parse_args()
     flops = 4 * SHAPE[1] ** 2 * SHAPE[2] * SHAPE[3]
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    sets = [tuple(torch.randn(SHAPE, generator=gen, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-            for _ in range(3)]
-    x = torch.randn((SHAPE[1], 3072), device="cuda", dtype=torch.bfloat16)
-    w = torch.randn((3072 * 4, 3072), device="cuda", dtype=torch.bfloat16)
-
-    def gemms() -> None:  # ~2.9 ms of GEMM, as between two attentions of a block
-        for _ in range(3):
-            F.linear(x, w)
+    sets, gemms = input_sets(), gemm_load()
 
     variants: dict[str, Attn] = {"cudnn_sdpa": cudnn}
     for c in CONFIGS:
@@ -133,9 +124,7 @@ def main() -> int:
     for name, r in rows.items():
         print(f"{name:18s} " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "shape": SHAPE,
-                       "flops": flops, "rows": rows}, f, indent=1)
+        write_rows(args.out, flops, rows)
     return 0
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from fa4_attention_probe import timed as attention_timed
 
 # (M, K, N, calls per forward): 20 double blocks (image stream 18,400 tokens, text 769), 40 single
 # blocks (19,169 tokens; q, k, v, the MLP in, and the joint out projection 3072 + 12288 -> 3072).
@@ -21,17 +22,9 @@ SHAPES = [(18400, 3072, 3072, 80), (18400, 3072, 12288, 20), (18400, 12288, 3072
           (19169, 3072, 3072, 120), (19169, 3072, 12288, 40), (19169, 15360, 3072, 40)]
 
 
-def timed(fn, reps: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+def timed(fn: Callable[[], object]) -> float:
+    """Median ms of ``fn`` (the attention probe's timer, with no inputs to rotate)."""
+    return attention_timed(fn, [()], 20, None)
 
 
 def main() -> int:
