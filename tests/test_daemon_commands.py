@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from daemon_util import fploopd
 
 
@@ -37,3 +38,23 @@ def test_doctor_says_what_to_fix(tmp_path: Path) -> None:
     checks = {c["name"]: c for c in json.loads(result.stdout)}
     assert result.returncode == 1 and checks["root"]["status"] == "fail" and "fploopd init" in checks["root"]["fix"]
     assert checks["python"]["status"] == "ok" and checks["encoder libx264"]["status"] == "ok"
+
+
+def test_doctor_reports_the_kernel_cache_and_warns_when_it_is_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fploopd.daemon import doctor
+    from fploopd.daemon.layout import Layout
+    from fploopd.daemon.settings import Settings
+
+    layout = Layout(tmp_path)
+    for folder, n in ((layout.compile_cache / "fxgraph" / "ab", 3), (layout.attention_cache, 1)):
+        folder.mkdir(parents=True)
+        for i in range(n):
+            (folder / f"k{i}.bin").write_bytes(bytes(2**20))
+    settings = Settings(root=tmp_path, model="tiny", device="cpu")
+    cache = next(c for c in doctor.run_checks(settings) if c.name == "kernel cache")
+    assert cache.status == "ok" and cache.detail.startswith("0.00 GiB") and str(layout.caches) in cache.detail
+    monkeypatch.setattr(doctor, "CACHE_WARN_GIB", 3.5 / 1024)  # 4 MiB written, 3.5 MiB allowed
+    cache = next(c for c in doctor.run_checks(settings) if c.name == "kernel cache")
+    assert cache.status == "warn" and f"delete {layout.caches}" in cache.fix

@@ -13,6 +13,9 @@ from fploopd.daemon.settings import Settings
 
 GIB = 1024**3
 MIN_FREE_GIB = 10
+# Compiled kernels grow by about 150 MB per new video size (H200, docs/benchmarks.md); past this,
+# doctor suggests clearing them.
+CACHE_WARN_GIB = 20
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class Check:
 
 def run_checks(settings: Settings) -> list[Check]:
     checks: list[Check] = []
-    for group in (_python, _torch, _codecs, _models, _folders, _disk, _journal):
+    for group in (_python, _torch, _codecs, _models, _folders, _disk, _caches, _journal):
         try:
             checks.extend(group(settings))
         except Exception as exc:  # noqa: BLE001 - a broken check is itself a finding
@@ -147,6 +150,21 @@ def _disk(settings: Settings) -> Iterator[Check]:
         "warn" if low else "ok",
         f"{free / GIB:.1f} GiB free at {settings.root}",
         f"free some space: videos and checkpoints need room (at least {MIN_FREE_GIB} GiB recommended)" if low else "",
+    )
+
+
+def _caches(settings: Settings) -> Iterator[Check]:
+    caches = Layout(settings.root).caches
+    if not caches.is_dir():
+        return
+    size = sum(f.stat().st_size for f in caches.rglob("*") if f.is_file() and not f.is_symlink())
+    big = size > CACHE_WARN_GIB * GIB
+    yield Check(
+        "kernel cache",
+        "warn" if big else "ok",
+        f"{size / GIB:.2f} GiB of compiled kernels in {caches}",
+        f"stop the daemon and delete {caches}: it is rebuilt, and the next job of each video size compiles again"
+        if big else "",
     )
 
 

@@ -60,14 +60,19 @@ class Layout:
         return self.state / "work"
 
     @property
+    def caches(self) -> Path:
+        """Compiled kernels (``compile_cache``, ``attention_cache``): rebuilt when deleted."""
+        return self.state / "cache"
+
+    @property
     def compile_cache(self) -> Path:
         """torch.compile's kernels and graphs, kept across restarts and reboots (unlike /tmp)."""
-        return self.state / "cache" / "torch"
+        return self.caches / "torch"
 
     @property
     def attention_cache(self) -> Path:
         """FlashAttention 4's compiled CuTe kernels (flash-attn-4's persistent JIT cache)."""
-        return self.state / "cache" / "flash_attn_cute"
+        return self.caches / "flash_attn_cute"
 
     def job_dir(self, job_id: str) -> Path:
         return self.work / job_id
