@@ -35,7 +35,19 @@ def test_bench_tiny_cpu_schema(tmp_path: Path) -> None:
     assert results["section.ours_bf16"]["max_abs_dev"] < 1e-3
     # The untimed warm-up forward before each section is not counted as one of its steps.
     assert results["section.ours_bf16"]["forwards_computed"] == doc["steps"]
+    # After the other stages the loop job runs in a fresh process, as a worker's would.
+    for name in ("e2e.loop_job_first", "e2e.loop_job"):
+        assert results[name]["process"] == "child" and results[name]["median_s"] > 0, name
 
 
 def test_bench_rejects_unknown_stage(tmp_path: Path) -> None:
     assert main(["bench", "--model", "tiny", "--device", "cpu", "--stages", "nope", "--out", str(tmp_path / "x.json")]) == 2
+
+
+def test_bench_e2e_alone_runs_in_process(tmp_path: Path) -> None:
+    out = tmp_path / "e2e.json"
+    assert main(["bench", "--model", "tiny", "--device", "cpu", "--stages", "e2e", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == {}
+    assert set(doc["results"]) == {"e2e.loop_job_first", "e2e.loop_job"}
+    assert all("process" not in row for row in doc["results"].values())

@@ -12,7 +12,8 @@ after every stage so an interrupted run keeps what it measured):
   its decode: baseline (stock forward + stock decode) against ours (bf16, FP8, TeaCache);
 - ``lowvram``: our section with the blocks streamed from pinned host memory, the process held to
   8 GiB of GPU memory, as a ratio to our high-VRAM section;
-- ``e2e``: a loop job (main 1, connection 1) through the pipelines (``bench.e2e``).
+- ``e2e``: a loop job (main 1, connection 1) through the pipelines (``bench.e2e``), in a child
+  process when other stages ran first.
 """
 
 from __future__ import annotations
@@ -577,9 +578,12 @@ class Bench:
         return self.st.best_bf16
 
     def stage_e2e(self) -> None:
-        from fploopd.bench.e2e import run_e2e
+        from fploopd.bench.e2e import run_e2e, run_e2e_apart
 
-        run_e2e(self)
+        if set(self.cfg.stages) - {"e2e"}:
+            run_e2e_apart(self)  # a worker's first job needs a fresh process
+        else:
+            run_e2e(self)
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
