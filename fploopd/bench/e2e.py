@@ -27,9 +27,7 @@ def run_e2e_apart(bench: Bench) -> None:
     section stage against 44.7 s in a fresh process, and its "first job" found the blocks compiled.
     The child runs ``fploopd bench --stages e2e``; its rows come back marked ``"process": "child"``."""
     cfg = bench.cfg
-    bench.st.transformer = bench.st.vae = bench.st.baseline_out = None  # the child needs the memory
-    bench.st.kwargs, bench.st.section_latents = {}, {}
-    free(bench.device)
+    bench.drop_models()  # the child needs the memory
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "e2e.json"
         cmd = [sys.executable, "-m", "fploopd", "bench", "--model", cfg.model, "--device", cfg.device,

@@ -213,6 +213,11 @@ class Bench:
         self.st.spec = binputs.full_spec() if self.cfg.size == "full" else binputs.tiny_spec(self.st.transformer.config)
         self.st.kwargs = binputs.section_kwargs(self.st.spec, self.device, self.dtype, seed=0)
 
+    def drop_models(self) -> None:
+        """Release the models and the tensors of earlier stages (kept: what the JSON reports)."""
+        self.st = State(spec=self.st.spec, applied=self.st.applied)
+        free(self.device)
+
     def _ensure_vae(self) -> None:
         if self.st.vae is None:
             t0 = time.perf_counter()
