@@ -315,9 +315,9 @@ def optimize(
     ``None`` / ``"auto"`` decide from the device: compile when Triton is there (CUDA), attention by
     timing, projections unfused, FP8 off unless asked (and only where the GPU has FP8 tensor cores).
     ``attention="cudnn_fp8"`` adds cuDNN's FP8 attention (lossy; needs nvidia-cudnn-frontend).
-    Measured on an H200 (docs/benchmarks.md): compile with FlashAttention 4 0.72x of diffusers'
-    forward (0.79x with cuDNN's attention), + FP8 linears 0.59x; fused projections and SageAttention
-    did not pay."""
+    Measured on an H200 (docs/benchmarks.md): compile with FlashAttention 4 0.71x of diffusers'
+    forward (about 0.77x with cuDNN's attention), + FP8 linears 0.60x; fused projections and
+    SageAttention did not pay."""
     device = torch.device(device)
     dtype = next(transformer.parameters()).dtype
     applied: dict[str, Any] = {"device": device_name(device), "notes": []}

@@ -199,8 +199,9 @@ def linear_gelu(lin: nn.Linear, x: Tensor, fp8: bool) -> Tensor:
 
 
 def joint_out(lin: nn.Linear, a: Tensor, m: Tensor, fp8: bool) -> Tensor:
-    """``lin(cat([a, m], -1))``; in bf16 as two GEMMs over the column halves of the weight, so the
-    (tokens x 15,360) concatenation is never written."""
+    """``lin(cat([a, m], -1))``; unless FP8 (whose per-token scales span the whole row), as two
+    GEMMs over the column halves of the weight, so the (tokens x 15,360) concatenation is never
+    written. Switched with ``GELU_EPILOGUE``: the two change the same MLP path together."""
     if not GELU_EPILOGUE or fp8:
         return linear(lin, torch.cat([a, m], dim=-1), fp8)
     ka = a.shape[-1]
