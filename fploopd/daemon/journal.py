@@ -30,7 +30,9 @@ TRANSITIONS = {
     ("running", "queued"),
     ("failed", "queued"),
 }
-SCHEMA_VERSION = 1
+# 1: jobs, events, claims. 2: jobs.failures (the retry budget, apart from attempts), the drops
+# waiting in the inbox and the daemon's own state (both for `fploopd status`).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -42,6 +44,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     inputs TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
     attempts INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     priority INTEGER NOT NULL DEFAULT 0,
     progress TEXT,
@@ -72,7 +75,19 @@ CREATE TABLE IF NOT EXISTS claims (
     record TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS waiting (
+    sidecar TEXT PRIMARY KEY,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS daemon (
+    key TEXT PRIMARY KEY,
+    value TEXT,
+    updated_at REAL NOT NULL
+);
 """
+# Columns added after version 1, for journals made by an older fploopd (CREATE TABLE IF NOT EXISTS
+# leaves an existing table as it was).
+_ADDED_COLUMNS = {("jobs", "failures"): "INTEGER NOT NULL DEFAULT 0"}
 
 _JSON_COLUMNS = ("spec", "seeds", "inputs", "progress", "error", "outputs", "delivery")
 
@@ -90,7 +105,8 @@ class Job:
     seeds: list[int] | None
     inputs: list[dict[str, Any]]
     state: str
-    attempts: int
+    attempts: int  # earlier tries that failed or were interrupted (status, manifest)
+    failures: int  # failed tries since the job was queued or retried: the budget of max_attempts
     next_attempt_at: float
     priority: int
     progress: dict[str, Any] | None
@@ -137,7 +153,14 @@ class Journal:
         self.db.execute("PRAGMA synchronous = FULL")
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.executescript(_SCHEMA)  # idempotent; each statement commits on its own
+        self._add_columns()
         self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _add_columns(self) -> None:
+        for (table, column), decl in _ADDED_COLUMNS.items():
+            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         self.db.close()
@@ -317,3 +340,27 @@ class Journal:
         with self.transaction():
             self.db.execute("UPDATE jobs SET delivered_at = ? WHERE id = ?", (time.time(), job_id))
             self._event(job_id, "delivered", detail)
+
+    # --- what status shows besides jobs ---------------------------------------------------------
+
+    def set_waiting(self, drops: list[dict[str, Any]]) -> None:
+        """Replace the list of drops waiting in the inbox (each with its ``sidecar`` path)."""
+        with self.transaction():
+            self.db.execute("DELETE FROM waiting")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO waiting (sidecar, detail) VALUES (?, ?)", [(d["sidecar"], _dump(d)) for d in drops]
+            )
+
+    def waiting(self) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in self.db.execute("SELECT detail FROM waiting ORDER BY sidecar")]
+
+    def set_daemon(self, key: str, value: Any) -> None:
+        """The daemon's own state under ``key`` (``workers``: each device's worker and its trouble)."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO daemon (key, value, updated_at) VALUES (?, ?, ?)", (key, _dump(value), time.time())
+            )
+
+    def daemon_state(self) -> dict[str, Any]:
+        rows = self.db.execute("SELECT key, value FROM daemon").fetchall()
+        return {r["key"]: None if r["value"] is None else json.loads(r["value"]) for r in rows}

@@ -51,6 +51,12 @@ class Settings:
     backoff_base_s: Annotated[float, Field(ge=0, le=86400)] = 30.0
     backoff_max_s: Annotated[float, Field(ge=0, le=7 * 86400)] = 1800.0
     max_sidecar_bytes: Annotated[int, Field(ge=256, le=16 * 1024 * 1024)] = 64 * 1024
+    # Intake and dispatch pause while the root's file system has less free space than this.
+    min_free_mb: Annotated[int, Field(ge=0, le=1024 * 1024)] = 1024
+    # A worker that sends nothing for this long is reported as not responding (status, log), and
+    # after worker_restart_s it is killed and started again (its job resumes from its checkpoint).
+    worker_silent_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    worker_restart_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
     log_level: str = "INFO"
     limits: MediaLimits = dataclasses.field(default_factory=MediaLimits)
 
@@ -142,6 +148,12 @@ SETTINGS_TEMPLATE = """\
 
 # Largest sidecar accepted, in bytes.
 # max_sidecar_bytes = 65536
+# Intake and dispatch pause while the root's file system has less free space than this (MiB).
+# min_free_mb = 1024
+# A worker that sends nothing (not even its heartbeat) for worker_silent_s is reported as not
+# responding; after worker_restart_s it is killed and restarted, and its job resumes.
+# worker_silent_s = 60.0
+# worker_restart_s = 600.0
 # log_level = "INFO"
 
 [limits]
