@@ -20,7 +20,7 @@ from typing import Any
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")
 # The contract's state machine, plus running -> queued (crash, warm stop, retry after backoff) and
-# failed -> queued (fploopd retry). A rejected drop is created directly in `failed`.
+# failed or cancelled -> queued (fploopd retry). A rejected drop is created directly in `failed`.
 TRANSITIONS = {
     ("queued", "running"),
     ("queued", "cancelled"),
@@ -29,6 +29,7 @@ TRANSITIONS = {
     ("running", "cancelled"),
     ("running", "queued"),
     ("failed", "queued"),
+    ("cancelled", "queued"),
 }
 # 1: jobs, events, claims. 2: jobs.failures (the retry budget, apart from attempts), the drops
 # waiting in the inbox and the daemon's own state (both for `fploopd status`).
@@ -336,9 +337,13 @@ class Journal:
         ).fetchall()
         return [Job.from_row(r) for r in rows]
 
-    def mark_delivered(self, job_id: str, detail: Any = None) -> None:
+    def mark_delivered(self, job_id: str, detail: Any = None, inputs: list[dict[str, Any]] | None = None) -> None:
+        """The recorded moves are done; ``inputs``, when given, replaces the recorded inputs (rehashed
+        after a retry brought them back from failed/)."""
         with self.transaction():
             self.db.execute("UPDATE jobs SET delivered_at = ? WHERE id = ?", (time.time(), job_id))
+            if inputs is not None:
+                self.db.execute("UPDATE jobs SET inputs = ? WHERE id = ?", (_dump(inputs), job_id))
             self._event(job_id, "delivered", detail)
 
     # --- what status shows besides jobs ---------------------------------------------------------
