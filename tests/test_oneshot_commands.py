@@ -87,6 +87,7 @@ def test_render_shows_phase_section_step_and_elapsed():
     line = render(Progress("sample", 1, 1, 2, 4, 6, 10), 75.2)  # 16 of 40 steps
     assert line.split() == ["sample", "section", "2/4", "step", "6/10", "[" + "#" * 8 + "." * 12 + "]", "1:15"]
     assert render(Progress("decode", 2, 3), 3).split() == ["[2/3]", "decode", "0:03"]
+    assert render(Progress("decode", 1, 1, done=3, total=8, unit="windows"), 3).split() == ["decode", "3/8", "windows", "0:03"]
 
 
 def test_progress_bar_writes_a_line_per_section_when_not_a_terminal():

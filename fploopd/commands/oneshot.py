@@ -178,7 +178,8 @@ def spec_from_args(args: argparse.Namespace, pipeline: str) -> JobSpec:
 
 
 def render(p: Progress, elapsed: float, width: int = 20) -> str:
-    """One status line: generation, phase, section i/n, step j/k with a bar, elapsed time."""
+    """One status line: generation, phase, section i/n, step j/k with a bar (or the phase's count:
+    "decode 3/8 windows"), elapsed time."""
     parts = [f"[{p.generation}/{p.generations}]"] if p.generations > 1 else []
     parts.append(f"{p.phase:<6}")
     if p.phase == "sample" and p.sections:
@@ -188,6 +189,8 @@ def render(p: Progress, elapsed: float, width: int = 20) -> str:
             done = ((p.section - 1) * p.steps + p.step) / (p.sections * p.steps)
             filled = round(done * width)
             parts.append("[" + "#" * filled + "." * (width - filled) + "]")
+    elif p.total:
+        parts.append(f"{p.done}/{p.total} {p.unit}".rstrip())
     minutes, seconds = divmod(int(elapsed), 60)
     parts.append(f"{minutes}:{seconds:02d}")
     return "  ".join(parts)

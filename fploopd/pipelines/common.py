@@ -53,21 +53,37 @@ def make_model(components: Components, settings: GenerationSettings) -> Transfor
 
 
 def encode_conditioning(
-    components: Components, prompt: str, negative_prompt: str, settings: GenerationSettings, image: np.ndarray
+    components: Components,
+    prompt: str,
+    negative_prompt: str,
+    settings: GenerationSettings,
+    image: np.ndarray,
+    reporter: Reporter | None = None,
 ) -> Conditioning:
-    """Prompt (and the negative only when cfg needs it) and the image's SigLIP embedding."""
+    """Prompt (and the negative only when cfg needs it) and the image's SigLIP embedding.
+
+    Runs the second and third of the job's ``ENCODERS`` (the VAE was the first) and counts them."""
     device = components.device
     with components.on_device(components.text_encoder), components.on_device(components.text_encoder_2):
         positive = encode_prompt(components, prompt)
         negative = encode_prompt(components, negative_prompt) if settings.cfg != 1.0 else positive.zeros()
+    if reporter is not None:
+        reporter.encoded(2)
     with components.on_device(components.image_encoder):
         image_embeds = encode_image(components, image)
+    if reporter is not None:
+        reporter.encoded(3)
     g = settings.distilled_guidance
     return Conditioning(
         positive=prompt_kwargs(positive, g, device, TRANSFORMER_DTYPE),
         negative=prompt_kwargs(negative, g, device, TRANSFORMER_DTYPE),
         image_embeds=image_embeds.to(device, TRANSFORMER_DTYPE),
     )
+
+
+# The encoders a job runs once before sampling: the VAE (image or video sides), the text encoders,
+# SigLIP. ``Reporter.encoded(k)`` counts them.
+ENCODERS = 3
 
 
 @dataclass
@@ -83,6 +99,18 @@ class Reporter:
         self.check_stop()
         if self.progress is not None:
             self.progress(Progress(name, self.generation, self.generations, section, sections))
+
+    def count(self, phase: str, done: int, total: int, unit: str) -> None:
+        """``done`` of ``total`` units of a phase that is not sampling (encoders, windows, files)."""
+        if self.progress is not None:
+            self.progress(Progress(phase, self.generation, self.generations, done=done, total=total, unit=unit))
+
+    def begin_encode(self) -> None:
+        self.check_stop()
+        self.encoded(0)
+
+    def encoded(self, done: int) -> None:
+        self.count("encode", done, ENCODERS, "encoders")
 
     def check_stop(self) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -183,15 +211,34 @@ def image_context(start: StartImage, history: torch.Tensor, blank: int, window: 
     )
 
 
-def prepare_image(components: Components, image: np.ndarray, resolution: int) -> StartImage:
+def prepare_image(components: Components, image: np.ndarray, resolution: int, reporter: Reporter | None = None) -> StartImage:
     height, width = find_bucket(image.shape[0], image.shape[1], resolution)
     fitted = resize_and_center_crop(image, width, height)
     with components.on_device(components.vae):
         latent = vae_encode(components, frames_to_tensor(fitted[None])[None])
+    if reporter is not None:
+        reporter.encoded(1)
     return StartImage(fitted, latent)
 
 
-def decode_with_plan(components: Components, latents: torch.Tensor, plan: DecodePlan) -> torch.Tensor:
-    """Frames (1, 3, T, H, W) in [-1, 1] for ``latents`` decoded by ``plan``."""
+def decode_with_plan(
+    components: Components, latents: torch.Tensor, plan: DecodePlan, reporter: Reporter | None = None
+) -> torch.Tensor:
+    """Frames (1, 3, T, H, W) in [-1, 1] for ``latents`` decoded by ``plan``.
+
+    Counts the VAE windows as they finish (a window the plan repeats is decoded once, counted once)
+    and honours a stop request between them."""
+    reporter = reporter or Reporter()
+    total, done = len(set(plan.steps)), 0
+    reporter.count("decode", 0, total, "windows")
+
+    def decode(start: int, count: int) -> torch.Tensor:
+        nonlocal done
+        reporter.check_stop()
+        frames = vae_decode(components, latents[:, :, start : start + count])  # already on the CPU
+        done += 1
+        reporter.count("decode", done, total, "windows")
+        return frames
+
     with components.on_device(components.vae):
-        return run_plan(plan, lambda start, count: vae_decode(components, latents[:, :, start : start + count]))
+        return run_plan(plan, decode)

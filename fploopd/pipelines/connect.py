@@ -100,12 +100,16 @@ def read_clip(path: Path, settings: GenerationSettings, size: tuple[int, int], l
     return frames
 
 
-def encode_sides(components: Components, head_clip: np.ndarray, tail_clip: np.ndarray) -> Sides:
+def encode_sides(
+    components: Components, head_clip: np.ndarray, tail_clip: np.ndarray, reporter: Reporter | None = None
+) -> Sides:
     """VAE-encode the head's end and the tail's start; drop the first tail latent (as FramePack does:
     a causal VAE's first latent is a single still frame, not a moment inside a motion)."""
     with components.on_device(components.vae):
         head = vae_encode(components, frames_to_tensor(head_clip)[None])
         tail = vae_encode(components, frames_to_tensor(tail_clip)[None])[:, :, 1:]
+    if reporter is not None:
+        reporter.encoded(1)
     return Sides(head, tail, head.shape[2] - 3, tail.shape[2] - 3)
 
 
@@ -141,11 +145,13 @@ def generate_bridge(
     return history[:, :, : len(paddings) * window]
 
 
-def decode_bridge(components: Components, sides: Sides, bridge: torch.Tensor, window: int) -> torch.Tensor:
+def decode_bridge(
+    components: Components, sides: Sides, bridge: torch.Tensor, window: int, reporter: Reporter | None = None
+) -> torch.Tensor:
     """Frames (1, 3, 4*(head + bridge + tail) - 3, H, W) of the three parts decoded as one."""
     latents = torch.cat([sides.head, bridge, sides.tail], dim=2)
     plan = bridge_plan(sides.head.shape[2], bridge.shape[2] // window, window, sides.tail.shape[2])
-    return decode_with_plan(components, latents, plan)
+    return decode_with_plan(components, latents, plan, reporter)
 
 
 def bridge_frames(decoded: torch.Tensor, head_latents: int, bridge_latents: int) -> torch.Tensor:
@@ -201,31 +207,33 @@ def connect_pixels(inputs: ConnectInputs, decoded: torch.Tensor) -> np.ndarray:
     return np.concatenate([inputs.head_kept, tensor_to_frames(decoded), inputs.tail_kept])
 
 
-def bridges(ctx: JobContext, seeds: list[int], sides: Sides, image: np.ndarray) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Encode the prompt once, then per seed: ``(seed, bridge latents, decoded [head | bridge | tail])``.
+def bridges(
+    ctx: JobContext, seeds: list[int], sides: Sides, image: np.ndarray
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, Reporter]]:
+    """Encode the prompt once, then per seed: ``(seed, bridge latents, decoded [head | bridge | tail],
+    the generation's reporter)``; the caller writes the outputs and counts them on that reporter.
 
     ``image`` is what SigLIP sees: the frame just before the bridge."""
     spec, components = ctx.spec, ctx.components
-    cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, image)
+    cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, image, ctx.reporter(1, len(seeds)))
     model = make_model(components, spec)
     for g, seed in enumerate(seeds, start=1):
         reporter = ctx.reporter(g, len(seeds))
         bridge = generate_bridge(
             components, model, cond, sides, spec, seed, checkpoint=ctx.checkpoint(seed), reporter=reporter
         )
-        reporter.phase("decode")
-        decoded = decode_bridge(components, sides, bridge, spec.window)
-        reporter.phase("write")
-        yield seed, bridge, decoded
+        decoded = decode_bridge(components, sides, bridge, spec.window, reporter)
+        yield seed, bridge, decoded, reporter
 
 
 def run_connect(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
     from fploopd.pipelines.runners import write_video  # runners registers this runner: import late
 
-    ctx.reporter(1, len(seeds)).phase("encode")
+    first = ctx.reporter(1, len(seeds))
+    first.begin_encode()
     inputs = load_inputs(ctx.input("head"), ctx.input("tail"), ctx.spec, ctx.limits)
-    sides = encode_sides(ctx.components, inputs.head_encoded, inputs.tail_encoded)
+    sides = encode_sides(ctx.components, inputs.head_encoded, inputs.tail_encoded, first)
     outputs: list[OutputFile] = []
-    for seed, _, decoded in bridges(ctx, seeds, sides, inputs.head[-1]):
-        outputs += write_video(ctx, connect_pixels(inputs, decoded), seed, "connect", "connect")
+    for seed, _, decoded, reporter in bridges(ctx, seeds, sides, inputs.head[-1]):
+        outputs += write_video(ctx, connect_pixels(inputs, decoded), seed, "connect", "connect", reporter)
     return outputs

@@ -52,7 +52,9 @@ def generate_latents(
     return history[:, :, : history.shape[2] - IMAGE_CONTEXT]
 
 
-def decode(components: Components, latents: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+def decode(
+    components: Components, latents: torch.Tensor, settings: GenerationSettings, reporter: Reporter | None = None
+) -> torch.Tensor:
     window, sections = settings.window, settings.main_sections
     sizes = [window] * (sections - 1) + [window + 1]
-    return decode_with_plan(components, latents, linear_plan(sizes, window))
+    return decode_with_plan(components, latents, linear_plan(sizes, window), reporter)

@@ -18,15 +18,43 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a job is. Indices are 1-based; ``step`` 0 means the phase has just begun."""
+    """Where a job is. Indices are 1-based; ``step`` 0 means the phase has just begun.
 
-    phase: str  # "encode" | "sample" | "decode" | "write"
+    Sampling fills ``section``/``step``; the other phases count their own work in ``done`` of
+    ``total`` ``unit`` (encode: encoders run; decode: VAE windows decoded; write: files written).
+    A finished job's last report is ``phase == "done"`` with every output file counted.
+    """
+
+    phase: str  # "encode" | "sample" | "decode" | "write" | "done"
     generation: int = 1
     generations: int = 1
     section: int = 0
     sections: int = 0
     step: int = 0
     steps: int = 0
+    done: int = 0
+    total: int = 0
+    unit: str = ""
+
+
+def progress_text(p: dict | None) -> str:
+    """One line for a progress dict (``dataclasses.asdict(Progress)``): "sample section 2/3 step 5/25",
+    "decode 3/8 windows", "write 1/2 files", "done"; "starting" before the first report."""
+    if not p:
+        return "starting"
+    phase = str(p.get("phase") or "starting")
+    if phase == "done":
+        return "done"
+    parts = [phase]
+    if phase == "sample" and p.get("sections"):
+        parts.append(f"section {p.get('section', 0)}/{p['sections']}")
+        if p.get("steps"):
+            parts.append(f"step {p.get('step', 0)}/{p['steps']}")
+    elif p.get("total"):
+        parts.append(f"{p.get('done', 0)}/{p['total']} {p.get('unit') or ''}".rstrip())
+    if (p.get("generations") or 1) > 1:
+        parts.append(f"(generation {p.get('generation', 1)}/{p['generations']})")
+    return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -103,4 +131,7 @@ def run_job(
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     outputs = RUNNERS[spec.pipeline](ctx, seeds)
+    if progress is not None:  # a clean final state: not the last phase's half-way counts
+        n = len(seeds)
+        progress(Progress("done", n, n, done=len(outputs), total=len(outputs), unit="files"))
     return JobResult(outputs, list(seeds), {"total_s": round(time.monotonic() - started, 3)})

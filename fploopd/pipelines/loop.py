@@ -92,6 +92,6 @@ def generate_latents(
     return LoopLatents(history[:, :, conn_latents : conn_latents + main_latents], history[:, :, :conn_latents], window)
 
 
-def decode(components: Components, loop: LoopLatents) -> torch.Tensor:
+def decode(components: Components, loop: LoopLatents, reporter: Reporter | None = None) -> torch.Tensor:
     """The 1-loop clip: ``4 * window * sections`` frames whose last frame flows into its first."""
-    return decode_with_plan(components, loop.ring(), ring_plan(loop.sections, loop.window))
+    return decode_with_plan(components, loop.ring(), ring_plan(loop.sections, loop.window), reporter)

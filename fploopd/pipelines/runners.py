@@ -91,34 +91,59 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_video(ctx: JobContext, frames: torch.Tensor | np.ndarray, seed: int, suffix: str, kind: str) -> list[OutputFile]:
-    """Every requested output kind of one clip (decoded pixels, or uint8 frames); the mp4 is ``kind``."""
+def write_video(
+    ctx: JobContext,
+    frames: torch.Tensor | np.ndarray,
+    seed: int,
+    suffix: str,
+    kind: str,
+    reporter: Reporter | None = None,
+    more_files: int = 0,
+) -> list[OutputFile]:
+    """Every requested output kind of one clip (decoded pixels, or uint8 frames); the mp4 is ``kind``.
+
+    Counts the files on ``reporter`` as they are written, of a total that includes ``more_files``
+    the caller writes afterwards."""
+    reporter = reporter or Reporter()
     pixels = frames if isinstance(frames, np.ndarray) else tensor_to_frames(frames)
-    fps = ctx.spec.fps
-    paths = write_outputs(pixels, fps, ctx.base(seed, suffix), ctx.spec.outputs, ctx.spec.crf)
-    return [
-        OutputFile(path, kind if k == "mp4" else k, seed, len(pixels), fps)
-        for k, path in zip(ctx.spec.outputs, paths)
-    ]
+    fps, kinds = ctx.spec.fps, ctx.spec.outputs
+    total = len(kinds) + more_files
+    reporter.count("write", 0, total, "files")
+    outputs = []
+    for done, k in enumerate(kinds, start=1):
+        (path,) = write_outputs(pixels, fps, ctx.base(seed, suffix), [k], ctx.spec.crf)
+        outputs.append(OutputFile(path, kind if k == "mp4" else k, seed, len(pixels), fps))
+        reporter.count("write", done, total, "files")
+    return outputs
 
 
-def write_loop(ctx: JobContext, frames: torch.Tensor | np.ndarray, seed: int) -> list[OutputFile]:
+def has_n_loop(spec: JobSpec) -> bool:
+    """A loop or video2loop job also writes the N-loop mp4 when ``loop_count`` > 1 and mp4 is asked for."""
+    return spec.loop_count > 1 and "mp4" in spec.outputs
+
+
+def write_loop(
+    ctx: JobContext, frames: torch.Tensor | np.ndarray, seed: int, reporter: Reporter | None = None
+) -> list[OutputFile]:
     """The 1-loop clip in every requested kind, and the N-loop mp4 as its packets repeated."""
-    outputs = write_video(ctx, frames, seed, "1loop", "1loop")
-    n = ctx.spec.loop_count
-    one = next((o for o in outputs if o.kind == "1loop"), None)
-    if n > 1 and one is not None:
+    reporter = reporter or Reporter()
+    extra = int(has_n_loop(ctx.spec))
+    outputs = write_video(ctx, frames, seed, "1loop", "1loop", reporter, more_files=extra)
+    if extra:
+        n, one = ctx.spec.loop_count, next(o for o in outputs if o.kind == "1loop")
         path = concat_repeat(one.path, _with_ext(ctx.base(seed, f"loop_{n}"), ".mp4"), n)
         outputs.append(OutputFile(path, "loop", seed, one.frames * n, one.fps))
+        reporter.count("write", len(outputs), len(outputs), "files")
     return outputs
 
 
 def prepare_image_job(ctx: JobContext, generations: int) -> tuple[StartImage, Conditioning, TransformerFn]:
     """Once per job, whatever the seeds: the image fitted and encoded, the prompt, the model callable."""
     spec, components = ctx.spec, ctx.components
-    ctx.reporter(1, generations).phase("encode")
-    start = prepare_image(components, load_image(ctx.input("image"), ctx.limits), spec.resolution)
-    cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, start.pixels)
+    reporter = ctx.reporter(1, generations)
+    reporter.begin_encode()
+    start = prepare_image(components, load_image(ctx.input("image"), ctx.limits), spec.resolution, reporter)
+    cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, start.pixels, reporter)
     return start, cond, make_model(components, spec)
 
 
@@ -131,25 +156,29 @@ def run_loop(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
         latents = loop.generate_latents(
             components, model, cond, start, spec, seed, checkpoint=ctx.checkpoint(seed), reporter=reporter
         )
-        reporter.phase("write" if not spec.decode else "decode")
         if not spec.decode:
-            outputs += write_loop_latents(ctx, latents, seed)
+            outputs += write_loop_latents(ctx, latents, seed, reporter)
             continue
-        frames = loop.decode(components, latents)
-        reporter.phase("write")
-        outputs += write_loop(ctx, frames, seed)
+        frames = loop.decode(components, latents, reporter)
+        outputs += write_loop(ctx, frames, seed, reporter)
     return outputs
 
 
-def write_loop_latents(ctx: JobContext, latents: loop.LoopLatents, seed: int) -> list[OutputFile]:
+def write_loop_latents(
+    ctx: JobContext, latents: loop.LoopLatents, seed: int, reporter: Reporter | None = None
+) -> list[OutputFile]:
     """Latent-only mode: the loop's latents with their settings, and a preview strip per section."""
+    reporter = reporter or Reporter()
+    reporter.count("write", 0, 2, "files")
     base = ctx.base(seed, "latent")
     tensors = {"main": latents.main, "connection": latents.connection}
     data = _with_ext(base, ".safetensors")
     save_latents(data, tensors, ctx.spec, seed=seed, name=ctx.name, model=ctx.components.identity)
+    reporter.count("write", 1, 2, "files")
     both = torch.cat([latents.main, latents.connection], dim=2)[0]
     preview = latent_preview(both, [latents.window] * latents.sections)
     png = save_png_atomic(preview, _with_ext(base, ".png"))
+    reporter.count("write", 2, 2, "files")
     return [OutputFile(data, "latent", seed), OutputFile(png, "preview", seed)]
 
 
@@ -162,10 +191,8 @@ def run_i2v(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
         latents = i2v.generate_latents(
             components, model, cond, start, spec, seed, checkpoint=ctx.checkpoint(seed), reporter=reporter
         )
-        reporter.phase("decode")
-        frames = i2v.decode(components, latents, spec)
-        reporter.phase("write")
-        outputs += write_video(ctx, frames, seed, "", "video")
+        frames = i2v.decode(components, latents, spec, reporter)
+        outputs += write_video(ctx, frames, seed, "", "video", reporter)
     return outputs
 
 

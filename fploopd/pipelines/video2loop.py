@@ -64,11 +64,12 @@ def loop_pixels(video: LoopVideo, bridge: torch.Tensor) -> np.ndarray:
 def run_video2loop(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
     from fploopd.pipelines.runners import write_loop  # runners registers this runner: import late
 
-    ctx.reporter(1, len(seeds)).phase("encode")
+    first = ctx.reporter(1, len(seeds))
+    first.begin_encode()
     video = load_video(ctx.input("video"), ctx.spec, ctx.limits)
-    sides = encode_sides(ctx.components, video.head_encoded, video.tail_encoded)
+    sides = encode_sides(ctx.components, video.head_encoded, video.tail_encoded, first)
     outputs: list[OutputFile] = []
-    for seed, bridge, decoded in bridges(ctx, seeds, sides, video.frames[-1]):
+    for seed, bridge, decoded, reporter in bridges(ctx, seeds, sides, video.frames[-1]):
         pixels = loop_pixels(video, bridge_frames(decoded, sides.head.shape[2], bridge.shape[2]))
-        outputs += write_loop(ctx, pixels, seed)
+        outputs += write_loop(ctx, pixels, seed, reporter)
     return outputs
