@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from daemon_util import Daemon, make_root, run_once, wait_for
 
 from fploopd.daemon.service import Notifier, RootLock
 from fploopd.daemon.settings import SETTINGS_TEMPLATE, Settings, SettingsError, load_settings
@@ -79,6 +80,23 @@ def test_one_lock_per_root(tmp_path: Path) -> None:
     a.release()
     assert b.acquire()
     b.release()
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_daemon_in(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    lock_file = root / ".fploopd" / "daemon.lock"
+    daemon = Daemon(root)
+    try:
+        wait_for(lambda: "fploopd watching" in daemon.output() or daemon.proc.poll() is not None, 60, "the daemon to start")
+        assert daemon.proc.poll() is None, daemon.output()
+        assert lock_file.read_text().strip() == str(daemon.proc.pid)  # shown for people
+        lock_file.unlink()
+        second = run_once(root)
+        assert second.returncode == 2 and "another fploopd daemon" in second.stderr, second.stderr
+    finally:
+        assert daemon.stop() == 0
+    again = run_once(root)  # the OS released the lock with the daemon: nothing stale is left
+    assert again.returncode == 0, again.stderr
 
 
 def test_workers_load_models_with_the_compile_vae_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from fploopd.errors import FploopdError
 
@@ -128,34 +128,74 @@ class RootLockedError(FploopdError):
 
 
 class RootLock:
-    """One daemon per root: an exclusive lock on ``.fploopd/daemon.lock`` (released by the OS on exit)."""
+    """One daemon per root, under a lock the OS releases with the process, so no stale file is involved.
+
+    POSIX: ``flock`` on the state folder (``.fploopd/``) itself, which deleting a file cannot defeat;
+    ``daemon.lock`` only shows the holder's pid. Where a file system cannot lock a folder (some
+    network shares), the lock falls back to ``daemon.lock``. Windows: msvcrt's lock on ``daemon.lock``
+    (a file open there cannot be deleted).
+    """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: TextIO | None = None
+        self.path = path  # .fploopd/daemon.lock
+        self._fd: int | None = None  # the open, locked folder or file
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+", encoding="utf-8")
-        try:
-            if sys.platform == "win32":
-                import msvcrt
-
-                f.seek(0)
-                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
+        if sys.platform == "win32":
+            fd = self._lock_windows()
+        else:
+            fd = self._lock_posix()
+        if fd is None:
             return False
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        self._file = f
+        self._fd = fd
+        self._show_holder(f"{os.getpid()}\n")
         return True
+
+    def _lock_posix(self) -> int | None:
+        import fcntl
+
+        fd = os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:  # EBADF, ENOLCK, EOPNOTSUPP: this file system locks no folders
+            os.close(fd)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            os.close(fd)
+            return None
+
+    def _lock_windows(self) -> int | None:
+        import msvcrt
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            return fd
+        except OSError:
+            os.close(fd)
+            return None
+
+    def _show_holder(self, text: str) -> None:
+        """Write the holder's pid into daemon.lock, for people and messages only; best effort (the
+        lock does not depend on it, and a full disk must not stop the daemon)."""
+        try:
+            if sys.platform == "win32" and self._fd is not None:  # the locked file itself
+                os.lseek(self._fd, 0, os.SEEK_SET)
+                os.ftruncate(self._fd, 0)
+                os.write(self._fd, text.encode())
+                return
+            with open(self.path, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError:
+            pass
 
     def holder(self) -> str:
         try:
@@ -164,6 +204,7 @@ class RootLock:
             return "?"
 
     def release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            self._show_holder("")  # still under the lock: nobody else's pid is erased
+            os.close(self._fd)
+            self._fd = None
