@@ -37,6 +37,7 @@ def test_state_machine_is_exactly_the_contract() -> None:
         ("running", "cancelled"),
         ("running", "queued"),
         ("failed", "queued"),
+        ("cancelled", "queued"),
     }
 
 
@@ -51,7 +52,7 @@ def test_legal_path_and_events(journal: Journal) -> None:
 
 @pytest.mark.parametrize(
     ("path", "illegal"),
-    [([], "done"), ([], "failed"), (["running", "done"], "queued"), (["running", "done"], "running"), (["cancelled"], "queued")],
+    [([], "done"), ([], "failed"), (["running", "done"], "queued"), (["running", "done"], "running"), (["cancelled"], "running")],
 )
 def test_illegal_transitions_raise(journal: Journal, path: list[str], illegal: str) -> None:
     add(journal, "a")
