@@ -7,12 +7,34 @@ of a silent fallback to a default. Defaults are FramePack's.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fploopd.errors import InputError
+
 Pipeline = Literal["loop", "connect", "video2loop", "i2v"]
 OutputKind = Literal["mp4", "webp", "gif", "prores", "png"]
+PIPELINES: tuple[str, ...] = get_args(Pipeline)
+
+
+@dataclass(frozen=True)
+class AppliesTo:
+    """Field metadata: the pipelines that read the field. A field without it applies to every pipeline.
+
+    Kept beside the field so that a new field or pipeline says it in one place; ``inapplicable``
+    reads it to refuse settings that could not act (``loop_count`` on a connect job).
+    """
+
+    pipelines: tuple[str, ...]
+
+
+LOOP_ONLY = AppliesTo(("loop",))
+ONE_IMAGE = AppliesTo(("loop", "i2v"))  # a main video generated from the image
+BRIDGED = AppliesTo(("loop", "connect", "video2loop"))  # a connection / bridge is generated
+LOOPED = AppliesTo(("loop", "video2loop"))  # a 1-loop clip, so an N-loop file
 
 # Bare file names only: no separators, nothing hidden (which also rules out "." and "..").
 _BARE_NAME = re.compile(r"^[^/\\\x00.][^/\\\x00]{0,254}$")
@@ -28,10 +50,10 @@ class GenerationSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    main_sections: Annotated[int, Field(ge=1, le=32)] = 1
-    connection_sections: Annotated[int, Field(ge=1, le=16)] = 1
-    padding_sections: Annotated[int, Field(ge=0, le=8)] = 0
-    loop_count: Annotated[int, Field(ge=1, le=100)] = 1
+    main_sections: Annotated[int, Field(ge=1, le=32), ONE_IMAGE] = 1
+    connection_sections: Annotated[int, Field(ge=1, le=16), BRIDGED] = 1
+    padding_sections: Annotated[int, Field(ge=0, le=8), LOOP_ONLY] = 0
+    loop_count: Annotated[int, Field(ge=1, le=100), LOOPED] = 1
     steps: Annotated[int, Field(ge=1, le=100)] = 25
     distilled_guidance: Annotated[float, Field(ge=1.0, le=32.0)] = 10.0
     cfg: Annotated[float, Field(ge=1.0, le=32.0)] = 1.0
@@ -43,7 +65,7 @@ class GenerationSettings(BaseModel):
     teacache: bool | Annotated[float, Field(gt=0.0, le=1.0)] = False
     crf: Annotated[int, Field(ge=0, le=51)] = 16
     fps: Annotated[int, Field(ge=1, le=120)] = 30
-    decode: bool = True
+    decode: Annotated[bool, LOOP_ONLY] = True  # false: latents only, decoded later (`fploopd decode`)
     outputs: Annotated[list[OutputKind], Field(min_length=1, max_length=5)] = ["mp4"]
     count: Annotated[int, Field(ge=1, le=100)] = 1
     consecutive_seeds: bool = False
@@ -72,10 +94,10 @@ class JobSpec(GenerationSettings):
     pipeline: Pipeline | None = None
     profile: Annotated[str, Field(pattern=_PROFILE_NAME.pattern)] | None = None
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
-    image: Annotated[str, Field(pattern=_BARE_NAME.pattern)] | None = None
-    video: Annotated[str, Field(pattern=_BARE_NAME.pattern)] | None = None
-    head: Annotated[str, Field(pattern=_BARE_NAME.pattern)] | None = None
-    tail: Annotated[str, Field(pattern=_BARE_NAME.pattern)] | None = None
+    image: Annotated[Annotated[str, Field(pattern=_BARE_NAME.pattern)] | None, ONE_IMAGE] = None
+    video: Annotated[Annotated[str, Field(pattern=_BARE_NAME.pattern)] | None, AppliesTo(("video2loop",))] = None
+    head: Annotated[Annotated[str, Field(pattern=_BARE_NAME.pattern)] | None, AppliesTo(("connect",))] = None
+    tail: Annotated[Annotated[str, Field(pattern=_BARE_NAME.pattern)] | None, AppliesTo(("connect",))] = None
     tags: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=16)] = []
 
     @model_validator(mode="after")
@@ -114,3 +136,36 @@ MEDIA_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 SETTINGS_FIELDS = tuple(GenerationSettings.model_fields)
+
+
+def pipelines_of(field: str) -> tuple[str, ...]:
+    """The pipelines that read ``field`` (every pipeline unless the field says otherwise)."""
+    for meta in JobSpec.model_fields[field].metadata:
+        if isinstance(meta, AppliesTo):
+            return meta.pipelines
+    return PIPELINES
+
+
+def inapplicable(keys: Iterable[str], pipeline: str) -> list[str]:
+    """The given keys that ``pipeline`` does not use, in the order given. Unknown keys are left to
+    the spec's own validation, which refuses them."""
+    return [k for k in keys if k in JobSpec.model_fields and pipeline not in pipelines_of(k)]
+
+
+def inapplicable_error(
+    keys: Iterable[str], pipeline: str, file: str | None, label: Callable[[str], str] = str
+) -> InputError | None:
+    """An InputError naming each key ``pipeline`` would ignore, or None when every key acts:
+    "cat.json: loop_count is not used by the connect pipeline (it applies to loop, video2loop)".
+
+    Give it only the keys a sidecar (or a command line) set itself: a profile sets every field.
+    ``label`` names a field as the user wrote it (``--loop-count`` on a command line).
+    """
+    unused = inapplicable(keys, pipeline)
+    if not unused:
+        return None
+    reasons = [
+        f"{label(k)} is not used by the {pipeline} pipeline (it applies to {', '.join(pipelines_of(k))})" for k in unused
+    ]
+    prefix = f"{file}: " if file else ""
+    return InputError(prefix + "; ".join(reasons), field=unused[0], file=file)
