@@ -42,6 +42,40 @@ def test_every_sidecar_field_is_an_option(command):
     assert not any(d.startswith("spec_") and d[5:] in NOT_OPTIONS for d in dests)
 
 
+@pytest.mark.parametrize(
+    ("command", "pipeline", "unused"),
+    [
+        ("generate", "i2v", {"--loop-count", "--connection-sections", "--padding-sections", "--decode"}),
+        ("connect", "connect", {"--loop-count", "--main-sections", "--padding-sections", "--decode"}),
+        ("video2loop", "video2loop", {"--main-sections", "--padding-sections", "--decode"}),
+        ("loop", "loop", set()),
+    ],
+)
+def test_help_offers_only_the_options_the_pipeline_uses(command, pipeline, unused, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    shown = {word.rstrip(",") for word in capsys.readouterr().out.split() if word.startswith("--")}
+    assert not shown & unused
+    assert {"--prompt", "--steps", "--window", "--outputs"} <= shown
+    if command == "loop":
+        assert {"--loop-count", "--main-sections", "--connection-sections", "--padding-sections", "--decode"} <= shown
+
+
+def test_an_option_the_pipeline_does_not_use_is_refused_by_name(image, tmp_path, capsys):
+    # Before any model loads, and before the inputs are looked at.
+    argv = ["--out", str(tmp_path / "o"), "--model", "/no/such/model"]
+    assert main(["generate", str(image), "--loop-count", "3", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "--loop-count is not used by the i2v pipeline (it applies to loop, video2loop)" in err
+    assert "/no/such" not in err
+    assert main(["connect", "h.mp4", "t.mp4", "--main-sections", "2", "--padding_sections", "1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "--main-sections is not used by the connect pipeline" in err and "--padding-sections is not used" in err
+    assert main(["video2loop", "v.mp4", "--no-decode", *argv]) == 2
+    assert "--no-decode is not used by the video2loop pipeline (it applies to loop)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_options_become_the_spec_a_sidecar_would_give(tmp_path):
     args = parse("loop", "x.png", "--root", str(tmp_path), "--prompt", "rain", "--main-sections", "3",
                  "--connection_sections", "2", "--outputs", "mp4,webp", "--teacache", "0.2", "--no-decode",
@@ -78,7 +112,7 @@ def test_bad_values_fail_like_a_sidecar_before_any_model_loads(image, capsys):
     assert "missing.png" in capsys.readouterr().err
     assert main(["loop", str(image), "--name", "../up"]) == 2
     assert main(["generate", str(image), "--no-decode"]) == 2
-    assert "is for the loop pipeline" in capsys.readouterr().err
+    assert "--no-decode is not used by the i2v pipeline (it applies to loop)" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse's own error for a non-number
         main(["loop", str(image), "--steps", "many"])
 

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("connect", help="join HEAD to TAIL with a generated bridge (FramePackConnect), without the daemon")
     p.add_argument("head", type=Path, metavar="HEAD", help="the video that plays first (its size sets the output's)")
     p.add_argument("tail", type=Path, metavar="TAIL", help="the video that plays after the bridge")
-    add_oneshot_options(p)
+    add_oneshot_options(p, "connect")
     p.set_defaults(handler=run)
 
 

@@ -11,7 +11,7 @@ from fploopd.commands.oneshot import add_oneshot_options
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="one image-to-video clip from IMAGE (FramePack), without the daemon")
     p.add_argument("image", type=Path, metavar="IMAGE", help="the start image")
-    add_oneshot_options(p, aliases={"main_sections": ["--sections"]})
+    add_oneshot_options(p, "i2v", aliases={"main_sections": ["--sections"]})
     p.set_defaults(handler=run)
 
 

@@ -11,7 +11,7 @@ from fploopd.commands.oneshot import add_oneshot_options
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("loop", help="a seamless loop from IMAGE (FramePackLoop), without the daemon")
     p.add_argument("image", type=Path, metavar="IMAGE", help="the start image")
-    add_oneshot_options(p)
+    add_oneshot_options(p, "loop")
     p.set_defaults(handler=run)
 
 

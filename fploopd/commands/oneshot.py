@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TextIO, Union, get_args, get_origin
 
 from fploopd.cli import add_model_options, add_root_option
-from fploopd.spec import JobSpec
+from fploopd.spec import JobSpec, inapplicable_error, pipelines_of
 
 if TYPE_CHECKING:
     from fploopd.pipelines.job import Progress
@@ -113,9 +113,15 @@ def option_names(field: str) -> list[str]:
     return names + [f"--{field}"] if "_" in field else names
 
 
-def add_spec_options(parser: argparse.ArgumentParser, aliases: dict[str, list[str]] | None = None) -> None:
+def add_spec_options(
+    parser: argparse.ArgumentParser, pipeline: str, aliases: dict[str, list[str]] | None = None
+) -> None:
     """One option per sidecar field; every default is None, meaning "not given", so the profile and
-    then the spec's own defaults apply exactly as for a sidecar."""
+    then the spec's own defaults apply exactly as for a sidecar.
+
+    Fields ``pipeline`` does not use stay out of ``--help``; they are still parsed, so that giving
+    one is refused with a message that says where it applies (``refuse_unused``), not argparse's
+    bare "unrecognized arguments"."""
     aliases = aliases or {}
     group = parser.add_argument_group("job settings (the sidecar's fields; same names, same limits)")
     fields = sorted(JobSpec.model_fields.items(), key=lambda item: item[0] != "prompt")  # the prompt first
@@ -130,6 +136,8 @@ def add_spec_options(parser: argparse.ArgumentParser, aliases: dict[str, list[st
         help_text = HELP.get(field, field.replace("_", " "))
         if field != "prompt" and default is not None:
             help_text += f" (default: {shown})"
+        if pipeline not in pipelines_of(field):
+            help_text = argparse.SUPPRESS
         # The sidecar's spelling (--main_sections) is accepted too; flags keep one form each.
         names = aliases.get(field, []) + (option_names(field)[:1] if kind == "flag" else option_names(field))
         dest = f"spec_{field}"
@@ -139,16 +147,30 @@ def add_spec_options(parser: argparse.ArgumentParser, aliases: dict[str, list[st
             group.add_argument(*names, dest=dest, type=convert, metavar=metavar, default=None, help=help_text)
 
 
-def add_oneshot_options(parser: argparse.ArgumentParser, aliases: dict[str, list[str]] | None = None) -> None:
+def add_oneshot_options(
+    parser: argparse.ArgumentParser, pipeline: str, aliases: dict[str, list[str]] | None = None
+) -> None:
     add_root_option(parser)
     add_model_options(parser)
     parser.add_argument("--out", type=Path, default=Path("."), help="output folder (default: the current folder)")
     parser.add_argument("--name", help="job name, the start of every output's name (default: the input's name)")
-    add_spec_options(parser, aliases)
+    add_spec_options(parser, pipeline, aliases)
 
 
 def given_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {k[5:]: v for k, v in vars(args).items() if k.startswith("spec_") and v is not None}
+
+
+def refuse_unused(given: dict[str, Any], pipeline: str) -> None:
+    """Options the command's pipeline would ignore are an error naming them as they were typed."""
+
+    def typed(field: str) -> str:
+        name = option_names(field)[0]
+        return name.replace("--", "--no-", 1) if given[field] is False else name
+
+    error = inapplicable_error(given, pipeline, None, label=typed)
+    if error is not None:
+        raise error
 
 
 def spec_from_args(args: argparse.Namespace, pipeline: str) -> JobSpec:
@@ -158,6 +180,7 @@ def spec_from_args(args: argparse.Namespace, pipeline: str) -> JobSpec:
     from fploopd.errors import InputError
 
     raw = given_fields(args)
+    refuse_unused(raw, pipeline)
     raw.setdefault("prompt", "")
     profiles_dir = Path(args.root) / "profiles"
     label = "command line"
@@ -295,10 +318,8 @@ def run_oneshot(args: argparse.Namespace, pipeline: str, inputs: dict[str, Path]
     from fploopd.errors import InputError
     from fploopd.pipelines import run_job
 
-    check_inputs(inputs)
     spec = spec_from_args(args, pipeline)
-    if not spec.decode and pipeline != "loop":
-        raise InputError(f"--no-decode (latents only) is a loop feature; {pipeline} always decodes", field="decode")
+    check_inputs(inputs)
     name = job_name(args, next(iter(inputs.values())))
     out = Path(args.out).absolute()
     work = out / WORK_FOLDER / name

@@ -11,7 +11,7 @@ from fploopd.commands.oneshot import add_oneshot_options
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("video2loop", help="loop VIDEO with a generated bridge from its end to its start, without the daemon")
     p.add_argument("video", type=Path, metavar="VIDEO", help="the video to loop")
-    add_oneshot_options(p)
+    add_oneshot_options(p, "video2loop")
     p.set_defaults(handler=run)
 
 
