@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fploopd.errors import FploopdError
+
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")
 # The contract's state machine, plus running -> queued (crash, warm stop, retry after backoff) and
@@ -91,6 +93,47 @@ CREATE TABLE IF NOT EXISTS daemon (
 _ADDED_COLUMNS = {("jobs", "failures"): "INTEGER NOT NULL DEFAULT 0"}
 
 _JSON_COLUMNS = ("spec", "seeds", "inputs", "progress", "error", "outputs", "delivery")
+# What an older journal's rows lack, as read (read-only opening never adds the columns).
+_ROW_DEFAULTS = {"failures": 0}
+
+# At open, a journal another process keeps locked is reported after this long instead of waited on.
+OPEN_WAIT_S = 5.0
+# In operation, a writer waits this long for another one (a CLI command's short transaction).
+BUSY_TIMEOUT_S = 30.0
+
+
+class JournalError(FploopdError):
+    """The journal cannot be used: missing while the root shows it had one, damaged, or locked."""
+
+    kind = "journal"
+
+
+def recover_advice(path: Path) -> str:
+    root = path.parent.parent  # <root>/.fploopd/journal.sqlite3
+    return (
+        f"stop the daemon and run `fploopd journal recover --root {root}`: it moves the damaged file aside "
+        "(nothing is deleted) and rebuilds the jobs from outbox/, failed/ and archive/"
+    )
+
+
+def open_error(path: Path, exc: sqlite3.Error) -> JournalError:
+    """A clear error for what SQLite said while opening or checking ``path``."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return JournalError(
+            f"the journal {path} is locked by another process (waited {OPEN_WAIT_S:.0f} s): another fploopd "
+            "command, or a program that has it open (an SQLite browser, a backup tool); close it and start again",
+            file=str(path),
+        )
+    if "unable to open" in text or "readonly" in text or "read-only" in text:
+        return JournalError(
+            f"cannot open the journal {path} ({text}): the daemon's user needs to read and write .fploopd/",
+            file=str(path),
+        )
+    return JournalError(
+        f"the journal {path} is damaged ({text}); move it aside and rebuild it: {recover_advice(path)}",
+        file=str(path),
+    )
 
 
 class IllegalTransition(RuntimeError):
@@ -124,7 +167,7 @@ class Job:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
-        values = dict(row)
+        values = {**_ROW_DEFAULTS, **dict(row)}
         for key in _JSON_COLUMNS:
             if values[key] is not None:
                 values[key] = json.loads(values[key])
@@ -137,25 +180,107 @@ def _dump(value: Any) -> str | None:
 
 
 class Journal:
-    def __init__(self, path: Path, who: str) -> None:
-        """``who`` tags the events this connection writes (``supervisor``, ``cli``); the pid is added."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, who: str, *, check: bool = False, readonly: bool = False) -> None:
+        """``who`` tags the events this connection writes (``supervisor``, ``cli``); the pid is added.
+
+        ``check`` runs ``PRAGMA quick_check`` first (the supervisor, at start). ``readonly`` opens
+        without writing anything (``open_readonly``). Raises JournalError for a damaged, locked or
+        unreadable journal.
+        """
         self.path = path
         self.who = f"{who}:{os.getpid()}"
+        self.readonly = readonly
+        if not readonly:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = self._connect_readonly() if readonly else self._connect()
+        try:
+            if check:
+                self.quick_check()
+            if not readonly:
+                self._configure()
+                self._migrate()
+            # Operation: wait as long as before for a writer (opening waited only OPEN_WAIT_S).
+            self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self.tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as exc:
+            self.db.close()
+            raise open_error(path, exc) from None
+        except JournalError:
+            self.db.close()
+            raise
+
+    @classmethod
+    def open_readonly(cls, path: Path, who: str) -> Journal:
+        """For looking only (``fploopd status``, doctor): no schema, no pragma that writes, so it works
+        on a full disk and on a journal of an older schema."""
+        return cls(path, who, readonly=True)
+
+    def _connect(self) -> sqlite3.Connection:
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE takes the write lock up front).
-        self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA busy_timeout = 30000")
+        try:
+            db = sqlite3.connect(self.path, timeout=OPEN_WAIT_S, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise open_error(self.path, exc) from None
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        uri = self.path.absolute().as_uri() + "?mode=ro"
+        try:
+            return self._probe(uri)
+        except sqlite3.OperationalError as exc:
+            # A WAL journal with no -wal file beside it (no writer has it open) in a folder we may not
+            # write: SQLite cannot make its shared-memory file there, but nothing can change the file
+            # either, so reading it as immutable is exact.
+            if Path(f"{self.path}-wal").exists():
+                raise open_error(self.path, exc) from None
+            try:
+                return self._probe(uri + "&immutable=1")
+            except sqlite3.Error:
+                raise open_error(self.path, exc) from None
+        except sqlite3.Error as exc:
+            raise open_error(self.path, exc) from None
+
+    def _probe(self, uri: str) -> sqlite3.Connection:
+        """Connect to ``uri`` and read the schema once (SQLite opens the file lazily)."""
+        db = sqlite3.connect(uri, uri=True, timeout=OPEN_WAIT_S, isolation_level=None, check_same_thread=False)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _configure(self) -> None:
         mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":  # e.g. a network file system without shared memory
             from loguru import logger
 
-            logger.warning("the journal {} runs in {} mode, not WAL; keep .fploopd/ on a local disk", path, mode)
+            logger.warning("the journal {} runs in {} mode, not WAL; keep .fploopd/ on a local disk", self.path, mode)
         self.db.execute("PRAGMA synchronous = FULL")
         self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.executescript(_SCHEMA)  # idempotent; each statement commits on its own
-        self._add_columns()
-        self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _migrate(self) -> None:
+        """Create or upgrade the schema in one write transaction, which also proves, within
+        OPEN_WAIT_S, that no other process keeps the journal locked. Writes nothing when current."""
+        with self.transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)  # IF NOT EXISTS: a no-op on a current journal
+            self._add_columns()
+            if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def quick_check(self) -> None:
+        """``PRAGMA quick_check``; raises JournalError naming the damage."""
+        problems = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise JournalError(
+                f"the journal {self.path} is damaged ({'; '.join(problems[:3])}); move it aside and rebuild it: "
+                f"{recover_advice(self.path)}",
+                file=str(self.path),
+            )
 
     def _add_columns(self) -> None:
         for (table, column), decl in _ADDED_COLUMNS.items():
@@ -249,19 +374,34 @@ class Journal:
 
     # --- jobs ---------------------------------------------------------------------------------
 
+    def restore(self, fields: dict[str, Any], detail: Any = None) -> Job:
+        """Insert a job rebuilt from the folders (``fploopd journal recover``), with a ``recovered`` event."""
+        values = {k: (_dump(v) if k in _JSON_COLUMNS else v) for k, v in fields.items()}
+        columns, marks = ", ".join(values), ", ".join("?" * len(values))
+        with self.transaction():
+            self.db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(values.values()))
+            self._event(fields["id"], "recovered", detail)
+        return self.get(fields["id"])
+
     def get(self, key: str) -> Job:
         """A job by id, or by name (case-insensitive)."""
+        if "jobs" not in self.tables:
+            raise KeyError(key)
         row = self.db.execute("SELECT * FROM jobs WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1", (key, key, key)).fetchone()
         if row is None:
             raise KeyError(key)
         return Job.from_row(row)
 
     def jobs(self, states: tuple[str, ...] = STATES) -> list[Job]:
+        if "jobs" not in self.tables:  # an empty journal file, opened read-only
+            return []
         marks = ",".join("?" * len(states))
         rows = self.db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at, id", states).fetchall()
         return [Job.from_row(r) for r in rows]
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
+        if "events" not in self.tables:
+            return []
         rows = self.db.execute("SELECT at, who, what, detail FROM events WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
         return [dict(r) for r in rows]
 
@@ -357,6 +497,8 @@ class Journal:
             )
 
     def waiting(self) -> list[dict[str, Any]]:
+        if "waiting" not in self.tables:  # a schema-1 journal, opened read-only
+            return []
         return [json.loads(r[0]) for r in self.db.execute("SELECT detail FROM waiting ORDER BY sidecar")]
 
     def set_daemon(self, key: str, value: Any) -> None:
@@ -367,5 +509,7 @@ class Journal:
             )
 
     def daemon_state(self) -> dict[str, Any]:
+        if "daemon" not in self.tables:
+            return {}
         rows = self.db.execute("SELECT key, value FROM daemon").fetchall()
         return {r["key"]: None if r["value"] is None else json.loads(r["value"]) for r in rows}
