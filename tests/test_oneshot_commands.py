@@ -219,3 +219,65 @@ def test_an_interrupted_run_keeps_its_work_and_the_rerun_resumes(tiny_root, imag
     assert sections_run == [0, "stopped", 1]  # the re-run did only the second section
     (path,) = capsys.readouterr().out.split()
     assert Path(path).is_file() and not (tmp_path / WORK_FOLDER).exists()
+
+
+def test_a_one_shot_loop_writes_a_manifest_like_a_daemon_job(tiny_root, image, tmp_path):
+    import hashlib
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "fploopd", "loop", str(image), "--main-sections", "2", "--loop-count", "2",
+            "--seed", "6", "--out", str(out), *QUICK, *TINY]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "cat_6_manifest.json").read_text())
+    assert list(manifest) == ["job", "name", "pipeline", "spec", "seeds", "model", "inputs", "outputs", "timings",
+                              "attempts", "created_at", "finished_at", "fploopd"]  # fmt: skip
+    assert manifest["job"] is None and manifest["name"] == "cat" and manifest["pipeline"] == "loop"
+    assert manifest["seeds"] == [6] and manifest["attempts"] == 0
+    assert manifest["spec"]["loop_count"] == 2 and manifest["spec"]["main_sections"] == 2
+    assert manifest["model"]["components"]["vae"]["sha256"]  # the model's identity
+    assert manifest["inputs"] == [{"name": "cat.png", "field": "image", "size": image.stat().st_size,
+                                   "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}]  # fmt: skip
+    frames = 4 * 2 * (2 + 1)
+    assert manifest["outputs"] == [
+        {"file": "cat_6_1loop.mp4", "kind": "1loop", "seed": 6, "frames": frames, "fps": 30, "duration_s": frames / 30},
+        {"file": "cat_6_loop_2.mp4", "kind": "loop", "seed": 6, "frames": 2 * frames, "fps": 30,
+         "duration_s": 2 * frames / 30},
+    ]  # fmt: skip
+    for o in manifest["outputs"]:
+        assert probe_video(out / o["file"], MediaLimits()).frames == o["frames"]
+    t = manifest["timings"]
+    assert set(t) == {"load_s", "run_s", "total_s"} and t["load_s"] > 0 and t["run_s"] > 0
+    assert t["total_s"] >= t["load_s"] + t["run_s"] - 0.002  # each rounded to 1 ms
+    assert manifest["created_at"] <= manifest["finished_at"] and manifest["fploopd"]
+    assert done.stdout.split() == [str(out / "cat_6_1loop.mp4"), str(out / "cat_6_loop_2.mp4")]
+    assert "model load" in done.stderr and "cat_6_manifest.json" in done.stderr
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_a_resumed_one_shot_run_counts_the_interrupted_try(tiny_root, image, tmp_path, monkeypatch, capsys):
+    import json
+
+    import fploopd.pipelines.common as common
+
+    argv = ["generate", str(image), "--sections", "2", "--seed", "2", "--out", str(tmp_path), *QUICK, *TINY]
+    real = common.drive_sections
+    stopped = []
+
+    def interrupted(sections, initial, step, **kw):
+        def once(k, history, generator):
+            if k == 1 and not stopped:
+                stopped.append(k)
+                raise KeyboardInterrupt
+            return step(k, history, generator)
+
+        return real(sections, initial, once, **kw)
+
+    monkeypatch.setattr("fploopd.pipelines.i2v.drive_sections", interrupted)
+    assert main(argv) == 130
+    assert not list(tmp_path.glob("*manifest.json"))  # only a finished job has one
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "cat_2_manifest.json").read_text())["attempts"] == 1

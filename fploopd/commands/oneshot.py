@@ -295,6 +295,26 @@ def seeds_for(spec: JobSpec, inputs: dict[str, Path], work_dir: Path) -> list[in
     return seeds
 
 
+def earlier_tries(work_dir: Path) -> int:
+    """How many runs of this job started before this one and did not finish (interrupted), counted
+    in the seed record that ``seeds_for`` keeps; counts this run in."""
+    from fploopd.fsutil import write_json_atomic
+
+    record = work_dir / "seeds.json"
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        tries = int(saved.get("tries", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+    write_json_atomic(record, {**saved, "tries": tries + 1})
+    return tries
+
+
+def manifest_name(name: str, seeds: list[int]) -> str:
+    """Beside the outputs, named like them: several one-shot jobs may share one output folder."""
+    return f"{name}_{seeds[0]}_manifest.json"
+
+
 def load_model(args: argparse.Namespace) -> Any:
     from fploopd.engine.components import load_components
     from fploopd.engine.sources import resolve
@@ -312,22 +332,30 @@ def _remove_work(work: Path) -> None:
 
 
 def run_oneshot(args: argparse.Namespace, pipeline: str, inputs: dict[str, Path]) -> int:
-    """Validate, load the model, run the job with a progress bar, print the output paths."""
+    """Validate, load the model, run the job with a progress bar, write the manifest, print the
+    output paths."""
     from loguru import logger
 
     from fploopd.errors import InputError
     from fploopd.pipelines import run_job
+    from fploopd.pipelines.manifest import input_entry
 
+    created, started = time.time(), time.monotonic()
     spec = spec_from_args(args, pipeline)
     check_inputs(inputs)
     name = job_name(args, next(iter(inputs.values())))
     out = Path(args.out).absolute()
     work = out / WORK_FOLDER / name
     seeds = seeds_for(spec, inputs, work)
+    tries = earlier_tries(work)
+    entries = [input_entry(field, path) for field, path in inputs.items()]  # hashed once, here
+    hashes = {e["field"]: e["sha256"] for e in entries}
     components = load_model(args)
+    loaded = time.monotonic()
     bar = ProgressBar()
     try:
-        result = run_job(spec, inputs, out, name=name, seeds=seeds, components=components, work_dir=work, progress=bar)
+        result = run_job(spec, inputs, out, name=name, seeds=seeds, components=components, work_dir=work,
+                         progress=bar, input_hashes=hashes)  # fmt: skip
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted; run the same command again to resume from {work}", file=sys.stderr)
@@ -337,8 +365,48 @@ def run_oneshot(args: argparse.Namespace, pipeline: str, inputs: dict[str, Path]
         raise
     finally:
         bar.close()
+    timings = {
+        "load_s": round(loaded - started, 3),
+        "run_s": result.timings.get("total_s", round(time.monotonic() - loaded, 3)),
+        "total_s": round(time.monotonic() - started, 3),
+    }
+    manifest = write_oneshot_manifest(out, name, spec, result, components.identity, entries, timings, tries, created)
     _remove_work(work)
-    logger.info("{} done in {:.1f} s, seeds {}", name, result.timings.get("total_s", 0.0), ", ".join(map(str, seeds)))
+    logger.info(
+        "{} done in {:.1f} s (model load {:.1f} s, run {:.1f} s), seeds {}; manifest {}",
+        name, timings["total_s"], timings["load_s"], timings["run_s"], ", ".join(map(str, seeds)), manifest.name,
+    )  # fmt: skip
     for output in result.outputs:
         print(output.path)
     return 0
+
+
+def write_oneshot_manifest(
+    out: Path,
+    name: str,
+    spec: JobSpec,
+    result: Any,
+    model: Any,
+    inputs: list[dict[str, Any]],
+    timings: dict[str, float],
+    attempts: int,
+    created: float,
+) -> Path:
+    """The daemon's manifest, without a job id (no journal holds a one-shot run)."""
+    from fploopd.pipelines.manifest import build_manifest, output_entry, write_manifest
+
+    manifest = build_manifest(
+        job_id=None,
+        name=name,
+        pipeline=spec.pipeline,
+        spec=spec.model_dump(mode="json"),
+        seeds=list(result.seeds),
+        model=model,
+        inputs=inputs,
+        outputs=[output_entry(o, out) for o in result.outputs],
+        timings=timings,
+        attempts=attempts,
+        created_at=created,
+        finished_at=time.time(),
+    )
+    return write_manifest(out, manifest, manifest_name(name, list(result.seeds)))

@@ -102,6 +102,7 @@ def run_job(
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     limits: MediaLimits | None = None,
+    input_hashes: dict[str, str] | None = None,
 ) -> JobResult:
     """Run every generation of ``spec`` and write its outputs into ``out_dir``.
 
@@ -109,6 +110,8 @@ def run_job(
     Section checkpoints live under ``work_dir``: calling again after a crash resumes from them and
     gives the same result as an uninterrupted run. ``should_stop`` is polled between sampling steps;
     when it returns true the job raises ``Cancelled`` and keeps its last checkpoint.
+    ``input_hashes`` (field -> sha256) spares hashing inputs the caller hashed already; the
+    checkpoints' key uses them.
     """
     from fploopd.pipelines.runners import RUNNERS, JobContext
 
@@ -126,6 +129,7 @@ def run_job(
         progress=progress,
         should_stop=should_stop,
         limits=limits or MediaLimits(),
+        known_hashes=input_hashes,
     )
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -34,6 +33,7 @@ from fploopd.pipelines.common import (
 )
 from fploopd.pipelines.job import OutputFile, Progress
 from fploopd.pipelines.latentfile import save_latents
+from fploopd.pipelines.manifest import sha256_file
 from fploopd.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -55,13 +55,15 @@ class JobContext:
     progress: Callable[[Progress], None] | None = None
     should_stop: Callable[[], bool] | None = None
     limits: MediaLimits = field(default_factory=MediaLimits)
+    known_hashes: dict[str, str] | None = None  # the caller hashed the inputs already
 
     def reporter(self, generation: int, generations: int) -> Reporter:
         return Reporter(self.progress, self.should_stop, generation, generations)
 
     @cached_property
     def input_hashes(self) -> dict[str, str]:
-        return {k: _sha256(p) for k, p in sorted(self.inputs.items())}
+        known = self.known_hashes or {}
+        return {k: known.get(k) or sha256_file(p) for k, p in sorted(self.inputs.items())}
 
     def checkpoint(self, seed: int) -> Checkpoint:
         settings = self.spec.model_dump(exclude=_OUTPUT_ONLY)
@@ -81,14 +83,6 @@ class JobContext:
 def _with_ext(base: Path, ext: str) -> Path:
     """Appended, never ``with_suffix``: job names may contain dots."""
     return base.with_name(base.name + ext)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_video(
