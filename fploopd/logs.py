@@ -27,6 +27,9 @@ def configure_logging(
 ) -> None:
     """Stderr always; a rotating file under ``log_dir`` when given (the daemon's ``.fploopd/logs``).
 
+    Both follow ``level``: DEBUG lines reach the file only when DEBUG is asked for (``--log-level``,
+    ``FPLOOPD_LOG_LEVEL`` or ``log_level`` in fploopd.toml), so the file stays readable and small.
+
     ``tag`` fills the job column outside a job (a worker process names its device there). Each
     process needs its own ``filename``: two processes must not rotate one file.
     """
@@ -37,7 +40,7 @@ def configure_logging(
         log_dir.mkdir(parents=True, exist_ok=True)
         logger.add(
             log_dir / filename,
-            level="DEBUG",
+            level=level.upper(),
             format=_FORMAT,
             rotation="20 MB",
             retention=10,
