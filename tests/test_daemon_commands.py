@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
-from daemon_util import fploopd
+from daemon_util import fploopd, make_root
+
+from fploopd.daemon.journal import Journal
 
 
 def test_init_is_idempotent_and_never_overwrites(tmp_path: Path) -> None:
@@ -58,3 +63,66 @@ def test_doctor_reports_the_kernel_cache_and_warns_when_it_is_large(
     monkeypatch.setattr(doctor, "CACHE_WARN_GIB", 3.5 / 1024)  # 4 MiB written, 3.5 MiB allowed
     cache = next(c for c in doctor.run_checks(settings) if c.name == "kernel cache")
     assert cache.status == "warn" and f"delete {layout.caches}" in cache.fix
+
+
+def doctor(root: Path, *flags: str) -> tuple[int, dict[str, dict[str, str]]]:
+    result = fploopd("doctor", "--json", *flags, root=root)
+    return result.returncode, {c["name"]: c for c in json.loads(result.stdout)}
+
+
+def test_doctor_checks_the_model_the_roots_settings_name(tmp_path: Path) -> None:
+    root = make_root(tmp_path)  # fploopd.toml says model = "tiny"
+    code, checks = doctor(root)
+    assert checks["models"]["status"] == "ok" and "model tiny" in checks["models"]["detail"]
+    assert checks["settings"]["status"] == "ok" and str(root / "fploopd.toml") in checks["settings"]["detail"]
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    (root / "fploopd.toml").write_text(f'model = {json.dumps(str(empty))}\ndevice = "cpu"\n')
+    code, checks = doctor(root)
+    assert code == 1 and checks["models"]["status"] == "fail"
+    assert "missing" in checks["models"]["detail"] and "hf download lllyasviel/FramePackI2V_HY" in checks["models"]["fix"]
+    (root / "fploopd.toml").write_text("model = tiny\n")  # not TOML: the daemon would refuse to start
+    code, checks = doctor(root, "--model", "tiny")
+    assert code == 1 and checks["settings"]["status"] == "fail" and "not valid TOML" in checks["settings"]["detail"]
+    assert checks["models"]["status"] == "ok"  # the rest is still checked
+
+
+def test_doctor_checks_that_claims_and_deliveries_can_rename(tmp_path: Path) -> None:
+    other = Path("/dev/shm")
+    root = make_root(tmp_path)
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(root).st_dev:
+        pytest.skip("needs a second file system (/dev/shm)")
+    code, checks = doctor(root)
+    assert checks["one file system"]["status"] == "ok"
+    elsewhere = Path(tempfile.mkdtemp(dir=other))
+    try:
+        work = root / ".fploopd" / "work"
+        work.parent.mkdir(exist_ok=True)
+        work.symlink_to(elsewhere, target_is_directory=True)  # the work dirs on another disk
+        code, checks = doctor(root)
+        fs = checks["one file system"]
+        assert code == 1 and fs["status"] == "fail" and ".fploopd/work" in fs["detail"] and "one file system" in fs["fix"]
+    finally:
+        shutil.rmtree(elsewhere)
+
+
+def test_doctor_checks_the_journal_read_only(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    code, checks = doctor(root)
+    assert checks["journal"]["status"] == "ok" and "no journal yet" in checks["journal"]["detail"]
+    journal = root / ".fploopd" / "journal.sqlite3"
+    Journal(journal, "test").close()
+    before = journal.read_bytes()
+    code, checks = doctor(root)
+    assert checks["journal"]["status"] == "ok" and "quick_check ok" in checks["journal"]["detail"]
+    assert journal.read_bytes() == before
+    journal.write_bytes(b"not a database at all" * 100)
+    code, checks = doctor(root)
+    assert code == 1 and checks["journal"]["status"] == "fail" and "damaged" in checks["journal"]["detail"]
+    assert f"fploopd journal recover --root {root}" in checks["journal"]["fix"]
+    journal.unlink()
+    (root / "failed" / "old").mkdir()
+    (root / "failed" / "old" / "error.json").write_text('{"job": "j1", "kind": "input", "error": "x"}')
+    code, checks = doctor(root)  # lost: the root shows it had one
+    assert code == 1 and checks["journal"]["status"] == "fail" and "missing" in checks["journal"]["detail"]
+    assert "fploopd journal recover" in checks["journal"]["fix"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from fploopd.daemon.layout import Layout
-from fploopd.daemon.settings import Settings
+from fploopd.daemon.layout import PIPELINE_FOLDERS, Layout
+from fploopd.daemon.settings import SETTINGS_FILE, Settings
 
 GIB = 1024**3
 MIN_FREE_GIB = 10
@@ -27,13 +28,25 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
+    """``settings`` are the daemon's own (the root's fploopd.toml, FPLOOPD_* and any flags)."""
     checks: list[Check] = []
-    for group in (_python, _torch, _codecs, _models, _folders, _disk, _caches, _journal):
+    for group in (_settings, _python, _torch, _codecs, _models, _folders, _disk, _caches, _journal):
         try:
             checks.extend(group(settings))
         except Exception as exc:  # noqa: BLE001 - a broken check is itself a finding
             checks.append(Check(group.__name__.strip("_"), "fail", f"the check itself failed: {type(exc).__name__}: {exc}"))
     return checks
+
+
+def _settings(settings: Settings) -> Iterator[Check]:
+    path = settings.root / SETTINGS_FILE
+    where = str(path) if path.is_file() else f"no {SETTINGS_FILE} (defaults)"
+    yield Check("settings", "ok", f"{where}: model {settings.model}, device {settings.device}, vram {settings.vram}")
+
+
+def settings_failed(message: str) -> Check:
+    """A fploopd.toml the daemon would refuse: the first thing to fix."""
+    return Check("settings", "fail", message, f"fix the value in {SETTINGS_FILE} (or the FPLOOPD_* variable); `fploopd init` shows every key with its default")
 
 
 def _python(settings: Settings) -> Iterator[Check]:
@@ -87,25 +100,20 @@ def _codecs(settings: Settings) -> Iterator[Check]:
 
 
 def _models(settings: Settings) -> Iterator[Check]:
-    from fploopd.engine.sources import describe
+    """The weights the daemon's workers would load, found as they would find them."""
+    from fploopd.engine.sources import resolve
+    from fploopd.errors import ModelError
 
     try:
-        rows = describe(settings.model)
-    except Exception as exc:  # noqa: BLE001 - e.g. a --model folder that does not exist
-        yield Check("models", "fail", str(exc), "pass --model tiny, --model auto, or a folder holding the FramePack weights")
+        paths = resolve(settings.model, allow_download=False)
+    except ModelError as exc:
+        detail, _, fix = exc.message.partition("\nFix: ")
+        if settings.allow_download and settings.model != "tiny":
+            yield Check("models", "warn", detail, "allow_download = true: the daemon downloads what is missing when it starts")
+            return
+        yield Check("models", "fail", detail, fix or "pass --model tiny, --model auto, or a folder holding the FramePack weights")
         return
-    missing = [r["component"] for r in rows if r["status"] == "missing"]
-    found = [r for r in rows if r["status"] == "found"]
-    if missing:
-        yield Check(
-            "models",
-            "fail",
-            f"--model {settings.model}: missing {', '.join(str(m) for m in missing)}",
-            "see `fploopd models`; put the FramePack weights in an HF cache or set allow_download = true in fploopd.toml",
-        )
-    else:
-        sources = sorted({str(r["source"]) for r in found})
-        yield Check("models", "ok", f"--model {settings.model}: {len(found)} components found ({', '.join(sources)})")
+    yield Check("models", "ok", f"model {settings.model}: every component found ({paths.source})")
 
 
 def _folders(settings: Settings) -> Iterator[Check]:
@@ -127,17 +135,32 @@ def _folders(settings: Settings) -> Iterator[Check]:
         )
     elif not missing:
         yield Check("folders", "ok", f"{settings.root}: inbox, outbox, failed, archive, profiles writable")
-    # Claims and deliveries are renames: every folder must be on the same file system as .fploopd/.
-    state = layout.state if layout.state.is_dir() else settings.root
-    devices = {layout.rel(f) or ".": os.stat(f).st_dev for f in folders if f.is_dir()}
-    apart = [name for name, dev in devices.items() if dev != os.stat(state).st_dev]
+    yield from _one_file_system(layout)
+
+
+def _one_file_system(layout: Layout) -> Iterator[Check]:
+    """Claims (inbox -> work dir) and deliveries (work dir -> outbox, archive, failed) are renames,
+    which cannot cross file systems: every folder they touch must be on one."""
+    moved = [layout.inbox, *(layout.inbox / p for p in PIPELINE_FOLDERS), layout.work, layout.outbox, layout.failed, layout.archive]
+    devices = {f: os.stat(f).st_dev for f in moved if f.is_dir()}
+    if not devices:
+        return
+    # The root's own file system is the reference, unless most of the folders live elsewhere together.
+    counts = Counter(devices.values())
+    root_dev = os.stat(layout.root).st_dev
+    main = root_dev if counts.get(root_dev, 0) * 2 >= len(devices) else counts.most_common(1)[0][0]
+    apart = [layout.rel(f) for f, dev in devices.items() if dev != main]
     if apart:
         yield Check(
             "one file system",
             "fail",
-            f"{', '.join(apart)} are on another file system than {layout.rel(state) or '.'}: files cannot be moved by rename",
-            "keep the whole root on one disk or share (mount the share at the root, not at inbox/)",
+            f"{', '.join(apart)} {'is' if len(apart) == 1 else 'are'} on another file system than the rest of the root: "
+            "files cannot be moved there by rename",
+            "keep the whole root on one file system, because claims and deliveries are renames "
+            "(mount a share at the root, not at inbox/, and do not link its folders elsewhere)",
         )
+    else:
+        yield Check("one file system", "ok", "inbox, work, outbox, failed and archive are on one file system")
 
 
 def _disk(settings: Settings) -> Iterator[Check]:
@@ -169,22 +192,19 @@ def _caches(settings: Settings) -> Iterator[Check]:
 
 
 def _journal(settings: Settings) -> Iterator[Check]:
-    layout = Layout(settings.root)
-    if not layout.journal.exists():
-        yield Check("journal", "ok", "no journal yet (created by the first `fploopd run`)")
-        return
-    import sqlite3
+    from fploopd.daemon.journal import JournalError
+    from fploopd.daemon.recover import check_root_journal
 
-    db = sqlite3.connect(f"file:{layout.journal}?mode=ro", uri=True, timeout=10)
+    layout = Layout(settings.root)
     try:
-        result = db.execute("PRAGMA quick_check").fetchone()[0]
-        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-    finally:
-        db.close()
-    if result != "ok":
-        yield Check("journal", "fail", f"{layout.journal}: {result}", "stop the daemon and keep a copy of .fploopd/ before repairing")
+        check_root_journal(layout)
+    except JournalError as exc:
+        yield Check("journal", "fail", exc.message, f"run `fploopd journal recover --root {settings.root}`")
     else:
-        yield Check("journal", "ok" if mode == "wal" else "warn", f"{layout.journal} ({mode})", "" if mode == "wal" else "keep .fploopd/ on a local disk")
+        if not layout.journal.exists():
+            yield Check("journal", "ok", "no journal yet (the first `fploopd run` creates it)")
+        else:
+            yield from _journal_health(layout)
     from fploopd.daemon.service import RootLock
 
     lock = RootLock(layout.lock)
@@ -193,6 +213,24 @@ def _journal(settings: Settings) -> Iterator[Check]:
         yield Check("daemon", "ok", "no daemon is running on this root")
     else:
         yield Check("daemon", "ok", f"a daemon is running on this root (pid {lock.holder()})")
+
+
+def _journal_health(layout: Layout) -> Iterator[Check]:
+    """Read-only, as `fploopd status` opens it: it must open and pass ``PRAGMA quick_check``."""
+    from fploopd.daemon.journal import Journal, JournalError
+
+    try:
+        journal = Journal.open_readonly(layout.journal, "doctor")
+        try:
+            journal.quick_check()
+            mode = journal.db.execute("PRAGMA journal_mode").fetchone()[0]
+        finally:
+            journal.close()
+    except JournalError as exc:
+        yield Check("journal", "fail", exc.message, f"stop the daemon, then run `fploopd journal recover --root {layout.root}`")
+        return
+    wal = mode.lower() == "wal"
+    yield Check("journal", "ok" if wal else "warn", f"{layout.journal} ({mode}, quick_check ok)", "" if wal else "keep .fploopd/ on a local disk")
 
 
 def report(checks: list[Check], out: Callable[[str], None] = print) -> int:
