@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.daemon_util import drop, env, image_bytes, make_root, outbox_jobs, run_once
+from daemon_util import drop, env, image_bytes, make_root, outbox_jobs, run_once
 
 SNIPPET = """
 import sys
