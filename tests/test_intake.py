@@ -100,7 +100,11 @@ def test_missing_media_waits_for_the_grace_period_then_fails_naming_it(root: Pat
     intake = make_intake(root, clock, settle_s=0, grace_s=60)
     drop(root, sidecar={"prompt": "", "image": "later.png"}, media=None)
     result = intake.scan()
-    assert result.ready == [] and "later.png" in result.waiting[0]
+    (waiting,) = result.waiting
+    assert result.ready == [] and waiting.reason == "waiting for image file later.png (up to 60 s)"
+    assert (waiting.sidecar, waiting.name, waiting.pipeline) == ("inbox/loop/cat.json", "cat", "loop")
+    clock.t += 30
+    assert intake.scan().waiting[0].since == waiting.since  # first seen waiting, not last
     clock.t += 61
     (d,) = intake.scan().ready
     assert d.error is not None and d.error.file == "later.png" and d.error.field == "image"

@@ -9,8 +9,10 @@ each file either still in the inbox or in the work dir, and the recorded claim f
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from fploopd.daemon.crash import crashpoint
 from fploopd.daemon.files import move_once, sha256_file
 from fploopd.daemon.journal import Job, Journal
 from fploopd.daemon.layout import Layout
+from fploopd.daemon.names import display, job_name_for
 from fploopd.errors import FploopdError, InputError
 from fploopd.pipelines.job import pick_seeds
 from fploopd.spec import JobSpec
@@ -58,10 +61,41 @@ def unique_name(stem: str, layout: Layout, journal: Journal) -> str:
     raise FploopdError(f"no free job name for {stem!r}")
 
 
+class ClaimUndone(OSError):
+    """The claim could not start (its first move failed) and was undone: the drop is still in the
+    inbox as it was, and no journal row or work folder is left. ``reason`` says why, for users."""
+
+    def __init__(self, errno_: int | None, reason: str) -> None:
+        if errno_ is None:
+            super().__init__(reason)
+        else:
+            super().__init__(errno_, reason)
+        self.reason = reason
+
+
 def claim(drop: Drop, layout: Layout, journal: Journal, tick: Callable[[], None] | None = None) -> Job:
-    """Record the claim, move the drop's files into the work dir, then create the job."""
+    """Record the claim, move the drop's files into the work dir, then create the job.
+
+    Raises ``ClaimUndone`` when the sidecar cannot leave the inbox (permissions, another file
+    system, a read-only share): the claim is then undone, not left for recovery to turn into a
+    phantom job. A failure after the first move leaves the claim recorded; recovery finishes it.
+    """
     job_id = new_job_id()
-    name = unique_name(drop.sidecar.stem, layout, journal)
+    try:
+        name = unique_name(job_name_for(drop.sidecar.stem), layout, journal)
+    except FploopdError as exc:
+        raise ClaimUndone(None, exc.message) from exc
+    record = claim_record(drop, layout, job_id)
+    journal.open_claim(job_id, name, record)
+    crashpoint("claim:after_journal")
+    first_move(record, layout, journal, job_id)
+    job = complete_claim(job_id, name, record, layout, journal, tick)
+    crashpoint("claim:after_commit")
+    return job
+
+
+def claim_record(drop: Drop, layout: Layout, job_id: str) -> dict[str, Any]:
+    """What the journal records before the first move: the moves, the error or the spec and seeds."""
     inputs_dir = layout.inputs_dir(job_id)
     # The sidecar moves first: once it is gone, no scan can see the drop again.
     files: list[tuple[str, Path]] = [("sidecar", drop.sidecar)]
@@ -75,11 +109,63 @@ def claim(drop: Drop, layout: Layout, journal: Journal, tick: Callable[[], None]
     if drop.spec is not None:
         record["spec"] = drop.spec.model_dump(mode="json")
         record["seeds"] = pick_seeds(drop.spec)  # decided once, before any work
-    journal.open_claim(job_id, name, record)
-    crashpoint("claim:after_journal")
-    job = complete_claim(job_id, name, record, layout, journal, tick)
-    crashpoint("claim:after_commit")
-    return job
+    return record
+
+
+def first_move(record: dict[str, Any], layout: Layout, journal: Journal, job_id: str) -> None:
+    """Make the work dir and move the sidecar there; undo the claim (and raise ClaimUndone) if that fails."""
+    move = record["moves"][0]
+    src, dst = layout.abs(move["src"]), layout.abs(move["dst"])
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        move_once(src, dst)
+    except OSError as exc:
+        if os.path.lexists(dst) and not os.path.lexists(src):
+            raise  # it moved (what failed came after): the claim stands, recovery finishes it
+        reason = why_claim_failed(exc, move["src"], layout)
+        undo_claim(journal, layout, job_id, reason)
+        raise ClaimUndone(exc.errno, reason) from exc
+
+
+def why_claim_failed(exc: OSError, src: str, layout: Layout) -> str:
+    """A move out of the inbox failed: what to fix, in plain words."""
+    shown, folder = display(src), display(src.rsplit("/", 1)[0])
+    if exc.errno == errno.EXDEV:
+        return (
+            f"cannot move {shown} into .fploopd/work/: the inbox is on another file system; the inbox "
+            f"must be on the same file system as the root's .fploopd/ folder ({layout.state}), since files are moved, never copied"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"cannot move {shown} out of the inbox: permission denied; the daemon's user ({_user()}) "
+            f"needs write permission on {folder}/ and on .fploopd/work/"
+        )
+    if exc.errno == errno.EROFS:
+        return f"cannot move {shown} out of the inbox: {folder}/ is on a read-only file system; the daemon moves dropped files, so it must be writable"
+    return f"cannot move {shown} into .fploopd/work/: {exc.strerror or exc}"
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(os.geteuid()).pw_name}, uid {os.geteuid()}"
+    except (ImportError, KeyError, AttributeError):  # Windows; a uid without a name
+        return f"uid {os.geteuid()}" if hasattr(os, "geteuid") else "the service account"
+
+
+def undo_claim(journal: Journal, layout: Layout, job_id: str, reason: str) -> None:
+    """Forget a claim whose files never moved: its row goes, and its work dir if empty (never files)."""
+    with journal.transaction() as db:
+        db.execute("DELETE FROM claims WHERE job_id = ?", (job_id,))
+    journal.event(job_id, "claim undone", {"reason": reason})
+    for folder in (layout.inputs_dir(job_id), layout.job_dir(job_id)):
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # not empty, or not ours to remove: left as it is
+            logger.warning("could not remove {} after an undone claim: {}", layout.rel(folder), exc)
 
 
 def complete_claim(
@@ -98,16 +184,13 @@ def complete_claim(
             continue
         if i == 0:
             crashpoint("claim:after_first_move")
-        entry = {"field": move["field"], "name": dst.name, "source": move["src"]}
-        if os.path.isfile(dst) and not os.path.islink(dst):
-            entry["size"] = os.path.getsize(dst)
-            entry["sha256"] = sha256_file(dst, tick)
-        inputs.append(entry)
+        inputs.append(_input_entry(move, dst, tick))
     crashpoint("claim:after_moves")
     error = record.get("error")
     if error is None and vanished:
+        shown = [display(v) for v in vanished]
         error = InputError(
-            f"{', '.join(vanished)} disappeared from the inbox while the job was being claimed", file=vanished[0]
+            f"{', '.join(shown)} disappeared from the inbox while the job was being claimed", file=shown[0]
         ).to_json()
     spec = record.get("spec")
     fields = {"image", "video", "head", "tail"}
@@ -125,12 +208,25 @@ def complete_claim(
         error=error,
         delivery=deliver.plan_rejected(layout, job_id, name, error) if error is not None else None,
     )
-    what = record["moves"][0]["src"] if record["moves"] else name
+    what = display(record["moves"][0]["src"]) if record["moves"] else name
     if error is None:
         logger.info("claimed {} as job {} ({})", what, name, job_id)
     else:
         logger.warning("rejected {} as job {} ({}): {}", what, name, job_id, error["error"])
     return job
+
+
+def _input_entry(move: dict[str, Any], dst: Path, tick: Callable[[], None] | None) -> dict[str, Any]:
+    """What the job records of one input: name, where it came from, size and hash when readable."""
+    entry: dict[str, Any] = {"field": move["field"], "name": dst.name, "source": move["src"]}
+    try:
+        mode = os.lstat(dst).st_mode
+        if stat.S_ISREG(mode):  # never open a FIFO or follow a link: hashing must not block or leave
+            entry["size"] = os.path.getsize(dst)
+            entry["sha256"] = sha256_file(dst, tick)
+    except OSError as exc:  # unreadable: the job fails on it later (or was rejected for it already)
+        entry["unreadable"] = exc.strerror or str(exc)
+    return entry
 
 
 def recover_claims(layout: Layout, journal: Journal) -> list[Job]:
@@ -163,7 +259,7 @@ def adopt_orphans(layout: Layout, journal: Journal) -> list[Job]:
             move_once(out_dir, inputs_dir / "out")
         files = sorted(p.name for p in inputs_dir.iterdir()) if inputs_dir.is_dir() else []
         sidecars = [f for f in files if f.endswith(".json")]
-        name = unique_name(Path(sidecars[0]).stem if sidecars else entry.name, layout, journal)
+        name = unique_name(job_name_for(Path(sidecars[0]).stem) if sidecars else entry.name, layout, journal)
         error = FploopdError(
             f"found in .fploopd/work/{entry.name}/ with no journal record (was the journal lost?); "
             "these are the job's files as they were: drop them again to run the job"

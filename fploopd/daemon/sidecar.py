@@ -15,8 +15,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fploopd.daemon.files import file_kind
 from fploopd.daemon.jsonfile import read_json_object
 from fploopd.daemon.layout import is_temporary_name
+from fploopd.daemon.names import NAME_MAX
 from fploopd.daemon.profiles import Profiles
 from fploopd.daemon.validation import translate
 from fploopd.errors import InputError
@@ -47,7 +49,8 @@ def effective_spec(raw: dict[str, Any], sidecar: Path, folder_pipeline: str | No
             file=name,
         )
     pipeline = folder_pipeline or given
-    if pipeline in MEDIA_FIELDS:
+    _check_key_count(raw, name)
+    if isinstance(pipeline, str) and pipeline in MEDIA_FIELDS:  # (a list there would not even hash)
         for field in ("image", "video", "head", "tail"):
             if field in raw and field not in MEDIA_FIELDS[pipeline]:
                 raise InputError(
@@ -68,6 +71,21 @@ def effective_spec(raw: dict[str, Any], sidecar: Path, folder_pipeline: str | No
     values.update(own.model_dump(exclude_unset=True))
     values["pipeline"] = pipeline
     return validate(values, name)
+
+
+def _check_key_count(raw: dict[str, Any], name: str) -> None:
+    """More keys than a spec has: say so in one short line (listing thousands of unknown keys would
+    make an error.json nobody can read)."""
+    if len(raw) <= len(JobSpec.model_fields):
+        return
+    unknown = [k for k in raw if k not in JobSpec.model_fields]
+    shown = ", ".join(f"'{k[:40]}'" for k in unknown[:5])
+    raise InputError(
+        f"{name}: {len(raw)} keys, more than a sidecar has ({len(JobSpec.model_fields)}); "
+        f"{len(unknown)} unknown keys, such as {shown}",
+        field=unknown[0][:40],
+        file=name,
+    )
 
 
 def validate(values: dict[str, Any], name: str) -> JobSpec:
@@ -97,6 +115,13 @@ def locate_media(spec: JobSpec, sidecar: Path) -> MediaStatus:
             if given.lower().endswith(".json"):
                 raise InputError(
                     f"{sidecar.name}: {field} '{given}' names a .json file, which is a sidecar, not media",
+                    field=field,
+                    file=sidecar.name,
+                )
+            if len(given.encode("utf-8")) > NAME_MAX:
+                raise InputError(
+                    f"{sidecar.name}: {field} '{given[:40]}...' is {len(given.encode('utf-8'))} bytes, "
+                    f"longer than a file name can be ({NAME_MAX})",
                     field=field,
                     file=sidecar.name,
                 )
@@ -137,7 +162,10 @@ def default_candidates(folder: Path, stem: str, extensions: tuple[str, ...]) -> 
 
 def check_confined(path: Path, folder: Path, field: str, sidecar_name: str) -> None:
     """A media file must be a regular file in the sidecar's own folder; links may not lead out."""
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop, a name too long for the system
+        raise InputError(f"{sidecar_name}: {field} '{path.name}' cannot be followed ({exc})", field=field, file=path.name) from None
     if resolved.parent != folder.resolve():
         raise InputError(
             f"{sidecar_name}: {field} '{path.name}' is a link that leads out of the sidecar's folder (to {resolved})",
@@ -145,11 +173,13 @@ def check_confined(path: Path, folder: Path, field: str, sidecar_name: str) -> N
             file=path.name,
         )
     try:
-        st = os.stat(resolved)
+        st = os.stat(path)  # follows a link, like resolve(), but reports what the daemon will open
     except OSError as exc:
         raise InputError(f"{sidecar_name}: {field} '{path.name}' cannot be read ({exc.strerror})", field=field, file=path.name) from None
     if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{sidecar_name}: {field} '{path.name}' is not a regular file", field=field, file=path.name)
+        raise InputError(
+            f"{sidecar_name}: {field} '{path.name}' is not a regular file ({file_kind(st.st_mode)})", field=field, file=path.name
+        )
     if os.path.islink(path):
         # A link to a file beside it: claiming would move the link and break it. Keep it simple.
         raise InputError(
