@@ -76,6 +76,15 @@ def test_latent_only_counts_its_two_files(tiny_components, image, tmp_path):
     assert counts(reports, "decode") == []
     assert counts(reports, "write") == [(0, 2, "files"), (1, 2, "files"), (2, 2, "files")]
 
+    # `fploopd decode` of that file reports its decode and files the same way.
+    from fploopd.pipelines.decode import decode_loop_file
+
+    later: list[dict] = []
+    decode_loop_file(tmp_path / "out" / "job_5_latent.safetensors", tmp_path / "decoded", tiny_components,
+                     progress=lambda p: later.append(dataclasses.asdict(p)))  # fmt: skip
+    assert_counts_up_to_the_total(counts(later, "decode"), "windows")
+    assert counts(later, "write")[-1] == (1, 1, "files")  # loop_count 1: the 1-loop mp4 alone
+
 
 def test_a_video2loop_job_reports_decode_and_write(tiny_components, tmp_path):
     video = tmp_path / "clip.mp4"

@@ -19,15 +19,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fploopd.commands.oneshot import load_model
+    import time
+
+    from loguru import logger
+
+    from fploopd.commands.oneshot import ProgressBar, load_model
     from fploopd.errors import InputError
     from fploopd.pipelines.decode import decode_loop_file, is_plain_name, read_loop_latents
 
+    started = time.monotonic()
     if args.name is not None and not is_plain_name(args.name):
         raise InputError(f"--name {args.name!r} must be a plain file name (no folders, not hidden)", field="name")
     read_loop_latents(args.file)  # a bad file fails here, before the model loads
     components = load_model(args)
-    _, outputs = decode_loop_file(args.file, Path(args.out).absolute(), components, name=args.name)
+    loaded = time.monotonic()
+    bar = ProgressBar()
+    try:
+        _, outputs = decode_loop_file(args.file, Path(args.out).absolute(), components, name=args.name, progress=bar)
+    finally:
+        bar.close()
+    done = time.monotonic()
+    logger.info("decoded {} in {:.1f} s (model load {:.1f} s, decode and write {:.1f} s)",
+                Path(args.file).name, done - started, loaded - started, done - loaded)  # fmt: skip
     for output in outputs:
         print(output.path)
     return 0

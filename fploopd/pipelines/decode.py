@@ -7,6 +7,7 @@ file names; the outputs get the names and kinds the job would have written had i
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from fploopd.spec import JobSpec
 
 if TYPE_CHECKING:
     from fploopd.engine.components import Components
-    from fploopd.pipelines.job import OutputFile
+    from fploopd.pipelines.job import OutputFile, Progress
 
 LOOP_KEYS = {"main", "connection"}
 
@@ -73,24 +74,32 @@ def stored_model(path: Path) -> object:
 
 
 def decode_loop_file(
-    path: Path, out_dir: Path, components: Components, *, name: str | None = None
+    path: Path,
+    out_dir: Path,
+    components: Components,
+    *,
+    name: str | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> tuple[torch.Tensor, list[OutputFile]]:
     """Decode ``path`` and write its 1-loop (every kind its spec asks for) and N-loop into ``out_dir``.
 
     Returns the decoded frames (1, 3, T, H, W) and the files written. ``name`` overrides the job name
-    stored in the file.
+    stored in the file; ``progress`` gets the decode's windows and the files as they are done.
     """
+    from fploopd.pipelines.common import Reporter
     from fploopd.pipelines.runners import JobContext, write_loop
+
+    reporter = Reporter(progress)
 
     latents, spec, seed, stored_name = read_loop_latents(path)
     made_by, decoder = vae_fingerprint(stored_model(path)), vae_fingerprint(components.identity)
     if made_by and decoder and made_by != decoder:
         # Another VAE gives garbage, not an error: say so where the user will look.
         logger.warning("{} was made with another VAE than the one decoding it; the video may be garbage", Path(path).name)
-    frames = loop.decode(components, latents)
+    frames = loop.decode(components, latents, reporter)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = JobContext(
         spec=spec, inputs={}, out_dir=out_dir, name=name or stored_name, components=components, work_dir=out_dir
     )
-    return frames, write_loop(ctx, frames, seed)
+    return frames, write_loop(ctx, frames, seed, reporter)
