@@ -125,6 +125,8 @@ def open_error(path: Path, exc: sqlite3.Error) -> JournalError:
             "command, or a program that has it open (an SQLite browser, a backup tool); close it and start again",
             file=str(path),
         )
+    if "full" in text:  # "database or disk is full": nothing is wrong with the journal itself
+        return JournalError(f"cannot write the journal {path}: the disk is full; free some space and start again", file=str(path))
     if "unable to open" in text or "readonly" in text or "read-only" in text:
         return JournalError(
             f"cannot open the journal {path} ({text}): the daemon's user needs to read and write .fploopd/",
