@@ -14,7 +14,7 @@ from fploopd.pipelines import run_job
 from fploopd.pipelines.job import Progress, progress_text
 from fploopd.spec import JobSpec
 
-QUICK = dict(prompt="waves", resolution=64, window=2, steps=2)
+QUICK = {"prompt": "waves", "resolution": 64, "window": 2, "steps": 2}
 
 
 @pytest.fixture
