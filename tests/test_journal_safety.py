@@ -100,7 +100,9 @@ def test_recover_reads_cancelled_jobs_renamed_folders_and_keeps_a_broken_journal
     gone.mkdir()
     (gone / "gone.json").write_text('{"prompt": ""}')
     (gone / "error.json").write_text("the user's own file")
-    (gone / "fploopd-error.json").write_text(json.dumps({"job": "j1", "kind": "cancelled", "error": "cancelled by the user"}))
+    (gone / "fploopd-error.json").write_text(
+        json.dumps({"job": "j1", "kind": "cancelled", "error": "cancelled by the user"})
+    )
     twin = layout.failed / "cat-j2"  # failed/cat was taken when j2 failed
     twin.mkdir()
     (twin / "cat.png").write_bytes(image_bytes())
@@ -234,12 +236,28 @@ def test_read_only_opening_works_where_nothing_can_be_written(tmp_path: Path) ->
     journal.close()  # the last connection folds the -wal back and removes it
     path.chmod(0o444)
     path.parent.chmod(0o555)
-    look = "from pathlib import Path; from fploopd.daemon.journal import Journal; import sys\n" \
+    look = (
+        "from pathlib import Path; from fploopd.daemon.journal import Journal; import sys\n"
         "print([j.name for j in Journal.open_readonly(Path(sys.argv[1]), 'status').jobs()])"
+    )
     try:
-        cannot = subprocess.run([*NO_DAC, PY, "-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA user_version = 3')", str(path)], capture_output=True, text=True, env=env())
+        cannot = subprocess.run(
+            [
+                *NO_DAC,
+                PY,
+                "-c",
+                "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA user_version = 3')",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            env=env(),
+            check=False,
+        )
         assert cannot.returncode != 0 and "readonly" in cannot.stderr  # the test is real: nothing may be written
-        seen = subprocess.run([*NO_DAC, PY, "-c", look, str(path)], capture_output=True, text=True, env=env())
+        seen = subprocess.run(
+            [*NO_DAC, PY, "-c", look, str(path)], capture_output=True, text=True, env=env(), check=False
+        )
         assert seen.returncode == 0 and seen.stdout.strip() == "['cat']", seen.stderr
     finally:
         path.parent.chmod(0o755)

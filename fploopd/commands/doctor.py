@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     return report(checks)
 
 
-def _checks(args: argparse.Namespace) -> list:  # noqa: ANN401 - doctor.Check, imported lazily
+def _checks(args: argparse.Namespace) -> list:  # of doctor.Check, imported lazily
     """The checks on the settings the daemon would use: the root's fploopd.toml, FPLOOPD_* and the
     flags given. Settings it would refuse are the first failure; the rest is checked with the flags."""
     from fploopd.commands.run import settings_from

@@ -38,7 +38,11 @@ def history(layout: Layout) -> list[str]:
     found = []
     if layout.work.is_dir() and any(layout.work.iterdir()):
         found.append(f"{layout.rel(layout.work)}/ holds work folders")
-    for folder, marks in ((layout.outbox, (MANIFEST_FILE,)), (layout.failed, (ERROR_FILE, OTHER_ERROR_FILE)), (layout.archive, (MANIFEST_FILE, ERROR_FILE))):
+    for folder, marks in (
+        (layout.outbox, (MANIFEST_FILE,)),
+        (layout.failed, (ERROR_FILE, OTHER_ERROR_FILE)),
+        (layout.archive, (MANIFEST_FILE, ERROR_FILE)),
+    ):
         n = sum(1 for d in _subfolders(folder) if any((d / m).is_file() for m in marks))
         if n:
             found.append(f"{n} job folder(s) in {layout.rel(folder)}/")
@@ -278,7 +282,12 @@ def _input_record(path: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return {"field": "sidecar" if path.suffix.lower() == ".json" else "media", "name": path.name, "size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {
+        "field": "sidecar" if path.suffix.lower() == ".json" else "media",
+        "name": path.name,
+        "size": path.stat().st_size,
+        "sha256": digest.hexdigest(),
+    }
 
 
 def _free_name(journal: Journal, name: str, job_id: str) -> str:
