@@ -372,6 +372,22 @@ def test_unreadable_media_fails_at_once_with_the_reason(root: Path) -> None:
     assert "permission denied" in error["error"] and error["file"] == "secret.png" and error["field"] == "image"
 
 
+def test_an_inbox_folder_that_cannot_be_listed_does_not_stop_the_others(root: Path) -> None:
+    drop(root, "cat", GOOD, media=b"png")  # stays: its folder cannot be read
+    connect = root / "inbox" / "connect"
+    for name in ("bridge_head.mp4", "bridge_tail.mp4"):
+        (connect / name).write_bytes(b"video")
+    (connect / "bridge.json").write_text(json.dumps({"prompt": ""}))
+    os.chmod(loop_dir(root), 0)
+    try:
+        out, stderr = run_unprivileged(root)
+    finally:
+        os.chmod(loop_dir(root), 0o755)
+    assert out["claimed"] == [["bridge", "queued"]]
+    assert stderr.count("cannot list inbox/loop/") == 1, stderr
+    assert sorted(os.listdir(loop_dir(root))) == ["cat.json", "cat.png"]
+
+
 def test_a_claim_from_an_inbox_the_daemon_cannot_write_is_undone_and_said_once(root: Path) -> None:
     drop(root, "cat", GOOD, media=b"png")
     os.chmod(loop_dir(root), 0o555)  # root-owned; the daemon below cannot override it
