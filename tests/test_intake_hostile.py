@@ -170,6 +170,18 @@ def test_a_list_as_pipeline_in_the_bare_inbox_is_rejected(root: Path) -> None:
     assert job.state == "failed" and rejected(root, "odd")["field"] == "pipeline"
 
 
+def test_a_bad_profile_fails_the_drop_that_asks_for_it_and_odd_profile_names_stay_out_of_messages(root: Path) -> None:
+    write(root / "profiles" / "deep.json", b"[" * 3000 + b"]" * 3000)
+    write(os.fsencode(root / "profiles") + b"/\xff.json", b"{}")
+    drop(root, "a", {"prompt": "", "profile": "deep"}, media=b"png")
+    drop(root, "b", {"prompt": "", "profile": "nope"}, media=b"png")
+    _, _, jobs = process(root)
+    assert [j.state for j in jobs] == ["failed", "failed"]
+    assert "profiles/deep.json: nested too deeply" in rejected(root, "a")["error"]
+    error = rejected(root, "b")["error"]
+    assert "no profile 'nope'" in error and "\udcff" not in error and "\\x" not in error
+
+
 # --- names -------------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fploopd.daemon.jsonfile import read_json_object
+from fploopd.daemon.names import is_text
 from fploopd.daemon.validation import translate
 from fploopd.errors import InputError
 from fploopd.spec import SETTINGS_FIELDS, GenerationSettings
@@ -36,7 +37,8 @@ class Profiles:
     def names(self) -> list[str]:
         names = set(shipped_presets())
         if self.user_dir is not None and self.user_dir.is_dir():
-            names |= {p.stem for p in self.user_dir.glob("*.json") if not p.name.startswith(".")}
+            # A stray file whose name is not text (no sidecar could ask for it) must not garble messages.
+            names |= {p.stem for p in self.user_dir.glob("*.json") if not p.name.startswith(".") and is_text(p.stem)}
         return sorted(names)
 
     def values(self, name: str, *, file: str) -> dict[str, Any]:
