@@ -139,6 +139,7 @@ class Intake:
         self._claim_failures: dict[Path, _ClaimFailure] = {}
         self._folder_errors: dict[Path, str] = {}  # inbox folders that could not be listed, and why
         self._folders: set[Path] = set()  # folders named *.json, said once
+        self._unexpected: dict[Path, str] = {}  # the unforeseen error last logged per sidecar
 
     # --- scanning ---------------------------------------------------------------------------------
 
@@ -163,7 +164,7 @@ class Intake:
                     continue
                 sidecars.add(sidecar)
                 self._sort(sidecar, pipeline, result)
-        for memory in (self._first_seen, self._said, self._since, self._claim_failures):
+        for memory in (self._first_seen, self._said, self._since, self._claim_failures, self._unexpected):
             for gone in set(memory) - sidecars:
                 del memory[gone]
         self._folders &= seen
@@ -232,7 +233,9 @@ class Intake:
             return self._examine(sidecar, pipeline)
         except Exception as exc:  # noqa: BLE001 - any failure on one drop is that drop's, never the scan's
             shown = display(sidecar.name)
-            logger.opt(exception=exc).warning("{}: unexpected error while reading the drop; rejecting it", shown)
+            if self._unexpected.get(sidecar) != repr(exc):  # once, not at every scan while it stays
+                self._unexpected[sidecar] = repr(exc)
+                logger.opt(exception=exc).warning("{}: unexpected error while reading the drop; rejecting it", shown)
             error = InputError(f"{shown}: cannot be read as a drop ({type(exc).__name__}: {exc})", file=shown)
             try:
                 return self._rejected(sidecar, pipeline, None, error)
