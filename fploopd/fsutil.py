@@ -7,12 +7,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+HASH_CHUNK = 4 * 1024 * 1024
+
+
+def sha256_file(path: Path, tick: Callable[[], None] | None = None) -> str:
+    """The file's SHA-256; ``tick`` is called between chunks (the service watchdog keeps beating)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+            if tick is not None:
+                tick()
+    return digest.hexdigest()
 
 
 @functools.cache
@@ -79,3 +93,26 @@ def rename_durable(src: Path, dst: Path) -> None:
     fsync_dir(dst.parent)
     if src.parent != dst.parent:
         fsync_dir(src.parent)
+
+
+def adopt_owner(path: Path, root: Path, *, tree: bool = True) -> None:
+    """Give what the daemon made under ``root`` the root folder's owner and group, where the process
+    may (it runs as root, say under systemd): a user's share must not fill with files only root can
+    move. ``path`` and, with ``tree``, everything in it; links are left alone. Elsewhere a no-op."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    try:
+        want = os.stat(root)
+    except OSError:
+        return
+    targets = [Path(path)]
+    if tree and Path(path).is_dir() and not Path(path).is_symlink():
+        for dirpath, dirs, files in os.walk(path):
+            targets += [Path(dirpath) / n for n in (*dirs, *files)]
+    for target in targets:
+        try:
+            st = os.lstat(target)
+            if (st.st_uid, st.st_gid) != (want.st_uid, want.st_gid):
+                os.lchown(target, want.st_uid, want.st_gid)
+        except OSError:
+            pass  # best effort: a file the user owns already, a share that refuses chown

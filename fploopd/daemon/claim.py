@@ -22,11 +22,12 @@ from loguru import logger
 
 from fploopd.daemon import deliver
 from fploopd.daemon.crash import crashpoint
-from fploopd.daemon.files import move_once, sha256_file
+from fploopd.daemon.files import move_once
 from fploopd.daemon.journal import Job, Journal
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.names import display, job_name_for
 from fploopd.errors import FploopdError, InputError
+from fploopd.fsutil import sha256_file
 from fploopd.pipelines.job import pick_seeds
 from fploopd.spec import JobSpec
 

@@ -1,29 +1,14 @@
-"""Small file helpers of the daemon: hashing with a heartbeat, idempotent moves, reading what a
-user dropped without ever blocking on it."""
+"""Small file helpers of the daemon: idempotent moves, reading what a user dropped without ever
+blocking on it."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 from fploopd.fsutil import rename_durable
-
-CHUNK = 4 * 1024 * 1024
-
-
-def sha256_file(path: Path, tick: Callable[[], None] | None = None) -> str:
-    """The file's SHA-256; ``tick`` is called between chunks (the service watchdog keeps beating)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            if tick is not None:
-                tick()
-    return digest.hexdigest()
 
 
 def move_once(src: Path, dst: Path) -> str:

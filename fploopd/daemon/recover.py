@@ -9,7 +9,6 @@ its inputs beside it. Jobs still in ``.fploopd/work/`` are left to the daemon's 
 from __future__ import annotations
 
 import calendar
-import hashlib
 import json
 import os
 import sqlite3
@@ -20,10 +19,12 @@ from typing import Any
 
 from loguru import logger
 
-from fploopd.daemon.deliver import ERROR_FILE, MANIFEST_FILE
+from fploopd.daemon.deliver import ERROR_FILE
 from fploopd.daemon.journal import Journal, JournalError
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.service import RootLock, RootLockedError
+from fploopd.fsutil import sha256_file
+from fploopd.pipelines.manifest import MANIFEST_FILE
 
 # The name the daemon gives error.json when the user's files hold one already (deliver.plan_rejected).
 OTHER_ERROR_FILE = "fploopd-error.json"
@@ -278,15 +279,11 @@ def _failed_job(layout: Layout, folder: Path, result: Recovery) -> dict[str, Any
 
 
 def _input_record(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     return {
         "field": "sidecar" if path.suffix.lower() == ".json" else "media",
         "name": path.name,
         "size": path.stat().st_size,
-        "sha256": digest.hexdigest(),
+        "sha256": sha256_file(path),
     }
 
 

@@ -6,13 +6,12 @@ which made the files.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
 from fploopd import __version__
-from fploopd.fsutil import write_json_atomic
+from fploopd.fsutil import sha256_file, write_json_atomic
 from fploopd.pipelines.job import OutputFile
 
 MANIFEST_FILE = "manifest.json"
@@ -62,14 +61,6 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any], filename: str = MANI
 
 def iso_time(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def input_entry(field: str, path: Path) -> dict[str, Any]:

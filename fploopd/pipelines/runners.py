@@ -14,6 +14,7 @@ import torch
 from fploopd.engine.denoiser import TransformerFn
 from fploopd.engine.sections import Checkpoint, Conditioning, fingerprint
 from fploopd.errors import InputError
+from fploopd.fsutil import sha256_file
 from fploopd.media import (
     concat_repeat,
     latent_preview,
@@ -33,7 +34,6 @@ from fploopd.pipelines.common import (
 )
 from fploopd.pipelines.job import OutputFile, Progress
 from fploopd.pipelines.latentfile import save_latents
-from fploopd.pipelines.manifest import sha256_file
 from fploopd.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -190,8 +190,8 @@ def run_i2v(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
     return outputs
 
 
-from fploopd.pipelines.connect import run_connect  # noqa: E402 - they import this module's writers lazily
-from fploopd.pipelines.video2loop import run_video2loop  # noqa: E402
+from fploopd.pipelines.connect import run_connect
+from fploopd.pipelines.video2loop import run_video2loop
 
 RUNNERS: dict[str, Callable[[JobContext, list[int]], list[OutputFile]]] = {
     "loop": run_loop,
