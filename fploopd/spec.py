@@ -121,12 +121,14 @@ class JobSpec(GenerationSettings):
         allowed = MEDIA_FIELDS.get(self.pipeline) if self.pipeline else None
         if allowed is None:
             return self
-        for name in ("image", "video", "head", "tail"):
+        for name in MEDIA_FIELD_NAMES:
             if getattr(self, name) is not None and name not in allowed:
                 raise ValueError(f"{name}: not used by the {self.pipeline} pipeline (it takes {', '.join(allowed)})")
         return self
 
 
+# The fields that name media files beside the sidecar.
+MEDIA_FIELD_NAMES = ("image", "video", "head", "tail")
 # Which media fields each pipeline reads, in order.
 MEDIA_FIELDS: dict[str, tuple[str, ...]] = {
     "loop": ("image",),

@@ -22,7 +22,7 @@ from fploopd.daemon.names import NAME_MAX
 from fploopd.daemon.profiles import Profiles
 from fploopd.daemon.validation import translate
 from fploopd.errors import InputError
-from fploopd.spec import MEDIA_FIELDS, JobSpec
+from fploopd.spec import MEDIA_FIELDS, JobSpec, inapplicable_error
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi")
@@ -50,14 +50,6 @@ def effective_spec(raw: dict[str, Any], sidecar: Path, folder_pipeline: str | No
         )
     pipeline = folder_pipeline or given
     _check_key_count(raw, name)
-    if isinstance(pipeline, str) and pipeline in MEDIA_FIELDS:  # (a list there would not even hash)
-        for field in ("image", "video", "head", "tail"):
-            if field in raw and field not in MEDIA_FIELDS[pipeline]:
-                raise InputError(
-                    f"{name}: key '{field}' is not used by the {pipeline} pipeline (it takes {', '.join(MEDIA_FIELDS[pipeline])})",
-                    field=field,
-                    file=name,
-                )
     own = validate(raw, name)
     if pipeline is None:
         raise InputError(
@@ -66,6 +58,9 @@ def effective_spec(raw: dict[str, Any], sidecar: Path, folder_pipeline: str | No
             field="pipeline",
             file=name,
         )
+    # Only the sidecar's own keys: its profile sets every field, for every pipeline.
+    if (unused := inapplicable_error(raw.keys(), pipeline, name)) is not None:
+        raise unused
     profile_name = own.profile or "default"
     values = profiles.values(profile_name, file=name)
     values.update(own.model_dump(exclude_unset=True))

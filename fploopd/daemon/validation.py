@@ -8,8 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fploopd.errors import InputError
-
-MEDIA_FIELD_NAMES = ("image", "video", "head", "tail")
+from fploopd.spec import MEDIA_FIELD_NAMES
 
 
 def translate(exc: ValidationError, name: str, what: str = "") -> InputError:
@@ -45,7 +44,12 @@ def _describe(field: str, errs: list[dict[str, Any]]) -> str:
     # A union (teacache: bool | float) reports one error per member: the constraint says most.
     specific = [e for e in errs if not e["type"].endswith("_type")] or errs
     messages = "; or ".join(dict.fromkeys(_message(e) for e in specific))
-    return f"{field}: {messages}, got {json.dumps(err.get('input'), default=str)}"
+    return f"{field}: {messages}, got {_shorten(json.dumps(err.get('input'), default=str))}"
+
+
+def _shorten(text: str, limit: int = 100) -> str:
+    """A value as the message quotes it: a 4,000-character prompt is not worth repeating whole."""
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
 
 
 def _message(err: dict[str, Any]) -> str:
