@@ -1,48 +1,78 @@
-"""``fploopd status``: the jobs in the journal."""
+"""``fploopd status``: the jobs in the journal, the drops waiting in the inbox, and the daemon."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from fploopd.cli import add_root_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="jobs from the journal")
+    p = sub.add_parser("status", help="jobs from the journal, drops waiting in the inbox, the daemon's workers")
     add_root_option(p)
-    p.add_argument("--json", action="store_true", help="a JSON list of objects (id, name, pipeline, state, attempts, progress, error, outputs, ...)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON list of objects (id, name, pipeline, state, attempts, progress, error, outputs, ...); "
+        'drops waiting in the inbox have state "waiting" and say what they wait for',
+    )
     p.add_argument("job", nargs="?", help="only this job (id or name)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fploopd.daemon.control import find, job_view, open_journal
+    from fploopd.daemon.control import daemon_view, find, job_view, open_journal, waiting_views
     from fploopd.daemon.layout import Layout
+    from fploopd.daemon.recover import check_root_journal
 
     layout = Layout(args.root.absolute())
-    journal = open_journal(layout)
+    check_root_journal(layout)  # a lost journal is said, not shown as "no jobs yet"
+    journal = open_journal(layout, readonly=True)
     if args.job:
-        jobs = [find(journal, args.job)]
+        views = [job_view(find(journal, args.job), layout)]
     else:
-        jobs = journal.jobs() if journal is not None else []
-    views = [job_view(j, layout) for j in jobs]
+        views = [job_view(j, layout) for j in (journal.jobs() if journal is not None else [])]
+        views += waiting_views(journal)
     if args.json:
         print(json.dumps(views, indent=2))
         return 0
+    if not args.job:
+        print(_daemon_lines(daemon_view(journal)))
     if not views:
         print(f"no jobs yet in {layout.root}")
         return 0
     print(f"{'NAME':<24} {'STATE':<10} {'PIPELINE':<10} {'TRY':>3}  {'PROGRESS / RESULT':<40} ID")
     for v in views:
-        print(f"{v['name'][:24]:<24} {v['state']:<10} {str(v['pipeline'] or '-'):<10} {v['attempts']:>3}  {_detail(v)[:60]:<40} {v['id']}")
+        tries = v["attempts"] + (1 if v["state"] == "running" else 0)
+        print(f"{v['name'][:24]:<24} {v['state']:<10} {v['pipeline'] or '-'!s:<10} {tries:>3}  {_detail(v)[:70]:<40} {v['id'] or ''}")
     return 0
 
 
+def _daemon_lines(daemon: dict[str, Any] | None) -> str:
+    if daemon is None:
+        return "daemon: not running"
+    lines = [f"daemon: running (pid {daemon['pid']})" + (f"; paused: {daemon['paused']}" if daemon.get("paused") else "")]
+    for device, w in sorted(daemon["workers"].items()):
+        text = f"  worker {device}: {w['state']}"
+        if w.get("silent_s"):
+            text += f" for {w['silent_s']} s"
+        if w.get("error"):
+            text += f": {str(w['error']).splitlines()[0]}"
+        lines.append(text)
+    return "\n".join(lines)
+
+
 def _detail(v: dict) -> str:
+    from fploopd.pipelines.job import progress_text
+
     if v["state"] == "running":
-        p = v["progress"] or {}
-        return f"{p.get('phase', 'starting')} section {p.get('section', 0)}/{p.get('sections', 0)} step {p.get('step', 0)}/{p.get('steps', 0)}"
+        text = progress_text(v["progress"])
+        silent = (v["progress"] or {}).get("worker_silent_s")
+        return text + (f" (worker not responding for {silent} s)" if silent else "")
+    if v["state"] == "waiting":
+        return v["waiting_for"]
     if v["state"] == "done":
         return v["location"]["outputs"] or ""
     if v["state"] in ("failed", "cancelled"):

@@ -14,15 +14,19 @@ from fploopd.daemon.layout import Layout
 from fploopd.daemon.outcomes import cancel_queued
 from fploopd.daemon.service import RootLock
 from fploopd.errors import FploopdError
+from fploopd.pipelines.manifest import iso_time
 
 
 class JobError(FploopdError):
     kind = "usage"
 
 
-def open_journal(layout: Layout, who: str = "cli") -> Journal | None:
-    """The root's journal, or None when it has none yet (nothing was ever dropped)."""
-    return Journal(layout.journal, who) if layout.journal.exists() else None
+def open_journal(layout: Layout, who: str = "cli", *, readonly: bool = False) -> Journal | None:
+    """The root's journal, or None when it has none yet (nothing was ever dropped). ``readonly``
+    (for looking: status) writes nothing, so it works on a full disk."""
+    if not layout.journal.exists():
+        return None
+    return Journal.open_readonly(layout.journal, who) if readonly else Journal(layout.journal, who)
 
 
 def find(journal: Journal | None, key: str) -> Job:
@@ -34,18 +38,14 @@ def find(journal: Journal | None, key: str) -> Job:
         raise JobError(f"no job {key!r} (see `fploopd status`)") from None
 
 
-def _iso(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
 def where(job: Job, layout: Layout) -> dict[str, str | None]:
     """Where the job's files are now: inputs, and outputs for a done job."""
     if job.delivery is None or job.state in ("queued", "running"):
         return {"inputs": str(layout.inputs_dir(job.id)), "outputs": None}
-    moves = job.delivery["moves"]
     if job.state == "done":
-        return {"inputs": str(layout.abs(moves[1]["dst"])), "outputs": str(layout.abs(moves[0]["dst"]))}
-    return {"inputs": str(layout.abs(moves[0]["dst"])), "outputs": None}
+        inputs, outputs = deliver.delivered_to(job.delivery, "archive"), deliver.delivered_to(job.delivery, "outbox")
+        return {"inputs": str(layout.abs(inputs)) if inputs else None, "outputs": str(layout.abs(outputs)) if outputs else None}
+    return {"inputs": str(layout.abs(job.delivery["moves"][0]["dst"])), "outputs": None}
 
 
 def job_view(job: Job, layout: Layout) -> dict[str, Any]:
@@ -60,6 +60,7 @@ def job_view(job: Job, layout: Layout) -> dict[str, Any]:
         "pipeline": job.pipeline,
         "state": job.state,
         "attempts": job.attempts,
+        "failures": job.failures,
         "progress": job.progress,
         "error": job.error,
         "outputs": outputs,
@@ -70,11 +71,11 @@ def job_view(job: Job, layout: Layout) -> dict[str, Any]:
         "delivered": job.delivered_at is not None or job.delivery is None,
         "cancel_requested": job.cancel_requested,
         "worker": job.worker,
-        "next_attempt_at": _iso(job.next_attempt_at) if job.state == "queued" and job.next_attempt_at > time.time() else None,
-        "created_at": _iso(job.created_at),
-        "updated_at": _iso(job.updated_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "next_attempt_at": iso_time(job.next_attempt_at) if job.state == "queued" and job.next_attempt_at > time.time() else None,
+        "created_at": iso_time(job.created_at),
+        "updated_at": iso_time(job.updated_at),
+        "started_at": iso_time(job.started_at),
+        "finished_at": iso_time(job.finished_at),
     }
 
 
@@ -91,16 +92,25 @@ def settle_if_no_daemon(layout: Layout, journal: Journal) -> bool:
 
 
 def retry(journal: Journal, layout: Layout, key: str) -> Job:
+    """A failed or cancelled job queued again: its files come back from failed/, it resumes from its
+    last checkpoint, and it gets a fresh budget of max_attempts (``attempts`` keeps counting)."""
     job = find(journal, key)
-    if job.state != "failed":
-        raise JobError(f"job {job.name} is {job.state}; only a failed job can be retried")
+    if job.state not in ("failed", "cancelled"):
+        raise JobError(f"job {job.name} is {job.state}; only a failed or cancelled job can be retried")
     if job.spec is None:
         place = where(job, layout)["inputs"]
         raise JobError(f"job {job.name} never had a valid sidecar: fix it in {place} and drop the files into the inbox again")
     if job.delivery is None or job.delivered_at is None:
         raise JobError(f"job {job.name} is still being moved to failed/; try again in a moment")
     return journal.transition(
-        job.id, "queued", expect="failed", attempts=0, error=None, next_attempt_at=0.0, delivery=deliver.plan_retry(layout, job)
+        job.id,
+        "queued",
+        expect=("failed", "cancelled"),
+        failures=0,
+        cancel_requested=0,
+        error=None,
+        next_attempt_at=0.0,
+        delivery=deliver.plan_retry(layout, job),
     )
 
 
@@ -117,3 +127,39 @@ def cancel(journal: Journal, layout: Layout, key: str) -> Job:
         except IllegalTransition:
             pass  # it started running just now: flag it
     return journal.request_cancel(job.id)
+
+
+# The supervisor writes its heartbeat into the journal every few seconds; older than this, it is gone.
+DAEMON_GONE_AFTER_S = 30.0
+
+
+def daemon_view(journal: Journal | None) -> dict[str, Any] | None:
+    """The running daemon's own state (pid, paused, workers), or None when no daemon is running."""
+    state = journal.daemon_state() if journal is not None else {}
+    supervisor = state.get("supervisor")
+    if not supervisor or supervisor.get("stopped") or time.time() - supervisor.get("beat_at", 0) > DAEMON_GONE_AFTER_S:
+        return None
+    return {**supervisor, "workers": state.get("workers") or {}}
+
+
+def waiting_views(journal: Journal | None) -> list[dict[str, Any]]:
+    """Drops the daemon sees in the inbox but has not claimed, as ``status --json`` objects."""
+    if daemon_view(journal) is None:
+        return []  # nobody is watching the inbox: what was recorded is stale
+    assert journal is not None
+    return [
+        {
+            "id": None,
+            "name": d["name"],
+            "pipeline": d.get("pipeline"),
+            "state": "waiting",
+            "attempts": 0,
+            "progress": None,
+            "error": None,
+            "outputs": [],
+            "waiting_for": d["reason"],
+            "sidecar": d["sidecar"],
+            "since": iso_time(d.get("since")),
+        }
+        for d in journal.waiting()
+    ]

@@ -1,5 +1,6 @@
-"""Delivery: a finished job's outputs into ``outbox/<name>/``, its inputs into ``archive/<name>/``; a
-failed or cancelled job's inputs, untouched, into ``failed/<name>/`` with ``error.json``.
+"""Delivery: a finished job's inputs into ``archive/<name>/``, then its outputs into
+``outbox/<name>/`` (last, so that a job in outbox/ is a finished one: its inputs are in archive/ by
+then); a failed or cancelled job's inputs, untouched, into ``failed/<name>/`` with ``error.json``.
 
 A *plan* (the moves, and the error file to write first) is stored in the journal with the state
 transition it follows; ``settle`` carries it out. Each step is a whole-folder rename that is done or
@@ -18,15 +19,14 @@ from typing import Any
 
 from loguru import logger
 
-from fploopd import __version__
 from fploopd.daemon.crash import crashpoint
 from fploopd.daemon.files import move_once
 from fploopd.daemon.journal import Job, Journal
 from fploopd.daemon.layout import Layout
-from fploopd.fsutil import fsync_dir, write_json_atomic
+from fploopd.fsutil import adopt_owner, fsync_dir, sha256_file, write_json_atomic
+from fploopd.pipelines.manifest import build_manifest, write_manifest
 
 ERROR_FILE = "error.json"
-MANIFEST_FILE = "manifest.json"
 
 
 def _free(folder: Path, name: str, job_id: str) -> Path:
@@ -56,18 +56,27 @@ def plan_rejected(layout: Layout, job_id: str, name: str, error: dict[str, Any])
 def plan_done(layout: Layout, job_id: str, name: str) -> dict[str, Any]:
     return {
         "moves": [
-            {"src": layout.rel(layout.out_dir(job_id)), "dst": layout.rel(_free(layout.outbox, name, job_id))},
             {"src": layout.rel(layout.inputs_dir(job_id)), "dst": layout.rel(_free(layout.archive, name, job_id))},
+            {"src": layout.rel(layout.out_dir(job_id)), "dst": layout.rel(_free(layout.outbox, name, job_id))},
         ],
         "cleanup": True,
     }
+
+
+def delivered_to(plan: dict[str, Any], folder: str) -> str | None:
+    """Where ``plan`` moves the job's folder that goes to ``folder`` (outbox, archive, failed), relative
+    to the root. Found by destination, since older journals list a done job's moves in the other order."""
+    for move in plan["moves"]:
+        if move["dst"].split("/", 1)[0] == folder:
+            return move["dst"]
+    return None
 
 
 def plan_retry(layout: Layout, job: Job) -> dict[str, Any]:
     """Back from failed/ into the work dir; the old error.json is kept in the work dir."""
     assert job.delivery is not None
     inputs = layout.inputs_dir(job.id)
-    where = layout.abs(job.delivery["moves"][0]["dst"])
+    where = layout.abs(delivered_to(job.delivery, "failed") or job.delivery["moves"][0]["dst"])
     error_name = Path(job.delivery["write"]["path"]).name
     keep = layout.job_dir(job.id) / "errors" / f"{time.strftime('%Y%m%dT%H%M%S')}-{error_name}"
     return {
@@ -76,6 +85,7 @@ def plan_retry(layout: Layout, job: Job) -> dict[str, Any]:
             {"src": layout.rel(inputs / error_name), "dst": layout.rel(keep)},
         ],
         "cleanup": False,
+        "rehash": True,  # the user may have fixed the files in failed/: record what will be used
     }
 
 
@@ -104,13 +114,39 @@ def settle(job: Job, layout: Layout, journal: Journal, tick: Callable[[], None] 
                 logger.error("cannot deliver {}: neither it nor {} exists", move["src"], move["dst"])
             outcomes.append(f"{move['src']} -> {move['dst']}: {outcome}")
             crashpoint(f"deliver:after_move{i + 1}")
+        _adopt_owner(layout, plan)
         if plan.get("cleanup"):
             _remove_checkpoints(layout, job.id)
-        journal.mark_delivered(job.id, outcomes)
+        inputs = rehash(layout, job, tick) if plan.get("rehash") else None
+        journal.mark_delivered(job.id, outcomes, inputs=inputs)
         if job.state == "done":
-            logger.info("delivered {} to {}", job.name, plan["moves"][0]["dst"])
+            logger.info("delivered {} to {}", job.name, delivered_to(plan, "outbox"))
         elif job.state in ("failed", "cancelled"):
             logger.info("{} job {}: its files are in {}", job.state, job.name, plan["moves"][0]["dst"])
+
+
+def _adopt_owner(layout: Layout, plan: dict[str, Any]) -> None:
+    """What the daemon made takes the root's owner: outputs whole; of the inputs' folders only the
+    folder and error.json, since the files in them are the users' own."""
+    for move in plan["moves"]:
+        where, top = layout.abs(move["dst"]), move["dst"].split("/", 1)[0]
+        if top in ("failed", "archive"):
+            adopt_owner(where, layout.root, tree=False)
+            if plan.get("write") is not None:
+                adopt_owner(where / Path(plan["write"]["path"]).name, layout.root)
+        elif top == "outbox":
+            adopt_owner(where, layout.root)
+
+
+def rehash(layout: Layout, job: Job, tick: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """The job's inputs as they are now in its work dir (after a retry brought them back)."""
+    inputs = []
+    for entry in job.inputs:
+        path = layout.inputs_dir(job.id) / entry["name"]
+        if os.path.isfile(path) and not os.path.islink(path):
+            entry = {**entry, "size": os.path.getsize(path), "sha256": sha256_file(path, tick)}
+        inputs.append(entry)
+    return inputs
 
 
 def _remove_checkpoints(layout: Layout, job_id: str) -> None:
@@ -142,32 +178,27 @@ def fsync_tree(folder: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
-def write_manifest(
+def write_job_manifest(
     out_dir: Path,
     job: Job,
     outputs: list[dict[str, Any]],
     model: dict[str, Any] | str | None,
     timings: dict[str, float],
 ) -> None:
-    manifest = {
-        "job": job.id,
-        "name": job.name,
-        "pipeline": job.pipeline,
-        "spec": job.spec,
-        "seeds": job.seeds,
-        "model": model,
-        "inputs": [{k: i.get(k) for k in ("name", "field", "size", "sha256")} for i in job.inputs],
-        "outputs": outputs,
-        "timings": timings,
-        "attempts": job.attempts,
-        "created_at": _iso(job.created_at),
-        "finished_at": _iso(time.time()),
-        "fploopd": __version__,
-    }
-    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+    """The job's manifest.json, then every file in ``out_dir`` made durable before it is published."""
+    manifest = build_manifest(
+        job_id=job.id,
+        name=job.name,
+        pipeline=job.pipeline,
+        spec=job.spec or {},
+        seeds=job.seeds or [],
+        model=model,
+        inputs=job.inputs,
+        outputs=outputs,
+        timings=timings,
+        attempts=job.attempts,
+        created_at=job.created_at,
+        finished_at=time.time(),
+    )
+    write_manifest(out_dir, manifest)
     fsync_tree(out_dir)
-
-
-def _iso(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-

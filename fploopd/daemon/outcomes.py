@@ -26,7 +26,7 @@ def finished(job: Job, layout: Layout, journal: Journal, result: dict[str, Any],
     timings = dict(result.get("timings") or {})
     if job.started_at is not None:
         timings["queued_s"] = round(job.started_at - job.created_at, 3)
-    deliver.write_manifest(out_dir, job, result["outputs"], model, timings)
+    deliver.write_job_manifest(out_dir, job, result["outputs"], model, timings)
     crashpoint("deliver:before_journal")
     journal.transition(
         job.id,
@@ -34,46 +34,69 @@ def finished(job: Job, layout: Layout, journal: Journal, result: dict[str, Any],
         expect="running",
         outputs=result["outputs"],
         error=None,  # an earlier attempt's error stays in the events, not on a done job
+        progress={"phase": "done"},
         worker=None,
         delivery=deliver.plan_done(layout, job.id, job.name),
     )
     crashpoint("deliver:after_journal")
 
 
-def failed(job: Job, layout: Layout, journal: Journal, error: dict[str, Any], attempts: int | None = None) -> None:
-    """running -> failed: the inputs go to failed/<name>/ with error.json."""
-    fields: dict[str, Any] = {"error": error, "worker": None}
-    if attempts is not None:
-        fields["attempts"] = attempts
+def failed(job: Job, layout: Layout, journal: Journal, error: dict[str, Any]) -> None:
+    """running -> failed, a try that failed for good: the inputs go to failed/<name>/ with error.json."""
     plan = deliver.plan_rejected(layout, job.id, job.name, error)
-    journal.transition(job.id, "failed", expect="running", delivery=plan, **fields)
+    journal.transition(
+        job.id, "failed", expect="running", delivery=plan, error=error, worker=None,
+        attempts=job.attempts + 1, failures=job.failures + 1,
+    )
 
 
 def stopped(job: Job, layout: Layout, journal: Journal) -> None:
-    """The run stopped at a step boundary: cancelled when asked, else queued again (a warm stop)."""
+    """The run stopped at a step boundary: cancelled when asked, else queued again (a warm stop,
+    an interrupted try that costs nothing of the job's budget)."""
     if journal.get(job.id).cancel_requested:
         logger.info("{} cancelled", job.name)
         plan = deliver.plan_rejected(layout, job.id, job.name, CANCELLED)
         journal.transition(job.id, "cancelled", expect="running", error=CANCELLED, worker=None, delivery=plan)
     else:
         logger.info("{} stopped at a step boundary; it stays queued and resumes from its checkpoint", job.name)
-        journal.transition(job.id, "queued", expect="running", worker=None, next_attempt_at=0.0)
+        journal.transition(job.id, "queued", expect="running", worker=None, next_attempt_at=0.0, attempts=job.attempts + 1)
 
 
-def retry_or_fail(job: Job, layout: Layout, journal: Journal, settings: Settings, error: dict[str, Any], backoff: bool = True) -> None:
-    """A failure that is not the input's fault: queued again after a backoff, until max_attempts."""
+def interrupted(job: Job, layout: Layout, journal: Journal, why: str) -> None:
+    """The daemon itself stopped or crashed while the job ran: queued again at once, resuming from
+    its checkpoint. Counted in ``attempts`` but never in ``failures``, so restarts cannot exhaust it."""
     if journal.get(job.id).cancel_requested:
         stopped(job, layout, journal)
         return
-    attempts = job.attempts + 1
-    if attempts >= settings.max_attempts:
-        error = {**error, "error": f"{error.get('error')} (attempt {attempts} of {settings.max_attempts}; giving up)"}
-        logger.error("{} failed: {}", job.name, error["error"])
-        failed(job, layout, journal, error, attempts)
+    journal.transition(
+        job.id, "queued", expect="running", worker=None, next_attempt_at=0.0, attempts=job.attempts + 1,
+        error={"kind": "interrupted", "error": why},
+    )
+
+
+def not_started(job: Job, journal: Journal) -> None:
+    """Handed to a worker that went away before it took the job: it never ran, so nothing is counted."""
+    journal.transition(job.id, "queued", expect="running", worker=None, next_attempt_at=0.0)
+
+
+def retry_or_fail(job: Job, layout: Layout, journal: Journal, settings: Settings, error: dict[str, Any], backoff: bool = True) -> None:
+    """A failure that is not the input's fault: queued again after a backoff, until ``failures``
+    reaches max_attempts."""
+    if journal.get(job.id).cancel_requested:
+        stopped(job, layout, journal)
         return
-    delay = settings.backoff_s(attempts) if backoff else 0.0
-    logger.warning("{}: {}; attempt {} of {} in {:.0f} s", job.name, error.get("error"), attempts + 1, settings.max_attempts, delay)
-    journal.transition(job.id, "queued", expect="running", attempts=attempts, error=error, worker=None, next_attempt_at=time.time() + delay)
+    attempts, failures = job.attempts + 1, job.failures + 1
+    if failures >= settings.max_attempts:
+        error = {**error, "error": f"{error.get('error')} (failed {failures} of {settings.max_attempts} times; giving up)"}
+        logger.error("{} failed: {}", job.name, error["error"])
+        failed(job, layout, journal, error)
+        return
+    delay = settings.backoff_s(failures) if backoff else 0.0
+    logger.warning("{}: {}; try {} of {} in {:.0f} s", job.name, error.get("error"), failures + 1, settings.max_attempts, delay)
+    journal.transition(
+        job.id, "queued", expect="running", attempts=attempts, failures=failures, error=error, worker=None,
+        next_attempt_at=time.time() + delay,
+    )
 
 
 def cancel_queued(job: Job, layout: Layout, journal: Journal) -> Job:

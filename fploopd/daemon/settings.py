@@ -55,8 +55,9 @@ class Settings:
     min_free_mb: Annotated[int, Field(ge=0, le=1024 * 1024)] = 1024
     # A worker that sends nothing for this long is reported as not responding (status, log), and
     # after worker_restart_s it is killed and started again (its job resumes from its checkpoint).
-    worker_silent_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
-    worker_restart_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    # (A worker sends a heartbeat every 2 s, hence the lower bounds.)
+    worker_silent_s: Annotated[float, Field(ge=5, le=86400)] = 60.0
+    worker_restart_s: Annotated[float, Field(ge=10, le=86400)] = 600.0
     log_level: str = "INFO"
     limits: MediaLimits = dataclasses.field(default_factory=MediaLimits)
 

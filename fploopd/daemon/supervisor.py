@@ -1,5 +1,6 @@
 """The supervisor: one process that watches the inbox, owns the journal, hands jobs to one worker
-process per device, delivers results and talks to the service manager. It survives its workers.
+process per device, delivers results and talks to the service manager. It survives its workers,
+and no drop, job or worker can stop its loop.
 
 ``tick()`` does one iteration of the loop (huey/rq style); ``run()`` repeats it until stopped.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,19 +21,28 @@ from typing import Any
 from loguru import logger
 
 from fploopd.daemon import deliver, outcomes
-from fploopd.daemon.claim import adopt_orphans, claim, recover_claims
-from fploopd.daemon.intake import Intake, start_watching
+from fploopd.daemon import messages as m
+from fploopd.daemon.claim import Drop, adopt_orphans, recover_claims
+from fploopd.daemon.intake import Intake, Waiting, start_watching
 from fploopd.daemon.journal import IllegalTransition, Job, Journal
 from fploopd.daemon.layout import Layout
+from fploopd.daemon.names import display
+from fploopd.daemon.recover import check_root_journal
 from fploopd.daemon.service import Notifier, StopFlags, Waker
 from fploopd.daemon.settings import Settings
 from fploopd.daemon.worker import worker_main
+from fploopd.errors import FploopdError
+from fploopd.pipelines.job import progress_text
+from fploopd.spec import MEDIA_FIELD_NAMES
 
 PROGRESS_WRITE_S = 0.5  # progress reaches the journal at most this often (phase changes at once)
 MAX_RESTART_DELAY_S = 60.0
 FATAL_RESTART_DELAY_S = 60.0
 SETTLE_RETRY_S = 30.0
 JOURNAL_POLL_S = 1.0
+PUBLISH_S = 5.0  # the daemon's own state (and its heartbeat) reaches the journal at least this often
+ERROR_PAUSE_S = 1.0  # after an unexpected error in the loop, before the next iteration
+MIB = 1024 * 1024
 
 
 @dataclass
@@ -39,26 +50,21 @@ class WorkerHandle:
     device: str
     process: BaseProcess
     conn: Connection
+    last_heard: float  # monotonic time of its last message (it beats every HEARTBEAT_S)
     ready: bool = False
     model: Any = None
     job: Job | None = None
+    started: bool = False  # the worker took ``job`` (Started): from then on its death costs the job a try
+    retiring: str | None = None  # why it is leaving: it gets no new job
     stop_sent: bool = False
     fatal: dict[str, Any] | None = None
+    silent: bool = False  # reported as not responding
     last_write: float = 0.0
     last_progress: dict[str, Any] = field(default_factory=dict)
 
-
-def _progress_text(p: dict[str, Any] | None) -> str:
-    if not p:
-        return "starting"
-    text = p.get("phase", "")
-    if p.get("generations", 1) > 1:
-        text += f" generation {p['generation']}/{p['generations']}"
-    if p.get("sections"):
-        text += f" section {p['section']}/{p['sections']}"
-    if p.get("steps"):
-        text += f" step {p['step']}/{p['steps']}"
-    return text
+    @property
+    def available(self) -> bool:
+        return self.ready and self.job is None and self.retiring is None and not self.silent and self.process.is_alive()
 
 
 class Supervisor:
@@ -69,7 +75,8 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.waker = Waker()
         self.flags = StopFlags()
-        self.journal = Journal(self.layout.journal, "supervisor")
+        check_root_journal(self.layout)  # a lost journal must not mean a fresh start
+        self.journal = Journal(self.layout.journal, "supervisor", check=True)
         self.intake = Intake(settings, self.layout)
         self.ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self.devices: list[str] = []
@@ -81,7 +88,14 @@ class Supervisor:
         self.observer: Any = None
         self.next_scan = 0.0
         self.scanned_since_start = False
-        self.waiting_drops = 0
+        self.waiting: list[Waiting] = []
+        self.held_since: dict[str, float] = {}
+        self.low_space: str | None = None  # why intake and dispatch are paused
+        self.started_at = time.time()
+        self.next_publish = 0.0
+        self.published: Any = None
+        self.published_waiting: list[dict[str, Any]] | None = None
+        self.last_error: str | None = None
         self.stopping = False
         self.exit_code: int | None = None
 
@@ -92,6 +106,7 @@ class Supervisor:
             folder.mkdir(parents=True, exist_ok=True)
         self.recover()
         self.devices = self.settings.devices()
+        self._check_model()
         if not self.once:
             self._start_workers()  # the models are ready when the first drop arrives
         self.observer = start_watching(self.settings, self.layout, self.waker.wake)
@@ -102,7 +117,20 @@ class Supervisor:
             ", ".join(self.devices),
             "polling" if self.settings.poll else "native events",
         )
+        self._publish(force=True)
         self.notifier.ready(f"watching {self.layout.inbox}")
+
+    def _check_model(self) -> None:
+        """Say at once when the weights cannot be found, not only in a worker's log: jobs would wait."""
+        if self.settings.model == "tiny" or self.settings.allow_download:
+            return  # the tiny family is built by the worker; a download is the worker's to try
+        from fploopd.engine.sources import resolve
+
+        try:
+            resolve(self.settings.model)
+        except FploopdError as exc:
+            logger.error("the models cannot be loaded, so jobs will wait in the queue until they can:\n{}", exc.message)
+            self.fatal = {d: exc.to_json() for d in self.devices}
 
     def recover(self) -> None:
         """Start-up: finish interrupted claims, requeue interrupted jobs, finish deliveries."""
@@ -110,7 +138,7 @@ class Supervisor:
         for job in self.journal.jobs(("running",)):
             with logger.contextualize(job=job.id):
                 logger.warning("job {} was running when the daemon stopped; it resumes from its checkpoint", job.name)
-                self._retry_or_fail(job, {"kind": "error", "error": "interrupted: the daemon stopped while it ran"}, backoff=False)
+                outcomes.interrupted(job, self.layout, self.journal, "interrupted: the daemon stopped while it ran")
         adopt_orphans(self.layout, self.journal)
         self._settle()
 
@@ -125,7 +153,7 @@ class Supervisor:
         logger.info("stopping: {}", f"waiting for {', '.join(busy)} to reach a step boundary" if busy else "no job running")
         self.notifier.stopping("stopping" + (f": checkpointing {', '.join(busy)}" if busy else ""))
         for w in self.workers.values():
-            self._send(w, ("stop", w.job.id) if w.job is not None else ("exit",))
+            self._send(w, m.StopJob(w.job.id) if w.job is not None else m.Exit())
             w.stop_sent = True
 
     def _cold_stop(self) -> None:
@@ -141,7 +169,7 @@ class Supervisor:
             self.observer.join(timeout=5)
         for w in self.workers.values():
             if w.ready:
-                self._send(w, ("exit",))
+                self._send(w, m.Exit())
             else:
                 w.process.kill()  # still loading the models: it holds nothing
         for w in self.workers.values():
@@ -149,6 +177,9 @@ class Supervisor:
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join()
+        with contextlib.suppress(Exception):  # a full disk: status then finds a stale heartbeat instead
+            self.journal.set_waiting([])
+            self.journal.set_daemon("supervisor", {**self._supervisor_state(), "stopped": True})
         self.journal.close()
 
     # --- the loop -----------------------------------------------------------------------------
@@ -159,11 +190,21 @@ class Supervisor:
         self.start()
         try:
             while self.exit_code is None:
-                self.tick()
+                try:
+                    self.tick()
+                except Exception as exc:  # noqa: BLE001 - e.g. the journal's disk is full: wait, go on
+                    self._loop_error(exc)
         finally:
             self.close()
         logger.info("fploopd stopped")
         return self.exit_code
+
+    def _loop_error(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if text != self.last_error:  # once per kind of trouble, not every second
+            logger.opt(exception=exc).error("the daemon's loop hit an error; it goes on: {}", text)
+            self.last_error = text
+        time.sleep(ERROR_PAUSE_S)
 
     def tick(self) -> None:
         """One iteration: signals, worker messages, intake, cancels, dispatch, delivery, wait."""
@@ -175,7 +216,9 @@ class Supervisor:
         self._read_workers()
         self._reap_workers()
         now = time.monotonic()
+        self._watch_workers(now)
         if not self.stopping:
+            self._check_space()
             if not self.workers and not self.restart_at and self.journal.next_due_at() is not None:
                 self._start_workers()  # --once: only when there is work
             self._restart_workers(now)
@@ -183,10 +226,13 @@ class Supervisor:
                 self._scan()
                 self.next_scan = now + self.settings.rescan_interval_s
             self._handle_cancels()
-            self._dispatch()
+            if self.low_space is None:
+                self._dispatch()
         self._settle()
+        self._publish()
         self.notifier.status(self._status_text())
         self._decide_exit()
+        self.last_error = None
         if self.exit_code is None:
             self._wait()
 
@@ -195,7 +241,7 @@ class Supervisor:
         timeouts = [max(0.0, self.next_scan - time.monotonic()), JOURNAL_POLL_S]
         if (beat := self.notifier.next_beat_in()) is not None:
             timeouts.append(beat)
-        idle = any(w.ready and w.job is None for w in self.workers.values())
+        idle = any(w.available for w in self.workers.values())
         due = self.journal.next_due_at() if idle else None  # a busy or loading worker's message wakes us
         if due is not None:
             timeouts.append(max(0.0, due - time.time()))
@@ -218,26 +264,97 @@ class Supervisor:
             if not busy:
                 self.exit_code = 0
             return
-        if not self.once or not self.scanned_since_start or busy or self.waiting_drops or self.journal.pending_moves():
+        settling = [w for w in self.waiting if not w.blocked]  # a blocked drop waits for a person
+        if not self.once or not self.scanned_since_start or busy or settling or self.journal.pending_moves():
             return
         queued = self.journal.jobs(("queued",))
-        if not queued:
+        if not queued and self.waiting:
+            reasons = "; ".join(f"{w.sidecar}: {w.reason}" for w in self.waiting)
+            logger.error("{} drop(s) could not be taken from the inbox: {}", len(self.waiting), reasons)
+            self.exit_code = 1
+        elif not queued:
             self.exit_code = 0
         elif self.devices and set(self.fatal) >= set(self.devices):
             logger.error("no worker could load the models; {} job(s) stay queued", len(queued))
             self.exit_code = 1
 
     def _status_text(self) -> str:
-        running = [f"{w.job.name}: {_progress_text(w.last_progress)}" for w in self.workers.values() if w.job is not None]
+        running = [f"{w.job.name}: {progress_text(w.last_progress)}" for w in self.workers.values() if w.job is not None]
         if self.stopping:
             return "stopping" + (f"; {'; '.join(running)}" if running else "")
         queued = len(self.journal.jobs(("queued",)))
         text = "; ".join(running) if running else "idle"
+        if self.low_space:
+            text += f"; paused: {self.low_space}"
         if self.fatal:
             text += "; cannot load the models: " + "; ".join(str(e.get("error", "")).splitlines()[0] for e in self.fatal.values())
         return text + (f"; {queued} queued" if queued else "")
 
+    # --- what status shows besides the jobs ----------------------------------------------------
+
+    def _supervisor_state(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "beat_at": time.time(),
+            "paused": self.low_space,
+            "stopping": self.stopping,
+        }
+
+    def _workers_state(self) -> dict[str, dict[str, Any]]:
+        now = time.monotonic()
+        out: dict[str, dict[str, Any]] = {}
+        for device in self.devices:
+            w = self.workers.get(device)
+            fatal = self.fatal.get(device)
+            if w is None:
+                state = "cannot load the models" if fatal else "restarting" if device in self.restart_at else "stopped"
+                out[device] = {"state": state, "error": (fatal or {}).get("error")}
+                continue
+            state = "not responding" if w.silent else "busy" if w.job else "ready" if w.ready else "loading the models"
+            out[device] = {
+                "state": state,
+                "pid": w.process.pid,
+                "job": w.job.name if w.job else None,
+                "silent_s": round(now - w.last_heard) if w.silent else None,
+                "error": (fatal or {}).get("error"),
+            }
+        return out
+
+    def _publish(self, force: bool = False) -> None:
+        """The daemon's state for ``fploopd status``: when it changes, and every PUBLISH_S as a heartbeat."""
+        workers = self._workers_state()
+        waiting = [vars(d) for d in self.waiting]
+        snapshot = (workers, waiting, self.low_space, self.stopping)
+        now = time.monotonic()
+        if not force and snapshot == self.published and now < self.next_publish:
+            return
+        if waiting != self.published_waiting:
+            self.journal.set_waiting(waiting)
+            self.published_waiting = waiting
+        self.journal.set_daemon("workers", workers)
+        self.journal.set_daemon("supervisor", self._supervisor_state())
+        self.published, self.next_publish = snapshot, now + PUBLISH_S
+
     # --- intake -------------------------------------------------------------------------------
+
+    def _check_space(self) -> None:
+        """Pause intake and dispatch while the root's disk is short of ``min_free_mb``; resume after."""
+        try:
+            free = shutil.disk_usage(self.layout.root).free
+        except OSError:
+            return
+        reserve = self.settings.min_free_mb * MIB
+        if free < reserve:
+            if self.low_space is None:
+                logger.error(
+                    "only {} MiB free on the disk of {} (min_free_mb = {}): intake and new jobs paused until there is room",
+                    free // MIB, self.layout.root, self.settings.min_free_mb,
+                )
+            self.low_space = f"only {free // MIB} MiB free on the root's disk (min_free_mb = {self.settings.min_free_mb})"
+        elif self.low_space is not None:
+            logger.info("{} MiB free again: intake and jobs resume", free // MIB)
+            self.low_space = None
 
     def _scan(self) -> None:
         try:
@@ -245,15 +362,23 @@ class Supervisor:
         except OSError as exc:  # the share is gone for a moment
             logger.error("scanning {} failed: {}", self.layout.inbox, exc)
             return
-        self.waiting_drops = len(result.waiting)
+        waiting = list(result.waiting)
         for drop in result.ready:
-            try:
-                claim(drop, self.layout, self.journal, self.notifier.beat)
-            except OSError as exc:
-                # e.g. the file vanished or the share went away between the scan and the move
-                logger.warning("could not claim {}: {}; trying again at the next scan", drop.sidecar, exc)
-                self.waiting_drops += 1
+            if self.low_space is not None:
+                waiting.append(self._held(drop, f"paused: {self.low_space}"))
+            else:
+                self.intake.claim(drop, self.journal, self.notifier.beat)  # a failed one waits, with its reason, next scan
+        if self.low_space is None:
+            self.held_since.clear()
+        self.waiting = waiting
         self.scanned_since_start = True
+
+    def _held(self, drop: Drop, reason: str) -> Waiting:
+        """A ready drop the daemon holds back (no room on the disk)."""
+        pipeline = drop.spec.pipeline if drop.spec is not None else drop.pipeline
+        sidecar = display(self.layout.rel(drop.sidecar))
+        since = self.held_since.setdefault(sidecar, time.time())
+        return Waiting(sidecar=sidecar, name=display(drop.sidecar.stem), pipeline=pipeline, reason=reason, since=since)
 
     # --- workers ------------------------------------------------------------------------------
 
@@ -264,7 +389,7 @@ class Supervisor:
         )
         process.start()
         child.close()
-        self.workers[device] = WorkerHandle(device=device, process=process, conn=parent)
+        self.workers[device] = WorkerHandle(device=device, process=process, conn=parent, last_heard=time.monotonic())
         self.restart_at.pop(device, None)
         logger.info("started worker pid {} on {}", process.pid, device)
 
@@ -277,7 +402,7 @@ class Supervisor:
             if now >= at:
                 self._start_worker(device)
 
-    def _send(self, w: WorkerHandle, msg: tuple[Any, ...]) -> None:
+    def _send(self, w: WorkerHandle, msg: Any) -> None:
         try:
             w.conn.send(msg)
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -291,55 +416,87 @@ class Supervisor:
             except (EOFError, OSError):
                 pass  # the process died; _reap_workers sees it
 
-    def _on_message(self, w: WorkerHandle, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "ready":
-            w.ready, w.model = True, msg[1].get("model")
+    def _on_message(self, w: WorkerHandle, msg: Any) -> None:
+        w.last_heard = time.monotonic()
+        if w.silent:
+            w.silent = False
+            logger.warning("the worker on {} responds again", w.device)
+        if isinstance(msg, m.Beat):
+            return
+        if isinstance(msg, m.Ready):
+            w.ready, w.model = True, msg.model
             self.deaths[w.device] = 0
             self.fatal.pop(w.device, None)
             return
-        if kind == "fatal":
-            w.fatal = msg[1]
-            logger.error("worker on {} cannot start: {}", w.device, msg[1].get("error"))
+        if isinstance(msg, m.Fatal):
+            w.fatal = msg.error
+            logger.error("worker on {} cannot start: {}", w.device, msg.error.get("error"))
             return
-        if w.job is None or msg[1] != w.job.id:
-            logger.warning("ignoring {} for job {} from worker {}", kind, msg[1], w.device)
+        if isinstance(msg, m.Exiting):
+            w.retiring = msg.reason
             return
         job = w.job
+        if job is None or msg.job_id != job.id:
+            logger.warning("ignoring {} for job {} from worker {}", type(msg).__name__, msg.job_id, w.device)
+            return
         with logger.contextualize(job=job.id):
             try:
                 self._on_job_message(w, job, msg)
             except Exception as exc:  # noqa: BLE001 - a job's trouble (a full disk) must not stop the daemon
-                logger.opt(exception=True).error("handling {} of {} failed", kind, job.name)
+                logger.opt(exception=True).error("handling {} of {} failed", type(msg).__name__, job.name)
                 w.job = None
                 if self.journal.get(job.id).state == "running":
                     self._retry_or_fail(job, {"kind": "error", "error": f"{type(exc).__name__}: {exc}"})
 
-    def _on_job_message(self, w: WorkerHandle, job: Job, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "progress":
-            self._on_progress(w, msg[2])
+    def _on_job_message(self, w: WorkerHandle, job: Job, msg: Any) -> None:
+        if isinstance(msg, m.Started):
+            w.started = True
+            return
+        if isinstance(msg, m.JobProgress):
+            self._on_progress(w, job, msg.progress)
             return
         w.job = None
-        if kind == "done":
-            self._on_done(job, w, msg[2])
-        elif kind == "failed":
-            self._on_failed(job, msg[2], input_fault=msg[3])
-        elif kind == "stopped":
+        if isinstance(msg, m.Done):
+            self._on_done(job, w, msg)
+        elif isinstance(msg, m.Failed):
+            self._on_failed(job, msg.error, input_fault=msg.input_fault)
+        elif isinstance(msg, m.Stopped):
             self._on_stopped(job)
 
-    def _on_progress(self, w: WorkerHandle, p: dict[str, Any]) -> None:
+    def _on_progress(self, w: WorkerHandle, job: Job, p: dict[str, Any]) -> None:
         now = time.monotonic()
-        changed = (p.get("phase"), p.get("section"), p.get("generation")) != (
+        moved_on = (p.get("phase"), p.get("section"), p.get("generation")) != (
             w.last_progress.get("phase"),
             w.last_progress.get("section"),
             w.last_progress.get("generation"),
         )
         w.last_progress = p
-        if changed or now - w.last_write >= PROGRESS_WRITE_S:
+        if moved_on:
+            logger.info("{}: {}", job.name, progress_text(p))
+        if moved_on or now - w.last_write >= PROGRESS_WRITE_S:
             w.last_write = now
-            assert w.job is not None
-            self.journal.set_progress(w.job.id, p)
+            self.journal.set_progress(job.id, p)
+
+    def _watch_workers(self, now: float) -> None:
+        """A worker that stops reporting (frozen, hung in a driver) is reported, then replaced."""
+        for w in self.workers.values():
+            silent_s = now - w.last_heard
+            if silent_s >= self.settings.worker_restart_s and w.process.is_alive():
+                logger.error(
+                    "the worker on {} (pid {}) has not responded for {:.0f} s (worker_restart_s): killing it to start a new one",
+                    w.device, w.process.pid, silent_s,
+                )
+                w.process.kill()
+                w.retiring = f"not responding for {silent_s:.0f} s"
+            elif silent_s >= self.settings.worker_silent_s and not w.silent:
+                w.silent = True
+                logger.warning(
+                    "the worker on {} (pid {}) has not responded for {:.0f} s{}; it is restarted after {:.0f} s",
+                    w.device, w.process.pid, silent_s, f" while running {w.job.name}" if w.job else "",
+                    self.settings.worker_restart_s,
+                )
+            if w.silent and w.job is not None:
+                self.journal.set_progress(w.job.id, {**w.last_progress, "worker_silent_s": round(silent_s)})
 
     def _reap_workers(self) -> None:
         for device, w in list(self.workers.items()):
@@ -350,11 +507,7 @@ class Supervisor:
             del self.workers[device]
             w.conn.close()
             if w.job is not None:
-                job = w.job
-                how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                with logger.contextualize(job=job.id):
-                    logger.error("the worker on {} died ({}) while running {}", device, how, job.name)
-                    self._retry_or_fail(job, {"kind": "error", "error": f"the worker process on {device} died ({how})"})
+                self._job_lost(w, code)
             if self.stopping:
                 continue
             if w.fatal is not None:
@@ -368,37 +521,64 @@ class Supervisor:
                 logger.info("restarting the worker on {} in {:.0f} s", device, delay)
             self.restart_at[device] = time.monotonic() + delay
 
+    def _job_lost(self, w: WorkerHandle, code: int | None) -> None:
+        """The worker died holding a job: a try that failed, or none at all if it never took the job."""
+        job = w.job
+        assert job is not None
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        with logger.contextualize(job=job.id):
+            if not w.started:
+                logger.warning("the worker on {} went away ({}) before it took {}; it stays queued", w.device, how, job.name)
+                outcomes.not_started(job, self.journal)
+                return
+            why = f"the worker process on {w.device} died ({how})"
+            if w.retiring and w.retiring.startswith("not responding"):
+                why = f"the worker process on {w.device} was {w.retiring} and was restarted"
+            logger.error("{} while running {}", why, job.name)
+            self._retry_or_fail(job, {"kind": "error", "error": why})
+
     # --- job outcomes -------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
         for w in self.workers.values():
-            if not w.ready or w.job is not None or not w.process.is_alive():
+            if not w.available:
                 continue
             job = self.journal.claim_next(worker=f"{os.getpid()}:{w.device}")
             if job is None:
                 return
-            missing = [i["name"] for i in job.inputs if not (self.layout.inputs_dir(job.id) / i["name"]).exists()]
-            if missing:
-                self._fail(job, {"kind": "error", "error": f"inputs missing from the work dir: {', '.join(missing)}"})
-                continue
-            assert job.spec is not None
-            media = {i["field"]: str(self.layout.inputs_dir(job.id) / i["name"]) for i in job.inputs if i["field"] in ("image", "video", "head", "tail")}
-            payload = {
-                "id": job.id,
-                "name": job.name,
-                "spec": job.spec,
-                "seeds": job.seeds,
-                "inputs": media,
-                "out_dir": str(self.layout.out_dir(job.id)),
-                "work_dir": str(self.layout.checkpoint_dir(job.id)),
-            }
-            w.job, w.stop_sent, w.last_progress, w.last_write = job, False, {}, 0.0
             with logger.contextualize(job=job.id):
-                logger.info("running {} ({}) on {}, attempt {}", job.name, job.pipeline, w.device, job.attempts + 1)
-            self._send(w, ("job", payload))
+                try:
+                    msg = self._run_message(job)
+                except Exception as exc:  # noqa: BLE001 - one job's broken record must not stop the others
+                    logger.opt(exception=True).error("cannot start {}", job.name)
+                    self._fail(job, {"kind": "error", "error": f"cannot start the job: {type(exc).__name__}: {exc}"})
+                    continue
+                if msg is None:
+                    continue
+                w.job, w.started, w.stop_sent, w.last_progress, w.last_write = job, False, False, {}, 0.0
+                logger.info("running {} ({}) on {}, try {}", job.name, job.pipeline, w.device, job.attempts + 1)
+                self._send(w, msg)
 
-    def _on_done(self, job: Job, w: WorkerHandle, result: dict[str, Any]) -> None:
-        outcomes.finished(job, self.layout, self.journal, result, w.model)
+    def _run_message(self, job: Job) -> m.RunJob | None:
+        missing = [i["name"] for i in job.inputs if not (self.layout.inputs_dir(job.id) / i["name"]).exists()]
+        if missing:
+            self._fail(job, {"kind": "error", "error": f"inputs missing from the work dir: {', '.join(missing)}"})
+            return None
+        assert job.spec is not None
+        media = [i for i in job.inputs if i["field"] in MEDIA_FIELD_NAMES]
+        return m.RunJob(
+            id=job.id,
+            name=job.name,
+            spec=job.spec,
+            seeds=list(job.seeds or []),
+            inputs={i["field"]: str(self.layout.inputs_dir(job.id) / i["name"]) for i in media},
+            input_hashes={i["field"]: i["sha256"] for i in media if i.get("sha256")},
+            out_dir=str(self.layout.out_dir(job.id)),
+            work_dir=str(self.layout.checkpoint_dir(job.id)),
+        )
+
+    def _on_done(self, job: Job, w: WorkerHandle, result: m.Done) -> None:
+        outcomes.finished(job, self.layout, self.journal, {"outputs": result.outputs, "timings": result.timings}, w.model)
         self._settle()
 
     def _on_failed(self, job: Job, error: dict[str, Any], input_fault: bool) -> None:
@@ -426,7 +606,7 @@ class Supervisor:
         for w in self.workers.values():
             if w.job is not None and not w.stop_sent and self.journal.get(w.job.id).cancel_requested:
                 logger.info("cancel requested for {}: stopping at the next step", w.job.name)
-                self._send(w, ("stop", w.job.id))
+                self._send(w, m.StopJob(w.job.id))
                 w.stop_sent = True
         for job in self.journal.jobs(("queued",)):
             if job.cancel_requested:  # flagged while it ran, then requeued by a crash
@@ -434,15 +614,17 @@ class Supervisor:
                     outcomes.cancel_queued(job, self.layout, self.journal)
 
     def _settle(self) -> None:
-        """Finish recorded file moves; one that fails (a share gone) is tried again later."""
+        """Finish recorded file moves; one that fails (a share gone, a full disk) is tried again later."""
         now = time.monotonic()
         for job in self.journal.pending_moves():
             if self.settle_after.get(job.id, 0.0) > now:
                 continue
             try:
                 deliver.settle(job, self.layout, self.journal, self.notifier.beat)
-            except OSError as exc:
-                logger.error("delivering {} failed: {}; trying again in {:.0f} s", job.name, exc, SETTLE_RETRY_S)
+            except Exception as exc:  # noqa: BLE001 - one job's delivery must not stop the others
+                logger.opt(exception=not isinstance(exc, OSError)).error(
+                    "delivering {} failed: {}; trying again in {:.0f} s", job.name, exc, SETTLE_RETRY_S
+                )
                 self.settle_after[job.id] = now + SETTLE_RETRY_S
 
 

@@ -1,13 +1,10 @@
 """The GPU worker: one process per device, started with 'spawn' (CUDA cannot survive a fork).
 
 It loads the models once and keeps them between jobs. It never touches the journal: it gets a job
-from the supervisor over a Pipe, runs ``run_job``, and reports progress and the outcome back. A
-stop request (``fploopd cancel``, a warm stop of the daemon, the supervisor gone) is honoured at the
-next sampling step; the job keeps its section checkpoint.
-
-Messages, supervisor -> worker: ``("job", payload)``, ``("stop", job_id)``, ``("exit",)``.
-Worker -> supervisor: ``("ready", info)``, ``("fatal", error)``, ``("progress", job_id, progress)``,
-``("done", job_id, result)``, ``("failed", job_id, error, input_fault)``, ``("stopped", job_id)``.
+from the supervisor over a Pipe, runs ``run_job``, and reports progress and the outcome back
+(``fploopd.daemon.messages``). A stop request (``fploopd cancel``, a warm stop of the daemon, the
+supervisor gone) is honoured at the next sampling step; the job keeps its section checkpoint. A
+thread sends a heartbeat, so the supervisor notices a worker that is frozen or hung.
 """
 
 from __future__ import annotations
@@ -16,6 +13,7 @@ import dataclasses
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -24,10 +22,18 @@ from typing import Any
 
 from loguru import logger
 
-from fploopd.daemon.crash import crashpoint, step_delay
+from fploopd import __version__
+from fploopd.daemon import messages as m
+from fploopd.daemon.crash import crashpoint, failpoint, step_delay
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.settings import Settings
 from fploopd.errors import Cancelled, FploopdError, InputError, ModelError
+
+
+class SpecError(FploopdError):
+    """A recorded spec this version cannot read (written by another version): retrying cannot help."""
+
+    kind = "spec"
 
 
 def load_models(settings: Settings, device: str) -> Any:
@@ -56,21 +62,24 @@ class Worker:
         self.exit_after = False
         self.current: str | None = None
         self.stop_current = False
+        self._send_lock = threading.Lock()  # the heartbeat thread sends too
 
     def serve(self) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
         signal.signal(signal.SIGTERM, self._on_term)
+        # Before the models load (minutes for real weights): a slow load is not a frozen worker.
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         started = time.monotonic()
         try:
             components = load_models(self.settings, self.device)
         except Exception as exc:  # noqa: BLE001 - every failure to load is reported, not raised
             error = exc if isinstance(exc, FploopdError) else ModelError(f"loading the models failed: {type(exc).__name__}: {exc}")
             logger.opt(exception=not isinstance(exc, FploopdError)).error("worker on {}: {}", self.device, error.message)
-            self._send("fatal", error.to_json())
+            self._send(m.Fatal(error.to_json()))
             return 2
-        info = {"device": self.device, "model": identity_of(components), "load_s": round(time.monotonic() - started, 3)}
-        logger.info("worker on {} ready, models loaded in {:.1f} s", self.device, info["load_s"])
-        self._send("ready", info)
+        ready = m.Ready(device=self.device, model=identity_of(components), load_s=round(time.monotonic() - started, 3))
+        logger.info("worker on {} ready, models loaded in {:.1f} s", self.device, ready.load_s)
+        self._send(ready)
         while not self.signalled:
             if not self.conn.poll(0.5):
                 if os.getppid() != self.parent:
@@ -80,73 +89,76 @@ class Worker:
                 msg = self.conn.recv()
             except EOFError:
                 return 0
-            if msg[0] == "exit":
+            if isinstance(msg, m.Exit):
                 return 0
-            if msg[0] == "job":
-                if not self._run(msg[1], components):
+            if isinstance(msg, m.RunJob):
+                if not self._run(msg, components):
                     return 1  # an unexpected error may leave the device unusable: start afresh
                 if self.exit_after:
                     return 0
+        self._send(m.Exiting("SIGTERM"))
         return 0
 
     def _on_term(self, signum: int, frame: Any) -> None:
         self.signalled = True
 
-    def _run(self, job: dict[str, Any], components: Any) -> bool:
+    def _heartbeat(self) -> None:
+        while True:
+            time.sleep(m.HEARTBEAT_S)
+            self._send(m.Beat())
+
+    def _run(self, job: m.RunJob, components: Any) -> bool:
         """Run one job and report its outcome; False when the process should be replaced."""
         from fploopd.pipelines import run_job
-        from fploopd.spec import JobSpec
+        from fploopd.pipelines.manifest import output_entry
 
-        job_id = job["id"]
-        self.current, self.stop_current = job_id, False
-        with logger.contextualize(job=job_id):
+        self.current, self.stop_current = job.id, False
+        self._send(m.Started(job.id))
+        with logger.contextualize(job=job.id):
             try:
-                spec = JobSpec.model_validate(job["spec"])
+                failpoint(f"run:{job.name}")
+                spec = _load_spec(job.spec)
                 result = run_job(
                     spec,
-                    {k: Path(v) for k, v in job["inputs"].items()},
-                    Path(job["out_dir"]),
-                    name=job["name"],
-                    seeds=job["seeds"],
+                    {k: Path(v) for k, v in job.inputs.items()},
+                    Path(job.out_dir),
+                    name=job.name,
+                    seeds=job.seeds,
                     components=components,
-                    work_dir=Path(job["work_dir"]),
-                    progress=lambda p: self._progress(job_id, p),
+                    work_dir=Path(job.work_dir),
+                    progress=lambda p: self._progress(job.id, p),
                     should_stop=self._should_stop,
                     limits=self.settings.limits,
+                    input_hashes=job.input_hashes,
                 )
             except Cancelled:
                 logger.info("stopped at a step boundary; the checkpoint stays")
-                self._send("stopped", job_id)
+                if self.exit_after:
+                    self._send(m.Exiting("asked to stop"))
+                self._send(m.Stopped(job.id))
                 return True
-            except InputError as exc:
-                self._send("failed", job_id, exc.to_json(), True)
+            except (InputError, SpecError) as exc:
+                self._send(m.Failed(job.id, exc.to_json(), input_fault=True))
                 return True
             except FploopdError as exc:
-                self._send("failed", job_id, exc.to_json(), False)
+                self._send(m.Failed(job.id, exc.to_json(), input_fault=False))
                 return True
             except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which retries
                 logger.error("job failed: {}", traceback.format_exc())
-                self._send("failed", job_id, {"kind": "error", "error": f"{type(exc).__name__}: {exc}"}, False)
+                # Said first, so that no job is handed to a worker on its way out.
+                self._send(m.Exiting("an unexpected error may have left the device unusable"))
+                self._send(m.Failed(job.id, {"kind": "error", "error": f"{type(exc).__name__}: {exc}"}, input_fault=False))
                 return False
             finally:
                 self.current = None
-            out_dir = Path(job["out_dir"])
-            outputs = [
-                {
-                    "file": Path(o.path).relative_to(out_dir).as_posix(),
-                    "kind": o.kind,
-                    "seed": o.seed,
-                    "frames": o.frames,
-                    "fps": o.fps,
-                    "duration_s": o.duration_s,
-                }
-                for o in result.outputs
-            ]
-            self._send("done", job_id, {"outputs": outputs, "seeds": list(result.seeds), "timings": dict(result.timings)})
+            outputs = [output_entry(o, Path(job.out_dir)) for o in result.outputs]
+            if self.exit_after:
+                self._send(m.Exiting("asked to stop"))
+            self._send(m.Done(job.id, outputs, list(result.seeds), dict(result.timings)))
             return True
 
     def _progress(self, job_id: str, p: Any) -> None:
-        self._send("progress", job_id, dataclasses.asdict(p))
+        self._send(m.JobProgress(job_id, dataclasses.asdict(p)))
         if p.phase == "sample" and p.step >= 1:
             if p.section >= 2:
                 crashpoint("run:section2")
@@ -155,19 +167,35 @@ class Worker:
     def _should_stop(self) -> bool:
         while self.conn.poll():
             msg = self.conn.recv()
-            if msg[0] == "stop" and msg[1] == self.current:
+            if isinstance(msg, m.StopJob) and msg.job_id == self.current:
                 self.stop_current = True
-            elif msg[0] == "exit":
+            elif isinstance(msg, m.Exit):
                 self.stop_current = self.exit_after = True
         if self.signalled or os.getppid() != self.parent:
             self.stop_current = self.exit_after = True
         return self.stop_current
 
-    def _send(self, *msg: Any) -> None:
+    def _send(self, msg: Any) -> None:
         try:
-            self.conn.send(msg)
+            with self._send_lock:
+                self.conn.send(msg)
         except (BrokenPipeError, ConnectionResetError, OSError):
             os._exit(0)  # the supervisor is gone; nothing to report to
+
+
+def _load_spec(values: dict[str, Any]) -> Any:
+    """The job's recorded spec as a JobSpec; one this version cannot read fails the job, clearly."""
+    from pydantic import ValidationError
+
+    from fploopd.spec import JobSpec
+
+    try:
+        return JobSpec.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()[:5])
+        raise SpecError(
+            f"the job's recorded settings cannot be read by fploopd {__version__} ({problems}); drop the job again"
+        ) from None
 
 
 def _die_with_parent() -> None:
