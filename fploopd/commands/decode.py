@@ -23,13 +23,12 @@ def run(args: argparse.Namespace) -> int:
 
     from loguru import logger
 
-    from fploopd.commands.oneshot import ProgressBar, load_model
-    from fploopd.errors import InputError
-    from fploopd.pipelines.decode import decode_loop_file, is_plain_name, read_loop_latents
+    from fploopd.commands.oneshot import ProgressBar, check_name, load_model
+    from fploopd.pipelines.decode import decode_loop_file, read_loop_latents
 
     started = time.monotonic()
-    if args.name is not None and not is_plain_name(args.name):
-        raise InputError(f"--name {args.name!r} must be a plain file name (no folders, not hidden)", field="name")
+    if args.name is not None:
+        check_name(args.name)
     read_loop_latents(args.file)  # a bad file fails here, before the model loads
     components = load_model(args)
     loaded = time.monotonic()

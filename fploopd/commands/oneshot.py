@@ -20,39 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TextIO, Union, get_args, get_origin
 
 from fploopd.cli import add_model_options, add_root_option
-from fploopd.spec import JobSpec, inapplicable_error, pipelines_of
+from fploopd.spec import JobSpec, inapplicable_error, option_of, pipelines_of
 
 if TYPE_CHECKING:
-    from fploopd.pipelines.job import Progress
+    from fploopd.pipelines.progress import Progress
 
 WORK_FOLDER = ".fploopd-work"
-# Not options: the command decides the pipeline and takes the media as arguments; a one-shot run
-# has no queue for a priority to order.
-NOT_OPTIONS = {"pipeline", "image", "video", "head", "tail", "priority"}
-HELP = {
-    "prompt": "what should happen in the video (default: empty)",
-    "negative_prompt": "what should not (used only when --cfg > 1)",
-    "main_sections": "length of the main video in sections (window*4 frames each)",
-    "connection_sections": "length of the connection / bridge in sections",
-    "padding_sections": "extra blank windows before the main video starts",
-    "loop_count": "how many loops the N-loop file repeats",
-    "resolution": "bucket family size: 640 is FramePack's; smaller multiples of 16 for quick runs",
-    "window": "latents per section",
-    "steps": "sampling steps per section",
-    "distilled_guidance": "FramePack's distilled guidance scale",
-    "cfg": "real classifier-free guidance (1 = off, one model pass per step)",
-    "cfg_rescale": "std rescale of the guided prediction, 0..1",
-    "crf": "H.264 quality, lower is better",
-    "fps": "frame rate of the outputs, and the rate input videos are read at",
-    "teacache": "off, on (threshold 0.15) or a threshold in (0, 1]",
-    "decode": "decode to video (--no-decode: save latents only; loop pipeline)",
-    "outputs": "comma list of mp4, webp, gif, prores, png",
-    "count": "generations, each with its own seed",
-    "consecutive_seeds": "seed, seed+1, ... instead of random seeds after the first",
-    "seed": "the first generation's seed (default: random)",
-    "profile": "a profile: <root>/profiles/NAME.json or a shipped preset (default: default)",
-    "tags": "comma list of labels",
-}
+# The fields that are not options (the spec's fields without an ``Option``): the command decides
+# the pipeline and takes the media as arguments; a one-shot run has no queue for a priority to order.
+NOT_OPTIONS = frozenset(f for f in JobSpec.model_fields if option_of(f) is None)
 
 
 # --- options from the spec --------------------------------------------------------------------
@@ -107,6 +83,13 @@ def option_kind(annotation: Any) -> tuple[str, Callable[[str], Any] | None, str 
     raise TypeError(f"no command-line form for {annotation!r}")
 
 
+def _shown(default: Any, convert: Callable[[str], Any] | None) -> str:
+    """A default as it would be typed: ``off`` for an on/off/number option that is off."""
+    if convert is _bool_or_number and default is False:
+        return "off"
+    return json.dumps(default) if isinstance(default, (list, str)) else str(default)
+
+
 def option_names(field: str) -> list[str]:
     """``--main-sections``, and the sidecar's own spelling ``--main_sections`` too."""
     names = [f"--{field.replace('_', '-')}"]
@@ -126,16 +109,13 @@ def add_spec_options(
     group = parser.add_argument_group("job settings (the sidecar's fields; same names, same limits)")
     fields = sorted(JobSpec.model_fields.items(), key=lambda item: item[0] != "prompt")  # the prompt first
     for field, info in fields:
-        if field in NOT_OPTIONS:
+        option = option_of(field)
+        if option is None:
             continue
         kind, convert, metavar = option_kind(info.annotation)
-        default = "" if field == "prompt" else info.default
-        shown = json.dumps(default) if isinstance(default, (list, str)) else default
-        if field == "teacache":
-            shown = "off"
-        help_text = HELP.get(field, field.replace("_", " "))
-        if field != "prompt" and default is not None:
-            help_text += f" (default: {shown})"
+        help_text = option.help
+        if field != "prompt" and info.default is not None:
+            help_text += f" (default: {_shown(info.default, convert)})"
         if pipeline not in pipelines_of(field):
             help_text = argparse.SUPPRESS
         # The sidecar's spelling (--main_sections) is accepted too; flags keep one form each.
@@ -255,13 +235,18 @@ class ProgressBar:
 
 
 def job_name(args: argparse.Namespace, first_input: Path) -> str:
-    from fploopd.errors import InputError
-    from fploopd.pipelines.decode import is_plain_name
-
     name = args.name if args.name is not None else first_input.stem
-    if not is_plain_name(name):
-        raise InputError(f"--name {name!r} must be a plain file name (no folders, not hidden)", field="name")
+    check_name(name)
     return name
+
+
+def check_name(name: str) -> None:
+    """A job name starts every output's file name: never a folder, never hidden."""
+    from fploopd.errors import InputError
+    from fploopd.spec import is_bare_name
+
+    if not is_bare_name(name):
+        raise InputError(f"--name {name!r} must be a plain file name (no folders, not hidden)", field="name")
 
 
 def check_inputs(inputs: dict[str, Path]) -> None:
@@ -279,7 +264,7 @@ def seeds_for(spec: JobSpec, inputs: dict[str, Path], work_dir: Path) -> list[in
     """
     from fploopd.engine.sections import fingerprint
     from fploopd.fsutil import write_json_atomic
-    from fploopd.pipelines import pick_seeds
+    from fploopd.pipelines.seeds import pick_seeds
 
     stamp = {k: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for k, p in sorted(inputs.items())}
     key = fingerprint(spec=spec.model_dump(mode="json"), inputs=stamp)
