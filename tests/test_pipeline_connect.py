@@ -14,7 +14,6 @@ from fploopd.errors import Cancelled, InputError
 from fploopd.media import probe_video, read_video, write_mp4
 from fploopd.media.limits import MediaLimits
 from fploopd.pipelines import run_job
-from fploopd.pipelines.common import Reporter
 from fploopd.pipelines.connect import (
     ConnectInputs,
     Sides,
@@ -24,6 +23,7 @@ from fploopd.pipelines.connect import (
     generate_bridge,
     load_inputs,
 )
+from fploopd.pipelines.progress import Reporter
 from fploopd.spec import JobSpec
 
 SPEC = JobSpec(prompt="bridge", pipeline="connect", resolution=64, window=2, connection_sections=2, steps=2)

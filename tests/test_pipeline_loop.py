@@ -13,7 +13,8 @@ from fploopd.errors import Cancelled
 from fploopd.media import probe_video
 from fploopd.media.limits import MediaLimits
 from fploopd.pipelines import loop, run_job
-from fploopd.pipelines.common import Reporter, encode_conditioning, guidance_of, prepare_image
+from fploopd.pipelines.common import encode_conditioning, guidance_of, prepare_image
+from fploopd.pipelines.progress import Reporter
 from fploopd.spec import JobSpec
 
 SPEC = JobSpec(prompt="waves", pipeline="loop", resolution=64, window=2, main_sections=2, connection_sections=2,

@@ -1,4 +1,5 @@
-"""What every pipeline does the same way: conditioning, the model callable, progress and stopping."""
+"""What every pipeline does the same way: conditioning, the model callable, sections with checkpoints,
+the start image and decoding by plan."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ from fploopd.engine.sections import (
     SectionState,
     sample_section,
 )
-from fploopd.errors import Cancelled
+from fploopd.media import load_image
 from fploopd.media.frames import frames_to_tensor
-from fploopd.pipelines.job import Progress
+from fploopd.pipelines.context import JobContext
+from fploopd.pipelines.progress import Reporter
 from fploopd.spec import GenerationSettings
 
 if TYPE_CHECKING:
@@ -45,11 +47,7 @@ def guidance_of(settings: GenerationSettings) -> Guidance:
 
 def make_model(components: Components, settings: GenerationSettings) -> TransformerFn:
     """The transformer callable for this job's settings (TeaCache threshold included)."""
-    from fploopd.engine.forward import TransformerRunner
-
-    return TransformerRunner(
-        components.transformer, teacache_threshold=settings.teacache_threshold, offloader=components.streamer
-    )
+    return components.runner(teacache_threshold=settings.teacache_threshold)
 
 
 def encode_conditioning(
@@ -81,50 +79,6 @@ def encode_conditioning(
     )
 
 
-# The encoders a job runs once before sampling: the VAE (image or video sides), the text encoders,
-# SigLIP. ``Reporter.encoded(k)`` counts them.
-ENCODERS = 3
-
-
-@dataclass
-class Reporter:
-    """Turns sampler steps into ``Progress`` reports and honours a stop request between steps."""
-
-    progress: Callable[[Progress], None] | None = None
-    should_stop: Callable[[], bool] | None = None
-    generation: int = 1
-    generations: int = 1
-
-    def phase(self, name: str, section: int = 0, sections: int = 0) -> None:
-        self.check_stop()
-        if self.progress is not None:
-            self.progress(Progress(name, self.generation, self.generations, section, sections))
-
-    def count(self, phase: str, done: int, total: int, unit: str) -> None:
-        """``done`` of ``total`` units of a phase that is not sampling (encoders, windows, files)."""
-        if self.progress is not None:
-            self.progress(Progress(phase, self.generation, self.generations, done=done, total=total, unit=unit))
-
-    def begin_encode(self) -> None:
-        self.check_stop()
-        self.encoded(0)
-
-    def encoded(self, done: int) -> None:
-        self.count("encode", done, ENCODERS, "encoders")
-
-    def check_stop(self) -> None:
-        if self.should_stop is not None and self.should_stop():
-            raise Cancelled("stopped between steps; the last section checkpoint is kept")
-
-    def step_hook(self, section: int, sections: int, steps: int) -> Callable[[int], None]:
-        def on_step(i: int) -> None:
-            if self.progress is not None:
-                self.progress(Progress("sample", self.generation, self.generations, section, sections, i + 1, steps))
-            self.check_stop()
-
-        return on_step
-
-
 @dataclass(frozen=True)
 class SectionSampler:
     """What every section of one generation shares; calling it samples one planned section."""
@@ -136,7 +90,9 @@ class SectionSampler:
     latent_size: tuple[int, int]
     reporter: Reporter
 
-    def __call__(self, context: SectionContext, generator: torch.Generator, section: int, sections: int) -> torch.Tensor:
+    def __call__(
+        self, context: SectionContext, generator: torch.Generator, section: int, sections: int
+    ) -> torch.Tensor:
         return sample_section(
             self.model,
             self.cond,
@@ -211,7 +167,9 @@ def image_context(start: StartImage, history: torch.Tensor, blank: int, window: 
     )
 
 
-def prepare_image(components: Components, image: np.ndarray, resolution: int, reporter: Reporter | None = None) -> StartImage:
+def prepare_image(
+    components: Components, image: np.ndarray, resolution: int, reporter: Reporter | None = None
+) -> StartImage:
     height, width = find_bucket(image.shape[0], image.shape[1], resolution)
     fitted = resize_and_center_crop(image, width, height)
     with components.on_device(components.vae):
@@ -242,3 +200,13 @@ def decode_with_plan(
 
     with components.on_device(components.vae):
         return run_plan(plan, decode)
+
+
+def prepare_image_job(ctx: JobContext, generations: int) -> tuple[StartImage, Conditioning, TransformerFn]:
+    """Once per image job, whatever the seeds: the image fitted and encoded, the prompt, the model callable."""
+    spec, components = ctx.spec, ctx.components
+    reporter = ctx.reporter(1, generations)
+    reporter.begin_encode()
+    start = prepare_image(components, load_image(ctx.input("image"), ctx.limits), spec.resolution, reporter)
+    cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, start.pixels, reporter)
+    return start, cond, make_model(components, spec)

@@ -36,19 +36,20 @@ from fploopd.errors import InputError
 from fploopd.media import frames_to_tensor, probe_video, read_video, tensor_to_frames
 from fploopd.media.limits import MediaLimits
 from fploopd.pipelines.common import (
-    Reporter,
     SectionSampler,
     decode_with_plan,
     drive_sections,
     encode_conditioning,
     make_model,
 )
+from fploopd.pipelines.context import JobContext
+from fploopd.pipelines.progress import Reporter
+from fploopd.pipelines.results import OutputFile
+from fploopd.pipelines.writers import write_video
 from fploopd.spec import GenerationSettings
 
 if TYPE_CHECKING:
     from fploopd.engine.components import Components
-    from fploopd.pipelines.job import OutputFile
-    from fploopd.pipelines.runners import JobContext
 
 # A side gives 3 latents of clean/2x context, then its 4x context. The tail needs 4 latents (its
 # first is dropped); the head needs 4 too, not 3: with both at 3 usable latents the 4x history would
@@ -227,13 +228,11 @@ def bridges(
 
 
 def run_connect(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
-    from fploopd.pipelines.runners import write_video  # runners registers this runner: import late
-
     first = ctx.reporter(1, len(seeds))
     first.begin_encode()
     inputs = load_inputs(ctx.input("head"), ctx.input("tail"), ctx.spec, ctx.limits)
     sides = encode_sides(ctx.components, inputs.head_encoded, inputs.tail_encoded, first)
     outputs: list[OutputFile] = []
     for seed, _, decoded, reporter in bridges(ctx, seeds, sides, inputs.head[-1]):
-        outputs += write_video(ctx, connect_pixels(inputs, decoded), seed, "connect", "connect", reporter)
+        outputs += write_video(ctx.destination, connect_pixels(inputs, decoded), seed, "connect", "connect", reporter)
     return outputs

@@ -17,17 +17,15 @@ from loguru import logger
 from fploopd.errors import InputError
 from fploopd.pipelines import loop
 from fploopd.pipelines.latentfile import load_latents
-from fploopd.spec import JobSpec
+from fploopd.pipelines.progress import Progress, Reporter
+from fploopd.pipelines.results import OutputFile
+from fploopd.pipelines.writers import Destination, write_loop
+from fploopd.spec import JobSpec, is_bare_name
 
 if TYPE_CHECKING:
     from fploopd.engine.components import Components
-    from fploopd.pipelines.job import OutputFile, Progress
 
 LOOP_KEYS = {"main", "connection"}
-
-
-def is_plain_name(name: str) -> bool:
-    return bool(name) and not name.startswith(".") and not any(c in name for c in "/\\\0")
 
 
 def read_loop_latents(path: Path) -> tuple[loop.LoopLatents, JobSpec, int, str]:
@@ -50,7 +48,7 @@ def read_loop_latents(path: Path) -> tuple[loop.LoopLatents, JobSpec, int, str]:
             )
     if main.shape[1] != connection.shape[1] or main.shape[3:] != connection.shape[3:]:
         raise InputError(f"{path.name}: main and connection latents differ in channels or size", file=path.name)
-    if not is_plain_name(name):  # it becomes part of output paths: never a folder or a hidden name
+    if not is_bare_name(name):  # it becomes part of output paths: never a folder or a hidden name
         raise InputError(f"{path.name}: stored job name {name!r} is not a plain file name", file=path.name)
     return loop.LoopLatents(main.float(), connection.float(), window), spec, seed, name
 
@@ -86,20 +84,16 @@ def decode_loop_file(
     Returns the decoded frames (1, 3, T, H, W) and the files written. ``name`` overrides the job name
     stored in the file; ``progress`` gets the decode's windows and the files as they are done.
     """
-    from fploopd.pipelines.common import Reporter
-    from fploopd.pipelines.runners import JobContext, write_loop
-
     reporter = Reporter(progress)
 
     latents, spec, seed, stored_name = read_loop_latents(path)
     made_by, decoder = vae_fingerprint(stored_model(path)), vae_fingerprint(components.identity)
     if made_by and decoder and made_by != decoder:
         # Another VAE gives garbage, not an error: say so where the user will look.
-        logger.warning("{} was made with another VAE than the one decoding it; the video may be garbage", Path(path).name)
+        logger.warning(
+            "{} was made with another VAE than the one decoding it; the video may be garbage", Path(path).name
+        )
     frames = loop.decode(components, latents, reporter)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = JobContext(
-        spec=spec, inputs={}, out_dir=out_dir, name=name or stored_name, components=components, work_dir=out_dir
-    )
-    return frames, write_loop(ctx, frames, seed, reporter)
+    return frames, write_loop(Destination(out_dir, name or stored_name, spec), frames, seed, reporter)

@@ -12,17 +12,22 @@ from fploopd.engine.denoiser import TransformerFn
 from fploopd.engine.sections import Checkpoint, Conditioning
 from fploopd.pipelines.common import (
     IMAGE_CONTEXT,
-    Reporter,
     SectionSampler,
     StartImage,
     decode_with_plan,
     drive_sections,
     image_context,
+    prepare_image_job,
 )
+from fploopd.pipelines.context import JobContext
+from fploopd.pipelines.progress import Reporter
+from fploopd.pipelines.results import OutputFile
+from fploopd.pipelines.writers import write_video
 from fploopd.spec import GenerationSettings
 
 if TYPE_CHECKING:
     from fploopd.engine.components import Components
+
 
 def generate_latents(
     components: Components,
@@ -58,3 +63,18 @@ def decode(
     window, sections = settings.window, settings.main_sections
     sizes = [window] * (sections - 1) + [window + 1]
     return decode_with_plan(components, latents, linear_plan(sizes, window), reporter)
+
+
+def run_i2v(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
+    """The i2v job: encode once, then per seed the video's latents, decoded and written."""
+    spec, components = ctx.spec, ctx.components
+    start, cond, model = prepare_image_job(ctx, len(seeds))
+    outputs: list[OutputFile] = []
+    for g, seed in enumerate(seeds, start=1):
+        reporter = ctx.reporter(g, len(seeds))
+        latents = generate_latents(
+            components, model, cond, start, spec, seed, checkpoint=ctx.checkpoint(seed), reporter=reporter
+        )
+        frames = decode(components, latents, spec, reporter)
+        outputs += write_video(ctx.destination, frames, seed, "", "video", reporter)
+    return outputs

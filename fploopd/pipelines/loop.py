@@ -23,19 +23,26 @@ from fploopd.engine.sections import (
     Conditioning,
     SectionContext,
 )
+from fploopd.media import latent_preview, save_png_atomic
 from fploopd.pipelines.common import (
     IMAGE_CONTEXT,
-    Reporter,
     SectionSampler,
     StartImage,
     decode_with_plan,
     drive_sections,
     image_context,
+    prepare_image_job,
 )
-from fploopd.spec import GenerationSettings
+from fploopd.pipelines.context import JobContext
+from fploopd.pipelines.latentfile import save_latents
+from fploopd.pipelines.progress import Reporter
+from fploopd.pipelines.results import OutputFile
+from fploopd.pipelines.writers import Destination, with_ext, write_loop
+from fploopd.spec import GenerationSettings, JobSpec
 
 if TYPE_CHECKING:
     from fploopd.engine.components import Components
+
 
 @dataclass(frozen=True)
 class LoopLatents:
@@ -95,3 +102,39 @@ def generate_latents(
 def decode(components: Components, loop: LoopLatents, reporter: Reporter | None = None) -> torch.Tensor:
     """The 1-loop clip: ``4 * window * sections`` frames whose last frame flows into its first."""
     return decode_with_plan(components, loop.ring(), ring_plan(loop.sections, loop.window), reporter)
+
+
+def run_loop(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
+    """The loop job: encode once, then per seed the loop's latents, and its videos or its latent file."""
+    spec, components = ctx.spec, ctx.components
+    start, cond, model = prepare_image_job(ctx, len(seeds))
+    outputs: list[OutputFile] = []
+    for g, seed in enumerate(seeds, start=1):
+        reporter = ctx.reporter(g, len(seeds))
+        latents = generate_latents(
+            components, model, cond, start, spec, seed, checkpoint=ctx.checkpoint(seed), reporter=reporter
+        )
+        if not spec.decode:
+            outputs += write_loop_latents(ctx.destination, spec, latents, seed, components.identity, reporter)
+            continue
+        frames = decode(components, latents, reporter)
+        outputs += write_loop(ctx.destination, frames, seed, reporter)
+    return outputs
+
+
+def write_loop_latents(
+    dest: Destination, spec: JobSpec, latents: LoopLatents, seed: int, model: dict, reporter: Reporter | None = None
+) -> list[OutputFile]:
+    """Latent-only mode: the loop's latents with their settings, and a preview strip per section."""
+    reporter = reporter or Reporter()
+    reporter.count("write", 0, 2, "files")
+    base = dest.base(seed, "latent")
+    tensors = {"main": latents.main, "connection": latents.connection}
+    data = with_ext(base, ".safetensors")
+    save_latents(data, tensors, spec, seed=seed, name=dest.name, model=model)
+    reporter.count("write", 1, 2, "files")
+    both = torch.cat([latents.main, latents.connection], dim=2)[0]
+    preview = latent_preview(both, [latents.window] * latents.sections)
+    png = save_png_atomic(preview, with_ext(base, ".png"))
+    reporter.count("write", 2, 2, "files")
+    return [OutputFile(data, "latent", seed), OutputFile(png, "preview", seed)]

@@ -12,7 +12,7 @@ from typing import Any
 
 from fploopd import __version__
 from fploopd.fsutil import sha256_file, write_json_atomic
-from fploopd.pipelines.job import OutputFile
+from fploopd.pipelines.results import OutputFile
 
 MANIFEST_FILE = "manifest.json"
 INPUT_KEYS = ("name", "field", "size", "sha256")

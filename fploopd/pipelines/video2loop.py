@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,11 +24,10 @@ from fploopd.pipelines.connect import (
     encoded_frames,
     read_clip,
 )
+from fploopd.pipelines.context import JobContext
+from fploopd.pipelines.results import OutputFile
+from fploopd.pipelines.writers import write_loop
 from fploopd.spec import GenerationSettings
-
-if TYPE_CHECKING:
-    from fploopd.pipelines.job import OutputFile
-    from fploopd.pipelines.runners import JobContext
 
 
 @dataclass(frozen=True)
@@ -62,8 +60,6 @@ def loop_pixels(video: LoopVideo, bridge: torch.Tensor) -> np.ndarray:
 
 
 def run_video2loop(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
-    from fploopd.pipelines.runners import write_loop  # runners registers this runner: import late
-
     first = ctx.reporter(1, len(seeds))
     first.begin_encode()
     video = load_video(ctx.input("video"), ctx.spec, ctx.limits)
@@ -71,5 +67,5 @@ def run_video2loop(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
     outputs: list[OutputFile] = []
     for seed, bridge, decoded, reporter in bridges(ctx, seeds, sides, video.frames[-1]):
         pixels = loop_pixels(video, bridge_frames(decoded, sides.head.shape[2], bridge.shape[2]))
-        outputs += write_loop(ctx, pixels, seed, reporter)
+        outputs += write_loop(ctx.destination, pixels, seed, reporter)
     return outputs
