@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 from fploopd.cli import add_root_option
+from fploopd.spec import PIPELINES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="copy media and a sidecar into the inbox (the sidecar last)")
     add_root_option(p)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="an image (loop), a video (video2loop), or head and tail videos (connect)")
-    p.add_argument("--pipeline", choices=("loop", "connect", "video2loop", "i2v"), help="default: from the files")
+    p.add_argument("--pipeline", choices=PIPELINES, help="default: from the files")
     p.add_argument("--prompt", default="", help="what should happen in the video")
     p.add_argument("--profile", help="a profile name (profiles/NAME.json)")
     p.add_argument("--seed", type=int)
