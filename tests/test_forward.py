@@ -9,8 +9,18 @@ import torch
 
 from fploopd.bench.inputs import section_kwargs, tiny_spec
 from fploopd.bench.models import TINY_TRANSFORMER, build_transformer
-from fploopd.engine import accel, forward
-from fploopd.engine.forward import TransformerRunner, joint_out, linear_gelu, teacache_rescale
+from fploopd.engine import accel
+from fploopd.engine import attention as attention_mod
+from fploopd.engine.attention import attention_candidates, fa4_would_help
+from fploopd.engine.blocks import joint_out, linear_gelu
+from fploopd.engine.compile import guarded
+from fploopd.engine.forward import TransformerRunner, teacache_rescale
+from fploopd.engine.fp8 import fp8_linears
+from fploopd.engine.options import RunnerOptions
+from fploopd.engine.vae_accel import VaeAccel
+from fploopd.engine.weights import PreparedWeights
+
+SDPA = RunnerOptions(attention="sdpa")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +42,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_equals_diffusers_forward(model: torch.nn.Module) -> None:
-    runner = TransformerRunner(model, attention="sdpa", compile=False, fp8=False)
+    runner = TransformerRunner(model, RunnerOptions(attention="sdpa", compile=False, fp8=False))
     runner.reset(2)
     for seed in (0, 1):  # fresh inputs each time; the second call also exercises the caches
         kwargs = _inputs(seed)
@@ -44,7 +54,7 @@ def test_equals_diffusers_forward(model: torch.nn.Module) -> None:
 
 
 def test_cached_rope_and_history_reused(model: torch.nn.Module) -> None:
-    runner = TransformerRunner(model, attention="sdpa")
+    runner = TransformerRunner(model, SDPA)
     kwargs = _inputs(3)
     runner.reset(3)
     first = runner(**kwargs)
@@ -69,7 +79,7 @@ def test_batch_two_with_different_text_lengths(model: torch.nn.Module) -> None:
     batched["timestep"] = torch.cat([a["timestep"], b["timestep"]])
     batched["guidance"] = torch.cat([a["guidance"], b["guidance"]])
     ref = _stock(model, batched)
-    out = TransformerRunner(model, attention="sdpa")(**batched)
+    out = TransformerRunner(model, SDPA)(**batched)
     assert _rel(out, ref) < 2e-6
 
 
@@ -85,7 +95,7 @@ def _run_section(runner: TransformerRunner, steps: int) -> None:
 
 def test_teacache_high_threshold_skips_but_computes_first_and_last(model: torch.nn.Module) -> None:
     steps = 6
-    runner = TransformerRunner(model, attention="sdpa", teacache_threshold=1e9)
+    runner = TransformerRunner(model, SDPA.with_teacache(1e9))
     blocks = len(model.transformer_blocks) + len(model.single_transformer_blocks)
     _run_section(runner, steps)
     computed = [c for _, _, c in runner.stats.history]
@@ -100,7 +110,7 @@ def test_teacache_high_threshold_skips_but_computes_first_and_last(model: torch.
 
 def test_teacache_zero_threshold_skips_nothing(model: torch.nn.Module) -> None:
     for threshold in (0.0, None):
-        runner = TransformerRunner(model, attention="sdpa", teacache_threshold=threshold)
+        runner = TransformerRunner(model, SDPA.with_teacache(threshold))
         _run_section(runner, 5)
         assert runner.stats.skipped == 0
         assert runner.stats.computed == 5
@@ -108,7 +118,7 @@ def test_teacache_zero_threshold_skips_nothing(model: torch.nn.Module) -> None:
 
 
 def test_teacache_skip_reuses_residual_and_branches_are_separate(model: torch.nn.Module) -> None:
-    runner = TransformerRunner(model, attention="sdpa", teacache_threshold=1e9)
+    runner = TransformerRunner(model, SDPA.with_teacache(1e9))
     kwargs = _inputs(7)
     runner.reset(3)
     ref = runner(**kwargs, branch="pos")
@@ -128,52 +138,83 @@ def test_teacache_polynomial_matches_numpy_order() -> None:
     assert teacache_rescale(x) == pytest.approx(expected)
 
 
+def _attributes(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Every module's own attribute names: what preparing weights must leave as it was."""
+    return {name: sorted(vars(mod)) for name, mod in model.named_modules()}
+
+
 def test_fp8_linears_close_to_bf16(model: torch.nn.Module) -> None:
     kwargs = _inputs(8)
     ref = _stock(model, kwargs)
-    n = accel.quantize_fp8(model)
+    before = _attributes(model)
+    weights = PreparedWeights(model)
+    n = weights.quantize_fp8()
     try:
-        assert n == len(accel.fp8_linears(model)) > 0
-        out = TransformerRunner(model, attention="sdpa", fp8=True)(**kwargs)
+        assert n == len(fp8_linears(model)) > 0
+        assert _attributes(model) == before  # the FP8 weights live in the PreparedWeights
+        out = TransformerRunner(model, SDPA.replace(fp8=True), weights=weights)(**kwargs)
         dev = ((out - ref).norm() / ref.norm()).item()
         assert 0 < dev < 0.15  # e4m3 rounding through 4 blocks; finite and close
     finally:
-        accel.remove_fp8(model)
-    assert _rel(TransformerRunner(model, attention="sdpa")(**kwargs), ref) < 2e-6
+        weights.remove_fp8()
+    assert _rel(TransformerRunner(model, SDPA, weights=weights)(**kwargs), ref) < 2e-6
+    assert _attributes(model) == before
 
 
 def test_fused_projections_same_function(model: torch.nn.Module) -> None:
     kwargs = _inputs(11)
     ref = _stock(model, kwargs)
-    assert accel.fuse_projections(model) == 2 * len(model.transformer_blocks) + len(model.single_transformer_blocks)
+    before = _attributes(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = PreparedWeights(model)
+    assert weights.fuse() == 2 * len(model.transformer_blocks) + len(model.single_transformer_blocks)
     try:
-        assert _rel(TransformerRunner(model, attention="sdpa")(**kwargs), ref) < 2e-6
+        assert _rel(TransformerRunner(model, SDPA, weights=weights)(**kwargs), ref) < 2e-6
         assert _rel(_stock(model, kwargs), ref) < 1e-7  # the stock forward sees the same weights (views)
         for granularity in ("row", "tensor"):
-            accel.quantize_fp8(model, granularity)
-            out = TransformerRunner(model, attention="sdpa", fp8=True)(**kwargs)
+            weights.quantize_fp8(granularity)
+            out = TransformerRunner(model, SDPA.replace(fp8=True), weights=weights)(**kwargs)
             assert 0 < ((out - ref).norm() / ref.norm()).item() < 0.15
-            accel.remove_fp8(model)
+            weights.remove_fp8()
     finally:
-        accel.unfuse_projections(model)
-    assert _rel(TransformerRunner(model, attention="sdpa")(**kwargs), ref) < 2e-6
+        weights.unfuse()
+    assert _rel(TransformerRunner(model, SDPA, weights=weights)(**kwargs), ref) < 2e-6
+    assert _attributes(model) == before
+    after = model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
+
+
+def test_weights_of_another_transformer_are_refused(model: torch.nn.Module) -> None:
+    other = build_transformer("tiny", "cpu", torch.float32, seed=7)
+    with pytest.raises(ValueError, match="another transformer"):
+        TransformerRunner(model, SDPA, weights=PreparedWeights(other))
 
 
 def test_optimize_on_cpu_records_choices(model: torch.nn.Module) -> None:
-    applied = accel.optimize(model, device="cpu")
-    try:
-        assert applied["attention"] == "sdpa" and applied["compile"] is False and applied["fp8"] is False
-        runner = TransformerRunner(model)
-        assert (runner.attention, runner.compile, runner.fp8) == ("sdpa", False, False)
-    finally:
-        delattr(model, "_fploopd_accel")
+    before = _attributes(model)
+    acc = accel.optimize(model, device="cpu")
+    applied = acc.applied
+    assert applied["attention"] == "sdpa" and applied["compile"] is False and applied["fp8"] is False
+    runner = TransformerRunner(model, acc.options, weights=acc.weights)
+    assert (runner.options.attention, runner.options.compile, runner.options.fp8) == ("sdpa", False, False)
+    assert _attributes(model) == before  # nothing recorded on the modules
+
+
+def test_runner_options_are_checked_and_frozen() -> None:
+    with pytest.raises(ValueError, match="attention must be one of"):
+        RunnerOptions(attention="auto")
+    opts = RunnerOptions()
+    with pytest.raises(AttributeError):
+        opts.fp8 = True  # type: ignore[misc]
+    assert opts.with_teacache(0.0).teacache_threshold is None  # 0 and None both mean off
+    assert opts.with_teacache(0.15).teacache_threshold == 0.15 and opts.teacache_threshold is None
 
 
 @pytest.mark.skipif(not os.environ.get("FPLOOPD_TEST_COMPILE"), reason="slow: set FPLOOPD_TEST_COMPILE=1")
 def test_compiled_blocks_match(model: torch.nn.Module) -> None:
     kwargs = _inputs(9)
     ref = _stock(model, kwargs)
-    runner = TransformerRunner(model, attention="sdpa", compile=True)
+    runner = TransformerRunner(model, RunnerOptions(attention="sdpa", compile=True))
     assert _rel(runner(**kwargs), ref) < 1e-5
     assert _rel(runner(**_inputs(10)), _stock(model, _inputs(10))) < 1e-5
 
@@ -186,10 +227,10 @@ def test_fp8_attention_plumbing(model: torch.nn.Module, monkeypatch: pytest.Monk
         o = attention(q8.float() * dq, k8.float() * dk, v8.float() * dv, "math")
         return torch.clamp(o / dv, -448, 448).to(torch.float8_e4m3fn)
 
-    monkeypatch.setattr(accel, "sdpa_fp8", reference_sdpa_fp8)
+    monkeypatch.setattr(attention_mod, "sdpa_fp8", reference_sdpa_fp8)
     kwargs = _inputs(12)
     ref = _stock(model, kwargs)
-    out = TransformerRunner(model, attention="cudnn_fp8")(**kwargs)
+    out = TransformerRunner(model, RunnerOptions(attention="cudnn_fp8"))(**kwargs)
     assert 0 < ((out - ref).norm() / ref.norm()).item() < 0.15
 
 
@@ -201,26 +242,28 @@ def test_diffusers_group_offloading_falls_back_to_stock() -> None:
     ref = _stock(hooked, kwargs)
     apply_group_offloading(hooked, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
                            offload_type="block_level", num_blocks_per_group=1)
-    runner = TransformerRunner(hooked, attention="sdpa", teacache_threshold=0.15)
+    runner = TransformerRunner(hooked, SDPA.with_teacache(0.15))
     runner.reset(2)
     assert _rel(runner(**kwargs), ref) < 1e-6
     assert runner.stats.block_calls == 0  # the stock forward ran
 
 
 def test_attention_candidates_name_fa4_only_where_it_can_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert accel.attention_candidates(torch.device("cpu")) == ["sdpa"]
-    assert not accel.fa4_would_help("cpu")
+    assert attention_candidates(torch.device("cpu")) == ["sdpa"]
+    assert not fa4_would_help("cpu")
     installed = {"flash_attn.cute"}
-    monkeypatch.setattr(accel, "_has_module", lambda name: name in installed)
-    names = accel.attention_candidates(torch.device("cuda"))
+    monkeypatch.setattr(attention_mod, "_has_module", lambda name: name in installed)
+    names = attention_candidates(torch.device("cuda"))
     assert "fa4" in names and "flash_attn" not in names  # FA4's namespace package is not FA2/FA3
     installed.add("flash_attn_interface")
-    assert {"fa4", "flash_attn"} <= set(accel.attention_candidates(torch.device("cuda")))
+    assert {"fa4", "flash_attn"} <= set(attention_candidates(torch.device("cuda")))
+    assert attention_candidates(torch.device("cuda"))[:4] == ["cudnn", "flash", "efficient", "sdpa"]
+    assert "sage" not in names  # lossy: only when asked for
 
 
 def test_has_module_is_false_for_a_dotted_name_without_its_parent() -> None:
-    assert accel._has_module("torch.nn")
-    assert not accel._has_module("no_such_package_fploopd.cute")
+    assert attention_mod._has_module("torch.nn")
+    assert not attention_mod._has_module("no_such_package_fploopd.cute")
 
 
 def test_guarded_compile_falls_back_to_eager_for_good() -> None:
@@ -234,11 +277,11 @@ def test_guarded_compile_falls_back_to_eager_for_good() -> None:
         calls.append("compiled")
         raise RuntimeError("inductor could not lower this shape")
 
-    fn = accel._guarded(eager, broken, "test module")
+    fn = guarded(eager, broken, "test module")
     assert fn(1) == 2 and fn(2) == 3
     assert calls == ["compiled", "eager", "eager"]  # the broken path is tried once, then left alone
 
-    working = accel._guarded(eager, lambda x: x * 10, "test module")
+    working = guarded(eager, lambda x: x * 10, "test module")
     assert working(3) == 30
 
 
@@ -249,10 +292,11 @@ def test_optimize_vae_is_a_no_op_on_cpu() -> None:
     z = torch.randn(1, vae.config.latent_channels, 2, 4, 4, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = vae.decode(z).sample
-        assert accel.optimize_vae(vae, "cpu", compile=True) == {"compile": False}
+        vae_accel = VaeAccel(vae)
+        assert vae_accel.apply("cpu", compile=True) == {"compile": False}
         assert "forward" not in vae.decoder.__dict__
         assert torch.equal(vae.decode(z).sample, ref)
-        accel.restore_vae(vae)
+        vae_accel.restore()
         assert torch.equal(vae.decode(z).sample, ref)
 
 
@@ -261,7 +305,7 @@ def test_linear_gelu_is_the_tanh_gelu_on_cpu() -> None:
     torch.manual_seed(0)
     lin, x = torch.nn.Linear(16, 24), torch.randn(2, 5, 16) * 3
     with torch.no_grad():
-        out = linear_gelu(lin, x, fp8=False)
+        out = linear_gelu(lin, x)
         tanh = torch.nn.functional.gelu(lin(x), approximate="tanh")
         erf = torch.nn.functional.gelu(lin(x))
     assert out.shape == (2, 5, 24)
@@ -269,14 +313,13 @@ def test_linear_gelu_is_the_tanh_gelu_on_cpu() -> None:
     assert (tanh - erf).abs().max() > 1e-4  # the two GELUs differ at these inputs
 
 
-def test_joint_out_equals_the_projection_of_the_concat(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_joint_out_equals_the_projection_of_the_concat() -> None:
     torch.manual_seed(0)
     lin, a, m = torch.nn.Linear(8 + 32, 8), torch.randn(2, 7, 8), torch.randn(2, 7, 32)
     with torch.no_grad():
         ref = lin(torch.cat([a, m], dim=-1))
-        split = joint_out(lin, a, m, fp8=False)
-        monkeypatch.setattr(forward, "GELU_EPILOGUE", False)
-        whole = joint_out(lin, a, m, fp8=False)
+        split = joint_out(lin, a, m)
+        whole = joint_out(lin, a, m, epilogue=False)
     assert split.shape == ref.shape == (2, 7, 8)
     assert _rel(split, ref) < 1e-6
     assert torch.equal(whole, ref)

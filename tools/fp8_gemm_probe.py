@@ -1,5 +1,5 @@
 """The transformer's GEMM shapes at the 640 bucket: cuBLAS bf16 against ``torch._scaled_mm`` in e4m3
-with row-wise scales (what ``accel.quantize_fp8`` uses) and with tensor-wise scales, GEMM alone
+with row-wise scales (what ``PreparedWeights.quantize_fp8`` uses) and with tensor-wise scales, GEMM alone
 (operands already quantised). Prints each shape's TFLOP/s and the per-forward total in ms.
 Usage: ``python3 tools/fp8_gemm_probe.py [--out F.json]``.
 """

@@ -1,4 +1,4 @@
-"""A/B of ``forward.GELU_EPILOGUE`` on the full-size transformer (random weights, 640 bucket):
+"""A/B of ``RunnerOptions.gelu_epilogue`` on the full-size transformer (random weights, 640 bucket):
 the compiled bf16 forward with the MLP GELU as a cuBLASLt epilogue and the single blocks' out
 projection split in two (no concat), against the same forward with a separate GELU pass and the
 concat; diffusers' stock forward as the baseline, in the same run. Rounds alternate A and B so
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fploopd.bench import inputs, models
 from fploopd.bench.report import kernel_family
 from fploopd.bench.timing import deviation, measure
-from fploopd.engine import forward
 from fploopd.engine.forward import TransformerRunner
+from fploopd.engine.options import RunnerOptions
 
 
 def top_kernels(fn, n: int = 12) -> list[list]:
@@ -49,21 +49,20 @@ def main() -> int:
     dev = torch.device("cuda")
     t = models.build_transformer("full", dev, torch.bfloat16)
     kw = inputs.section_kwargs(inputs.full_spec(), dev, torch.bfloat16, seed=0)
-    runner = TransformerRunner(t, attention=args.attention, compile=True)
+    options = RunnerOptions(attention=args.attention, compile=True)
+    runners = {flag: TransformerRunner(t, options.replace(gelu_epilogue=flag)) for flag in (False, True)}
     with torch.inference_mode():
         base = measure(lambda: t(**kw, return_dict=False)[0], dev, repeats=5, warmup=1)
         times: dict[str, list[float]] = {"separate": [], "epilogue": []}
         outs, profiles = {}, {}
         for r in range(args.rounds):
             for name, flag in (("separate", False), ("epilogue", True)):
-                forward.GELU_EPILOGUE = flag
-                m = measure(lambda: runner(**kw), dev, repeats=5, warmup=1 if r else 2)
+                m = measure(lambda f=flag: runners[f](**kw), dev, repeats=5, warmup=1 if r else 2)
                 times[name] += m.times
                 outs[name] = m.value
                 print(name, r, [round(x, 4) for x in m.times], flush=True)
         for name, flag in (("separate", False), ("epilogue", True)):
-            forward.GELU_EPILOGUE = flag
-            profiles[name] = top_kernels(lambda: runner(**kw))
+            profiles[name] = top_kernels(lambda f=flag: runners[f](**kw))
     b = statistics.median(base.times)
     doc = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "attention": args.attention,
            "baseline_s": b, "results": {}}

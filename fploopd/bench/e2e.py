@@ -46,11 +46,11 @@ def run_e2e(bench: Bench) -> None:
     """A loop job through ``run_job``, image file in, mp4 files out: its wall time.
 
     Full size: main 1, connection 1, 25 steps, 640 bucket, with what ``load_components`` applies
-    on a GPU (``accel.optimize``). Tiny: the tiny family from disk, a few steps at 64 px."""
+    on a GPU (``components.accelerate``). Tiny: the tiny family from disk, a few steps at 64 px."""
     import numpy as np
     from PIL import Image
 
-    from fploopd.engine import accel
+    from fploopd.engine.components import accelerate
     from fploopd.pipelines import run_job
     from fploopd.spec import JobSpec
 
@@ -59,14 +59,14 @@ def run_e2e(bench: Bench) -> None:
         bench._ensure_transformer()
         bench._ensure_vae()
         t = bench.st.transformer
-        accel.unfuse_projections(t)
-        accel.remove_fp8(t)
+        weights = bench.weights()
+        weights.unfuse()
+        weights.remove_fp8()
         bench.st.fused, bench.st.fp8_granularity = False, None
         comps = models.random_components(t, bench.st.vae, dev)
         if dev.type == "cuda":  # what a daemon worker applies (load_components, high mode)
-            comps.accel = accel.optimize(t, device=dev)
             comps.compile_vae = True
-            comps.accel["vae"] = accel.optimize_vae(comps.vae, dev)
+            accelerate(comps, weights=weights, vae_accel=bench.vae_accel())
         spec = JobSpec(prompt="a lighthouse in a storm, waves crashing", pipeline="loop", resolution=640,
                        main_sections=1, connection_sections=1, steps=25, loop_count=3, seed=31337)  # fmt: skip
     else:

@@ -7,7 +7,7 @@ after every stage so an interrupted run keeps what it measured):
 - ``transformer``: one forward, diffusers' stock code (baseline) against our runner, eager and
   compiled, per attention kernel, bf16 and FP8, with deviations from the baseline's output;
 - ``vae``: VAE encode of the start image, decode of one section (2 windows, as FramePack's soft
-  append decodes), stock against ``accel.optimize_vae``;
+  append decodes), stock against ``vae_accel.VaeAccel``;
 - ``section``: a 25-step section through ``engine.sections.sample_section`` (FramePack's UniPC) plus
   its decode: baseline (stock forward + stock decode) against ours (bf16, FP8, TeaCache);
 - ``lowvram``: our section with the blocks streamed from pinned host memory, the process held to
@@ -85,8 +85,10 @@ class State:
     best_fp8_attn: dict[str, Any] | None = None
     section_latents: dict[str, torch.Tensor] = field(default_factory=dict)
     applied: dict[str, Any] = field(default_factory=dict)
-    fused: bool = False  # model state: projections fused
-    fp8_granularity: str | None = None  # model state: FP8 weights present, of this granularity
+    weights: Any = None  # the transformer's PreparedWeights (fused projections, FP8)
+    vae_accel: Any = None  # the VAE's VaeAccel (its compiled decoder is made once)
+    fused: bool = False  # weights state: projections fused
+    fp8_granularity: str | None = None  # weights state: FP8 weights present, of this granularity
 
 
 class Bench:
@@ -225,26 +227,44 @@ class Bench:
             sync(self.device)
             self.record("load.vae_random_build", Measurement([time.perf_counter() - t0], peak_gib(self.device)))
 
-    def _runner(self, **opts: Any) -> Any:
-        """A runner for ``opts``; model-level options (``fuse``, ``fp8_granularity``) are applied to
-        the shared transformer first."""
-        from fploopd.engine import accel
-        from fploopd.engine.forward import TransformerRunner
+    def weights(self) -> Any:
+        """The shared transformer's ``PreparedWeights``, made on first use."""
+        from fploopd.engine.weights import PreparedWeights
 
-        t = self.st.transformer
+        if self.st.weights is None:
+            self.st.weights = PreparedWeights(self.st.transformer)
+        return self.st.weights
+
+    def vae_accel(self) -> Any:
+        """The shared VAE's ``VaeAccel``, made on first use."""
+        from fploopd.engine.vae_accel import VaeAccel
+
+        if self.st.vae_accel is None:
+            self.st.vae_accel = VaeAccel(self.st.vae)
+        return self.st.vae_accel
+
+    def _runner(self, **opts: Any) -> Any:
+        """A runner for ``opts``; weight-level options (``fuse``, ``fp8_granularity``) are prepared in
+        the shared transformer's weights first; ``offloader`` goes to the runner; the rest are its
+        ``RunnerOptions``."""
+        from fploopd.engine.forward import TransformerRunner
+        from fploopd.engine.options import RunnerOptions
+
+        t, weights = self.st.transformer, self.weights()
         opts = dict(opts)
         fuse, granularity = bool(opts.pop("fuse", False)), opts.pop("fp8_granularity", "row")
+        offloader = opts.pop("offloader", None)
         if fuse != self.st.fused:
-            (accel.fuse_projections if fuse else accel.unfuse_projections)(t)
+            weights.fuse() if fuse else weights.unfuse()
             self.st.fused, self.st.fp8_granularity = fuse, None
         if opts.get("fp8") and self.st.fp8_granularity != granularity:
             t0 = time.perf_counter()
-            n = accel.quantize_fp8(t, granularity)
+            n = weights.quantize_fp8(granularity)
             sync(self.device)
             self.record(f"load.fp8_quantize_{granularity}", Measurement([time.perf_counter() - t0], peak_gib(self.device)),
                         linears=n)
             self.st.fp8_granularity = granularity
-        return TransformerRunner(t, **opts)
+        return TransformerRunner(t, RunnerOptions(**opts), weights=weights, offloader=offloader)
 
     # -- stages -----------------------------------------------------------------------------------------
 
@@ -285,6 +305,8 @@ class Bench:
 
     def stage_transformer(self) -> None:
         from fploopd.engine import accel
+        from fploopd.engine.attention import cudnn_fp8_available, fa4_would_help
+        from fploopd.engine.fp8 import fp8_supported
 
         self._ensure_transformer()
         t, kw, dev = self.st.transformer, self.st.kwargs, self.device
@@ -298,10 +320,9 @@ class Bench:
 
         # What optimize() would pick on this device (attention timed; compile if Triton is there).
         applied = accel.optimize(t, device=dev, compile=self.cfg.compile, fp8=False, fuse=False,
-                                 attention=self.cfg.attention)
-        delattr(t, "_fploopd_accel")
+                                 attention=self.cfg.attention).applied
         self.st.applied = {k: v for k, v in applied.items() if k != "notes"}
-        if accel.fa4_would_help(dev) and "fa4" not in applied.get("attention_ms", {}):
+        if fa4_would_help(dev) and "fa4" not in applied.get("attention_ms", {}):
             self.notes.append("flash-attn-4 is not installed: FlashAttention 4 was not timed (pip install "
                               "'fploopd[fa4]'; on an H200 it made the compiled forward 0.71x instead of about 0.77x)")
             logger.warning("bench: {}", self.notes[-1])
@@ -316,7 +337,7 @@ class Bench:
         best = self._run_forward_variants(bf16)
         self.st.best_bf16 = best
 
-        fp8_ok = self.cfg.fp8 is not False and (accel.fp8_supported(dev) or dev.type == "cpu")
+        fp8_ok = self.cfg.fp8 is not False and (fp8_supported(dev) or dev.type == "cpu")
         if fp8_ok and best is not None:
             fuse = bool(best.get("fuse"))
             tag = f"forward.ours_{mode}_{attn}{'_fused' if fuse else ''}_fp8"
@@ -325,7 +346,7 @@ class Bench:
             if dev.type == "cuda" and importlib.util.find_spec("sageattention"):
                 fp8.append((tag.replace(f"_{attn}", "_sage"), dict(best, attention="sage", fp8=True, fp8_granularity="row")))
             self.st.best_fp8 = self._run_forward_variants(fp8)
-            if dev.type == "cuda" and accel.cudnn_fp8_available():
+            if dev.type == "cuda" and cudnn_fp8_available():
                 # FP8 attention (cuDNN) on top: lossy, kept apart from the FP8-linears figure.
                 fp8_attn = dict(best, attention="cudnn_fp8", fp8=True, fp8_granularity="row")
                 self.st.best_fp8_attn = self._run_forward_variants(
@@ -394,8 +415,6 @@ class Bench:
         return out
 
     def stage_vae(self) -> None:
-        from fploopd.engine import accel
-
         self._ensure_vae()
         vae, dev, spec = self.st.vae, self.device, self.st.spec or self._spec()
         reps, warm = self._reps()
@@ -411,12 +430,12 @@ class Bench:
             self.record("vae.decode_section.baseline", base, baseline="vae.decode_section.baseline",
                         frames=int(base.value.shape[2]), note="stock diffusers decode, cudnn.benchmark off")
             t0 = time.perf_counter()
-            applied = accel.optimize_vae(vae, dev, compile=self.cfg.compile)
+            applied = self.vae_accel().apply(dev, compile=self.cfg.compile)
             _ = vae.decode(latents).sample  # first decode: compiles (reported, not timed)
             sync(dev)
             first = time.perf_counter() - t0
             ours = measure(lambda: vae.decode(latents).sample, dev, repeats=max(1, reps // 2), warmup=1)
-            accel.restore_vae(vae)
+            self.vae_accel().restore()
             self.record("vae.decode_section.ours", ours, baseline="vae.decode_section.baseline",
                         dev=deviation(ours.value, base.value), applied=applied, first_call_s=first,
                         note="compiled decoder, channels-last weights" if applied["compile"] else "stock decode")
@@ -429,9 +448,8 @@ class Bench:
 
     def _section(self, model: Any, *, optimized_decode: bool) -> torch.Tensor:
         """One 25-step section with FramePack's sampler plus the decode of its two windows (stock,
-        or as ``accel.optimize_vae`` makes it)."""
+        or as ``VaeAccel`` makes it)."""
         from fploopd.core.plan import inverted_section
-        from fploopd.engine import accel
         from fploopd.engine.denoiser import Guidance
         from fploopd.engine.sections import Conditioning, SectionContext, sample_section
 
@@ -451,34 +469,32 @@ class Bench:
         )
         vae = self.st.vae
         if optimized_decode:
-            accel.optimize_vae(vae, self.device, compile=self.cfg.compile)
+            self.vae_accel().apply(self.device, compile=self.cfg.compile)
         z = torch.cat([latents, kw["latents_history_4x"][:, :, : spec.window].float().cpu()], dim=2)
         z = (z / vae.config.scaling_factor).to(self.device, vae.dtype)
         with torch.inference_mode():
             _ = vae.decode(z).sample
-        accel.restore_vae(vae)
+        self.vae_accel().restore()
         return latents
 
     def _warm_section(self, model: Any, *, optimized_decode: bool) -> None:
         """One forward and one decode of the section's shapes, untimed: compiling and kernel plans
         stay out of the single timed section also when this stage runs alone (``--stages section``)."""
-        from fploopd.engine import accel
-
         spec, vae = self.st.spec, self.st.vae
         model.reset(self.cfg.steps)
         with torch.inference_mode():
             model(**self.st.kwargs)
             if optimized_decode:
-                accel.optimize_vae(vae, self.device, compile=self.cfg.compile)
+                self.vae_accel().apply(self.device, compile=self.cfg.compile)
             z = torch.randn((1, 16, 2 * spec.window, spec.latent_h, spec.latent_w), generator=torch.Generator().manual_seed(2))
             _ = vae.decode(z.to(self.device, vae.dtype)).sample
-            accel.restore_vae(vae)
+            self.vae_accel().restore()
         sync(self.device)
 
     def stage_section(self) -> None:
-        from fploopd.engine import accel
         from fploopd.engine.denoiser import StockTransformer
         from fploopd.engine.forward import RunnerStats
+        from fploopd.engine.fp8 import fp8_supported
 
         self._ensure_transformer()
         self._ensure_vae()
@@ -495,7 +511,7 @@ class Bench:
             ("section.ours_bf16", dict(best, fp8=False)),
             ("section.ours_bf16_teacache", dict(best, fp8=False, teacache_threshold=self.cfg.teacache)),
         ]
-        if self.st.best_fp8 is None and self.cfg.fp8 is not False and (accel.fp8_supported(dev) or dev.type == "cpu"):
+        if self.st.best_fp8 is None and self.cfg.fp8 is not False and (fp8_supported(dev) or dev.type == "cpu"):
             self.st.best_fp8 = dict(best, fp8=True, fp8_granularity="row")
         if self.st.best_fp8 is not None:
             variants.append(("section.ours_fp8", dict(self.st.best_fp8)))
@@ -516,7 +532,7 @@ class Bench:
             free(dev)
 
     def stage_lowvram(self) -> None:
-        from fploopd.engine import accel
+        from fploopd.engine.streaming import enable_low_vram
 
         dev = self.device
         if dev.type != "cuda":
@@ -525,7 +541,7 @@ class Bench:
         self._ensure_transformer()
         self._ensure_vae()
         t = self.st.transformer
-        accel.remove_fp8(t)
+        self.weights().remove_fp8()
         self.st.fp8_granularity = None
         self.st.baseline_out = None
         free(dev)
@@ -542,7 +558,7 @@ class Bench:
             del runner, m
             free(dev)
         t0 = time.perf_counter()
-        streamer = accel.enable_low_vram(t, dev, prefetch=2)
+        streamer = enable_low_vram(t, dev, prefetch=2, weights=self.weights())
         sync(dev)
         free(dev)
         setup = time.perf_counter() - t0
@@ -576,8 +592,9 @@ class Bench:
             from fploopd.engine import accel
 
             t = self.st.transformer
-            applied = accel.optimize(t, device=self.device, compile=self.cfg.compile, fp8=False, attention=self.cfg.attention)
-            delattr(t, "_fploopd_accel")
+            applied = accel.optimize(
+                t, device=self.device, compile=self.cfg.compile, fp8=False, attention=self.cfg.attention
+            ).applied
             self.st.applied = self.st.applied or {k: v for k, v in applied.items() if k != "notes"}
             self.st.best_bf16 = {"attention": applied["attention"], "compile": applied["compile"]}
         return self.st.best_bf16

@@ -27,7 +27,13 @@ from typing import Any
 import torch
 from loguru import logger
 
+from fploopd.engine.accel import optimize
+from fploopd.engine.forward import TransformerRunner
+from fploopd.engine.options import RunnerOptions
 from fploopd.engine.sources import COMPONENTS, ModelPaths
+from fploopd.engine.streaming import BlockStreamer, enable_low_vram
+from fploopd.engine.vae_accel import VaeAccel
+from fploopd.engine.weights import PreparedWeights
 from fploopd.errors import FploopdError, ModelError
 
 GB = 10**9
@@ -42,7 +48,7 @@ HIGH_VRAM_FACTOR = 1.4
 VRAM_MODES = ("auto", "high", "low")
 VARIANTS = ("i2v", "f1")
 # Components that low mode group-offloads; the others move whole (on_device).
-GROUP_OFFLOADED = ("text_encoder",)  # the transformer streams through accel instead
+GROUP_OFFLOADED = ("text_encoder",)  # the transformer streams through streaming.BlockStreamer instead
 MODEL_NAMES = ("transformer", "text_encoder", "text_encoder_2", "vae", "image_encoder")
 _HASH_CONTENT_MAX = 1 << 20  # files up to 1 MiB are hashed whole; bigger ones by name and size
 _BLOB = re.compile(r"^[0-9a-f]{64}$")
@@ -65,11 +71,16 @@ class Components:
     identity: dict[str, Any]
     variant: str = "i2v"
     offloaded: frozenset[str] = field(default_factory=frozenset)  # names under group-offload hooks
-    # Low mode: streams the transformer's blocks from pinned host memory (accel.BlockStreamer).
-    streamer: Any = None
+    # Low mode: streams the transformer's blocks from pinned host memory.
+    streamer: BlockStreamer | None = None
     fp8: bool = False  # FP8 matmuls in the transformer (high mode on a GPU with FP8 tensor cores)
     compile_vae: bool = False  # compile the VAE decoder (high mode on a GPU): for long-lived workers
     accel: dict[str, Any] = field(default_factory=dict)  # what accel.optimize applied, for manifests
+    # How the transformer runs (accel.optimize's choice on a GPU; plain eager SDPA elsewhere) and
+    # the weights prepared for it (fused projections, FP8), owned here rather than by the modules.
+    runner_options: RunnerOptions = field(default_factory=RunnerOptions)
+    weights: PreparedWeights | None = None
+    vae_accel: VaeAccel | None = None  # the VAE decoder's compile, switched on in high mode on a GPU
     # Prompt embeddings by prompt (encode.encode_prompt): queues repeat prompts, and in low mode
     # each encode streams the 8B Llama through the GPU.
     prompt_cache: OrderedDict[str, Any] = field(default_factory=OrderedDict)
@@ -82,6 +93,16 @@ class Components:
     def dtype(self) -> torch.dtype:
         """The dtype of the text encoders, the VAE and SigLIP (fp16 on an accelerator, fp32 on CPU)."""
         return encoder_dtype(self.device)
+
+    def runner(self, *, teacache_threshold: float | None = None) -> TransformerRunner:
+        """The transformer callable for one job: this worker's options and prepared weights, the
+        job's TeaCache threshold (None or 0: off)."""
+        return TransformerRunner(
+            self.transformer,
+            self.runner_options.with_teacache(teacache_threshold),
+            weights=self.weights,
+            offloader=self.streamer,
+        )
 
     @contextlib.contextmanager
     def on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
@@ -221,27 +242,38 @@ def place(components: Components, *, use_stream: bool | None = None) -> None:
         for name in MODEL_NAMES:
             getattr(components, name).to(dev)
         if dev.type == "cuda":
-            from fploopd.engine.accel import optimize, optimize_vae
-
-            # Attention backend timed on this GPU, regional compile of the blocks (compiled lazily).
-            components.accel = optimize(components.transformer, device=dev, fp8=components.fp8)
-            components.accel["vae"] = optimize_vae(components.vae, dev, compile=components.compile_vae)
+            accelerate(components)
         return
     stream = dev.type == "cuda" if use_stream is None else use_stream
     # The transformer runs every step: its blocks stream from pinned memory, the next ones prefetched
-    # while the current computes (accel's streamer: the runner's fast path keeps working with it).
-    from fploopd.engine.accel import enable_low_vram, restore_vae
-
+    # while the current computes (the runner's fast path keeps working with it).
     if components.fp8:
         logger.info("--fp8 applies when the models stay on the GPU; low-VRAM mode streams bf16 blocks")
 
-    components.streamer = enable_low_vram(components.transformer, dev)
+    components.streamer = enable_low_vram(components.transformer, dev, weights=components.weights)
+    components.weights = None
     # The Llama runs once per prompt: pin on the fly rather than holding 16 GB pinned.
     _group_offload(components.text_encoder, dev, use_stream=stream, low_cpu_mem_usage=True)
-    restore_vae(components.vae)  # low mode keeps the stock tiled decode (a compiled one is unmeasured)
+    # Low mode keeps the stock tiled decode (a compiled one is unmeasured).
+    (components.vae_accel or VaeAccel(components.vae)).restore()
+    components.vae_accel = None
     components.vae.enable_tiling()
     components.vae.enable_slicing()
     components.offloaded = frozenset(GROUP_OFFLOADED)
+
+
+def accelerate(
+    components: Components, *, weights: PreparedWeights | None = None, vae_accel: VaeAccel | None = None
+) -> None:
+    """High mode on a GPU: the attention kernel timed on it, regional compile of the blocks
+    (compiled lazily), FP8 weights when ``components.fp8``, the VAE decoder compiled when
+    ``components.compile_vae``. ``weights`` / ``vae_accel``: ones the caller already holds for
+    these models (a compiled decoder is kept, not compiled again)."""
+    dev = components.device
+    acc = optimize(components.transformer, device=dev, fp8=components.fp8, weights=weights)
+    components.runner_options, components.weights, components.accel = acc.options, acc.weights, acc.applied
+    components.vae_accel = vae_accel if vae_accel is not None else VaeAccel(components.vae)
+    components.accel["vae"] = components.vae_accel.apply(dev, compile=components.compile_vae)
 
 
 def _group_offload(module: torch.nn.Module, device: torch.device, *, use_stream: bool, low_cpu_mem_usage: bool) -> None:
@@ -265,7 +297,7 @@ def _load(name: str, path: Path, loader: Callable[[Path], Any]) -> Any:
     start = time.perf_counter()
     try:
         obj = loader(path)
-    except Exception as exc:  # noqa: BLE001 - loaders raise many kinds (safetensors, json, torch); all mean "bad files"
+    except Exception as exc:  # loaders raise many kinds (safetensors, json, torch); all mean "bad files"
         raise ModelError(
             f"could not load {name} from {path}: {type(exc).__name__}: {exc}. The files may be damaged, partial, or "
             f"not {COMPONENTS[name].hub_path}; replace them (fploopd models shows where each was found)",
