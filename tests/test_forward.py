@@ -285,7 +285,7 @@ def test_guarded_compile_falls_back_to_eager_for_good() -> None:
     assert working(3) == 30
 
 
-def test_optimize_vae_is_a_no_op_on_cpu() -> None:
+def test_vae_accel_is_a_no_op_on_cpu() -> None:
     from fploopd.bench.models import build_vae
 
     vae = build_vae("tiny", "cpu", torch.float32)

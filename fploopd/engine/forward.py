@@ -82,7 +82,7 @@ class RunnerStats:
 
 
 @dataclass
-class _Prepared:
+class _SectionConstants:
     """Per-section constants: rope tables of the packed latent stream and the embedded history."""
 
     cos: Tensor
@@ -117,7 +117,7 @@ class TransformerRunner:
         self.weights = weights
         self.offloader = offloader
         self._cache_size = cache_size
-        self._prepared: OrderedDict[tuple, _Prepared] = OrderedDict()
+        self._prepared: OrderedDict[tuple, _SectionConstants] = OrderedDict()
         self._branches: dict[str, _BranchState] = {}
         self._host = _HostValues()
         self.num_steps: int | None = None
@@ -267,7 +267,7 @@ class TransformerRunner:
         context: dict[str, Tensor | None],
         height: int,
         width: int,
-    ) -> _Prepared:
+    ) -> _SectionConstants:
         """Rope tables and the embedded history, cached on indices, sizes and the context tensors'
         identity and version (the cache keeps the tensors alive, so their memory cannot be reused
         by new tensors while the entry exists)."""
@@ -304,13 +304,13 @@ class TransformerRunner:
             cos, sin = torch.cat([rc, cos], dim=0), torch.cat([rs, sin], dim=0)
             parts.insert(0, tokens)
         history = torch.cat(parts, dim=1) if parts else None
-        prep = _Prepared(cos=cos, sin=sin, history=history, keepalive=latents)
+        prep = _SectionConstants(cos=cos, sin=sin, history=history, keepalive=latents)
         self._prepared[key] = prep
         while len(self._prepared) > self._cache_size:
             self._prepared.popitem(last=False)
         return prep
 
-    def _blocks_with_cache(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _Prepared, branch: str) -> Tensor:
+    def _blocks_with_cache(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants, branch: str) -> Tensor:
         self.stats.forwards += 1
         if not self.teacache_threshold:
             self.stats.computed += 1
@@ -348,7 +348,7 @@ class TransformerRunner:
         state.prev_residual = out - x
         return out
 
-    def _run_blocks(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _Prepared) -> Tensor:
+    def _run_blocks(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> Tensor:
         t = self.transformer
         double_fn, single_fn = self.block_fns
         o, cos, sin, weights_of = self.options, prep.cos, prep.sin, self._block_weights
