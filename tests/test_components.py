@@ -68,6 +68,16 @@ def test_tiny_loads_with_framepack_dtypes_on_cpu(tiny_components: Any) -> None:
     assert not c.transformer.training and not c.text_encoder.training
 
 
+def test_a_jobs_runner_takes_the_workers_options_and_the_jobs_teacache(tiny_components: Any) -> None:
+    c = tiny_components
+    runner = c.runner(teacache_threshold=0.15)
+    assert runner.transformer is c.transformer and runner.weights is c.weights and runner.offloader is c.streamer
+    assert runner.options == c.runner_options.with_teacache(0.15)
+    assert runner.options.attention == "sdpa" and not runner.options.compile  # the CPU: nothing optimised
+    assert c.runner(teacache_threshold=0).teacache_threshold is None  # 0: TeaCache off
+    assert c.runner_options.teacache_threshold is None  # a job's threshold stays with its runner
+
+
 def test_every_model_runs_a_forward(tiny_components: Any) -> None:
     c = tiny_components
     with torch.no_grad():
