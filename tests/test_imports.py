@@ -131,15 +131,6 @@ def _describe(found: list[list[str]]) -> str:
     return "; ".join(" -> ".join(c) for c in found)
 
 
-# Imports of one engine module by another inside a function, in modules this change left alone:
-# sources <-> tiny <-> components would be a cycle at module level. Nothing may join this list.
-KNOWN_DEFERRED = {
-    ("fploopd.engine.sources", "fploopd.engine.tiny"),
-    ("fploopd.engine.tiny", "fploopd.engine.encode"),
-    ("fploopd.engine.tiny", "fploopd.engine.components"),
-}
-
-
 def _deferred_imports(module: str, path: Path, known: set[str]) -> set[tuple[str, str]]:
     """(module, target) for fploopd imports inside the functions of ``module``."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -173,7 +164,7 @@ def test_engine_modules_import_each_other_at_module_level() -> None:
     for name, path in modules.items():
         if name.startswith("fploopd.engine"):
             deferred |= {(m, t) for m, t in _deferred_imports(name, path, set(modules)) if t.startswith("fploopd.engine")}
-    assert deferred <= KNOWN_DEFERRED, f"engine modules imported inside functions: {sorted(deferred - KNOWN_DEFERRED)}"
+    assert not deferred, f"engine modules imported inside functions: {sorted(deferred)}"
 
 
 def test_no_import_cycle_in_fploopd() -> None:

@@ -29,8 +29,10 @@ from loguru import logger
 
 from fploopd.engine.accel import optimize
 from fploopd.engine.forward import TransformerRunner
+from fploopd.engine.layout import COMPONENTS
+from fploopd.engine.loaders import hf_loader, quiet_progress
 from fploopd.engine.options import RunnerOptions
-from fploopd.engine.sources import COMPONENTS, ModelPaths
+from fploopd.engine.sources import ModelPaths
 from fploopd.engine.streaming import BlockStreamer, enable_low_vram
 from fploopd.engine.vae_accel import VaeAccel
 from fploopd.engine.weights import PreparedWeights
@@ -207,12 +209,12 @@ def load_components(
     with quiet_progress():
         models = {
             "transformer": _load("transformer", transformer_path, _transformer_loader()),
-            "text_encoder": _load("text_encoder", paths.text_encoder, _hf_loader("LlamaModel", low)),
-            "tokenizer": _load("tokenizer", paths.tokenizer, _hf_loader("AutoTokenizer")),
-            "text_encoder_2": _load("text_encoder_2", paths.text_encoder_2, _hf_loader("CLIPTextModel", low)),
-            "tokenizer_2": _load("tokenizer_2", paths.tokenizer_2, _hf_loader("CLIPTokenizer")),
+            "text_encoder": _load("text_encoder", paths.text_encoder, hf_loader("LlamaModel", low)),
+            "tokenizer": _load("tokenizer", paths.tokenizer, hf_loader("AutoTokenizer")),
+            "text_encoder_2": _load("text_encoder_2", paths.text_encoder_2, hf_loader("CLIPTextModel", low)),
+            "tokenizer_2": _load("tokenizer_2", paths.tokenizer_2, hf_loader("CLIPTokenizer")),
             "vae": _load("vae", paths.vae, _vae_loader(low)),
-            "image_encoder": _load("image_encoder", paths.image_encoder, _hf_loader("SiglipVisionModel", low)),
+            "image_encoder": _load("image_encoder", paths.image_encoder, hf_loader("SiglipVisionModel", low)),
             "feature_extractor": _load("feature_extractor", paths.feature_extractor, _feature_extractor_loader()),
         }
     for name in MODEL_NAMES:
@@ -325,16 +327,6 @@ def _vae_loader(dtype: torch.dtype) -> Callable[[Path], Any]:
     return load
 
 
-def _hf_loader(class_name: str, dtype: torch.dtype | None = None) -> Callable[[Path], Any]:
-    def load(path: Path) -> Any:
-        import transformers
-
-        cls = getattr(transformers, class_name)
-        return cls.from_pretrained(path) if dtype is None else cls.from_pretrained(path, dtype=dtype)
-
-    return load
-
-
 def _feature_extractor_loader() -> Callable[[Path], Any]:
     def load(path: Path) -> Any:
         # FramePack preprocesses with the PIL-based SigLIP processor; transformers 5 makes the
@@ -346,24 +338,6 @@ def _feature_extractor_loader() -> Callable[[Path], Any]:
         return Processor.from_pretrained(path)
 
     return load
-
-
-@contextlib.contextmanager
-def quiet_progress() -> Iterator[None]:
-    """No diffusers/transformers progress bars inside (a bar per small file is noise); restored after."""
-    from diffusers.utils import logging as df_logging
-    from transformers.utils import logging as hf_logging
-
-    was = (df_logging.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled())
-    df_logging.disable_progress_bar()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was[0]:
-            df_logging.enable_progress_bar()
-        if was[1]:
-            hf_logging.enable_progress_bar()
 
 
 # --- identity ---------------------------------------------------------------------------------

@@ -18,55 +18,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from loguru import logger
 
+from fploopd.engine.layout import COMPONENTS, REQUIRED, Component, Kind, component_dir
+from fploopd.engine.tiny import ensure_tiny
 from fploopd.errors import ModelError
-
-Kind = Literal["model", "llama_tokenizer", "clip_tokenizer", "preprocessor"]
-
-
-@dataclass(frozen=True)
-class Component:
-    name: str
-    repo: str  # Hub repo id, "org/name"
-    subfolder: str  # "" = the repo's root
-    kind: Kind
-    optional: bool = False
-
-    @property
-    def hub_path(self) -> str:
-        return f"{self.repo}/{self.subfolder}" if self.subfolder else self.repo
-
-    @property
-    def allow_patterns(self) -> list[str]:
-        """What ``snapshot_download`` must fetch for this component, and nothing more."""
-        if self.subfolder:
-            return [f"{self.subfolder}/*"]
-        return ["config.json", "*.safetensors", "*.safetensors.index.json"]
-
-
-HUNYUAN = "hunyuanvideo-community/HunyuanVideo"
-REDUX = "lllyasviel/flux_redux_bfl"
-FRAMEPACK = "lllyasviel/FramePackI2V_HY"
-FRAMEPACK_F1 = "lllyasviel/FramePack_F1_I2V_HY_20250503"
-
-COMPONENTS: dict[str, Component] = {
-    c.name: c
-    for c in (
-        Component("transformer", FRAMEPACK, "", "model"),
-        Component("text_encoder", HUNYUAN, "text_encoder", "model"),
-        Component("tokenizer", HUNYUAN, "tokenizer", "llama_tokenizer"),
-        Component("text_encoder_2", HUNYUAN, "text_encoder_2", "model"),
-        Component("tokenizer_2", HUNYUAN, "tokenizer_2", "clip_tokenizer"),
-        Component("vae", HUNYUAN, "vae", "model"),
-        Component("image_encoder", REDUX, "image_encoder", "model"),
-        Component("feature_extractor", REDUX, "feature_extractor", "preprocessor"),
-        Component("transformer_f1", FRAMEPACK_F1, "", "model", optional=True),
-    )
-}
-REQUIRED = tuple(name for name, c in COMPONENTS.items() if not c.optional)
 
 
 @dataclass(frozen=True)
@@ -82,7 +39,7 @@ class ModelPaths:
     image_encoder: Path
     feature_extractor: Path
     transformer_f1: Path | None = None
-    source: str = ""  # e.g. "tiny (/home/u/.cache/fploopd/tiny-v1)" or "auto"
+    source: str = ""  # e.g. "tiny (/home/u/.cache/fploopd/tiny-v3)" or "auto"
     origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # (component, place label)
 
     def path(self, name: str) -> Path | None:
@@ -109,14 +66,6 @@ class Lookup:
     path: Path | None = None
     place: Place | None = None
     problems: list[str] = field(default_factory=list)  # incomplete folders seen on the way
-
-
-def component_dir(root: Path, name: str) -> Path:
-    """``<root>/<org>/<name>/<subfolder>``: where ``name`` lives in the tiny (plain) layout."""
-    c = COMPONENTS[name]
-    org, repo_name = c.repo.split("/")
-    folder = Path(root) / org / repo_name
-    return folder / c.subfolder if c.subfolder else folder
 
 
 def hf_cache_dir() -> tuple[Path, str]:
@@ -233,8 +182,6 @@ def places_for(model: str | Path, search: list[Path] | None = None) -> tuple[lis
     """The places a ``--model`` value means, and a description of the source."""
     text = str(model)
     if text == "tiny":
-        from fploopd.engine.tiny import ensure_tiny
-
         root = ensure_tiny()
         return [Place("tiny", root)], f"tiny ({root})"
     if text == "auto":

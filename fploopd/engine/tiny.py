@@ -1,7 +1,7 @@
 """The tiny model family: FramePack's architecture at toy sizes, random weights, built offline.
 
 Tests and the demo run the real loading and inference code on it, so it is saved in exactly the
-folder layouts and formats of the real weights (see ``sources.COMPONENTS``). Every build with the
+folder layouts and formats of the real weights (see ``layout.COMPONENTS``). Every build with the
 same library versions gives byte-identical files: fixed seeds, fixed configs, tokenizers trained
 deterministically from a fixed corpus. Bump ``TINY_VERSION`` whenever the files would change.
 """
@@ -23,9 +23,11 @@ from typing import Any
 
 from loguru import logger
 
-from fploopd.engine.sources import COMPONENTS, component_dir
+from fploopd.engine.layout import COMPONENTS, component_dir
+from fploopd.engine.loaders import quiet_progress
+from fploopd.engine.template import PROMPT_TEMPLATE
 
-TINY_VERSION = 2
+TINY_VERSION = 3
 TINY_DIR_NAME = f"tiny-v{TINY_VERSION}"
 MANIFEST_NAME = "fploopd-tiny.json"  # written last; its presence marks a complete family
 STALE_BUILD_S = 3600
@@ -41,8 +43,10 @@ TRANSFORMER = {
     "out_channels": 16,
     "num_attention_heads": 2,
     "attention_head_dim": 16,
-    "num_layers": 1,
-    "num_single_layers": 1,
+    # Two blocks of each kind: code that shares work between the blocks of a kind (one compiled graph
+    # per kind, streaming a block while the one before runs) meets a second block.
+    "num_layers": 2,
+    "num_single_layers": 2,
     "num_refiner_layers": 1,
     "mlp_ratio": 4.0,
     "patch_size": 2,
@@ -85,7 +89,7 @@ SEEDS = {
     "transformer_f1": 1006,
 }
 
-# The Llama tokenizer is trained on HunyuanVideo's prompt template (encode.PROMPT_TEMPLATE: so the
+# The Llama tokenizer is trained on HunyuanVideo's prompt template (template.PROMPT_TEMPLATE: so the
 # template's word tokens come out as in Llama 3 and FramePack's crop_start of 95 holds) plus a few
 # prompt words.
 EXTRA_CORPUS = (
@@ -233,8 +237,6 @@ def _llama_tokenizer() -> Any:
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ]
     )
-    from fploopd.engine.encode import PROMPT_TEMPLATE
-
     # Learn from the text between special tokens, as the real tokenizer sees it.
     specials = "|".join(re.escape(s) for s in LLAMA_SPECIALS)
     text = [part for part in re.split(specials, PROMPT_TEMPLATE.replace("{}", "") + EXTRA_CORPUS) if part]
@@ -308,8 +310,6 @@ def _bytes_to_unicode() -> dict[int, str]:
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's vocabulary order: bytes, bytes + '</w>', one token per merge, then the two specials."""
     from tokenizers import Regex, normalizers, pre_tokenizers
-
-    from fploopd.engine.encode import PROMPT_TEMPLATE
 
     norm = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
     pre = pre_tokenizers.Sequence(
@@ -463,8 +463,6 @@ def _save_transformer(folder: Path, seed: int) -> None:
 
 
 def _save_hf(model: Any, folder: Path) -> None:
-    from fploopd.engine.components import quiet_progress
-
     with quiet_progress():
         model.save_pretrained(folder)
 
