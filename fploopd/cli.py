@@ -68,24 +68,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: tuple[str, ...] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fploopd", description="Unattended FramePack loop generator.")
     parser.add_argument("--version", action="version", version=f"fploopd {__version__}")
     parser.add_argument("--log-level", default=os.environ.get("FPLOOPD_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"fploopd.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"fploopd.commands.{name}":
-                raise
-            continue  # not built yet
-        module.register(sub)
+    for name in commands:
+        importlib.import_module(f"fploopd.commands.{name}").register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, commands: tuple[str, ...] = COMMANDS) -> int:
+    """Run one command; ``commands``: the command modules to offer (and import)."""
+    parser = build_parser(commands)
     args = parser.parse_args(argv)
     from fploopd.logs import configure_logging
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from fploopd.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
 KEYS = {"median_s", "min_s", "max_s", "peak_gib", "vs_baseline", "max_abs_dev", "mean_abs_dev"}
 
 
@@ -51,3 +54,20 @@ def test_bench_e2e_alone_runs_in_process(tmp_path: Path) -> None:
     assert doc["errors"] == {}
     assert set(doc["results"]) == {"e2e.loop_job_first", "e2e.loop_job"}
     assert all("process" not in row for row in doc["results"].values())
+
+
+def test_python_m_fploopd_bench_runs_without_pyav(tmp_path: Path) -> None:
+    """``python3 -m fploopd.bench`` from the repository root, as on a GPU machine where fploopd is not
+    installed and PyAV is missing: importing ``av`` fails in this process, and the bench still runs."""
+    out = tmp_path / "bench.json"
+    argv = ["fploopd.bench", "--model", "tiny", "--device", "cpu", "--stages", "transformer", "--quick", "--out", str(out)]
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['av'] = None  # any 'import av' raises ImportError\n"
+        f"sys.argv = {argv!r}\n"
+        "runpy.run_module('fploopd.bench', run_name='__main__', alter_sys=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == {} and "forward.baseline" in doc["results"]

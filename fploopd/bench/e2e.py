@@ -25,12 +25,12 @@ def run_e2e_apart(bench: Bench) -> None:
     Those stages leave this process holding their compiled graphs and the optimised states of the
     shared models, so a loop job here is no worker's: on an H200 the warm job took 59.5 s after the
     section stage against 44.7 s in a fresh process, and its "first job" found the blocks compiled.
-    The child runs ``fploopd bench --stages e2e``; its rows come back marked ``"process": "child"``."""
+    The child runs ``python -m fploopd.bench --stages e2e``; its rows come back marked ``"process": "child"``."""
     cfg = bench.cfg
     bench.drop_models()  # the child needs the memory
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "e2e.json"
-        cmd = [sys.executable, "-m", "fploopd", "bench", "--model", cfg.model, "--device", cfg.device,
+        cmd = [sys.executable, "-m", "fploopd.bench", "--model", cfg.model, "--device", cfg.device,
                "--stages", "e2e", "--low-vram-gib", str(cfg.low_vram_gib), "--out", str(out)]  # fmt: skip
         done = subprocess.run(cmd, check=False)
         if not out.exists():
@@ -58,22 +58,18 @@ def run_e2e(bench: Bench) -> None:
     if full:
         bench._ensure_transformer()
         bench._ensure_vae()
-        t = bench.st.transformer
         weights = bench.weights()
         weights.unfuse()
         weights.remove_fp8()
         bench.st.fused, bench.st.fp8_granularity = False, None
-        comps = models.random_components(t, bench.st.vae, dev)
+        comps = models.components("full", dev, bench.st.transformer, bench.st.vae)
         if dev.type == "cuda":  # what a daemon worker applies (load_components, high mode)
             comps.compile_vae = True
             accelerate(comps, weights=weights, vae_accel=bench.vae_accel())
         spec = JobSpec(prompt="a lighthouse in a storm, waves crashing", pipeline="loop", resolution=640,
                        main_sections=1, connection_sections=1, steps=25, loop_count=3, seed=31337)  # fmt: skip
     else:
-        from fploopd.engine.components import load_components
-        from fploopd.engine.sources import resolve
-
-        comps = load_components(resolve("tiny"), device=str(dev))
+        comps = models.components("tiny", dev)
         spec = JobSpec(prompt="a lighthouse", pipeline="loop", resolution=64, window=4, main_sections=1,
                        connection_sections=1, steps=2, loop_count=3, seed=31337)  # fmt: skip
     y, x = np.mgrid[0:640, 0:640]

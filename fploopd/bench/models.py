@@ -1,7 +1,9 @@
-"""Architectures for benchmarks: the real configs, built with random weights straight on the device.
+"""The bench's models: the tiny family, or FramePack's full-size architectures with random weights.
 
 Speed does not depend on weight values, so the full-size models are made without any download:
-parameters are created in the target dtype on the target device and initialised there.
+parameters are created in the target dtype on the target device and initialised there. The tiny
+size is the tiny family (``engine/tiny.py``): its configs for a transformer or VAE built in memory,
+its files on disk, loaded by ``load_components``, where a whole model set is wanted.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import torch
 from torch import nn
 
 from fploopd.engine import tiny
+from fploopd.engine.components import Components, encoder_dtype, load_components
+from fploopd.engine.loaders import hf_loader
+from fploopd.engine.sources import resolve
 
 FULL_TRANSFORMER: dict[str, Any] = {
     "in_channels": 16,
@@ -38,22 +43,11 @@ FULL_TRANSFORMER: dict[str, Any] = {
     "has_clean_x_embedder": True,
 }
 
-TINY_TRANSFORMER: dict[str, Any] = {
-    **FULL_TRANSFORMER,
-    "num_attention_heads": 2,
-    "attention_head_dim": 16,
-    "num_layers": 2,
-    "num_single_layers": 2,
-    "num_refiner_layers": 1,
-    "text_embed_dim": 32,
-    "pooled_projection_dim": 32,
-    "image_proj_dim": 32,
-    "rope_axes_dim": (4, 6, 6),
-}
+# The tiny family's transformer config, for the tests that build it in memory.
+TINY_TRANSFORMER = tiny.TRANSFORMER
 
 # HunyuanVideo's VAE is diffusers' default AutoencoderKLHunyuanVideo config.
 FULL_VAE: dict[str, Any] = {}
-TINY_VAE: dict[str, Any] = tiny.VAE  # the tiny family's VAE: the one the CPU tests and the demo run
 
 # Llama 3 8B as HunyuanVideo's text encoder (LlamaModel), CLIP-L text, SigLIP so400m/14 at 384.
 FULL_LLAMA: dict[str, Any] = {
@@ -67,18 +61,11 @@ FULL_LLAMA: dict[str, Any] = {
     "rms_norm_eps": 1e-5,
     "rope_theta": 500000.0,
 }
-TINY_LLAMA: dict[str, Any] = {**FULL_LLAMA, "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
-                              "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2}
 FULL_CLIP: dict[str, Any] = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072,
                              "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77,
                              "projection_dim": 768}
-TINY_CLIP: dict[str, Any] = {**FULL_CLIP, "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
-                             "num_hidden_layers": 2, "num_attention_heads": 2, "projection_dim": 32,
-                             "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
 FULL_SIGLIP: dict[str, Any] = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
                                "num_attention_heads": 16, "image_size": 384, "patch_size": 14}
-TINY_SIGLIP: dict[str, Any] = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                               "num_attention_heads": 2, "image_size": 56, "patch_size": 14}
 
 
 @contextlib.contextmanager
@@ -100,6 +87,11 @@ def _finish(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Mo
     return model.eval().requires_grad_(False)
 
 
+def transformer_config(size: str) -> dict[str, Any]:
+    """``size``: "tiny" (the tiny family's) or "full"."""
+    return FULL_TRANSFORMER if size == "full" else tiny.TRANSFORMER
+
+
 def build_transformer(
     size: str, device: torch.device | str, dtype: torch.dtype, seed: int = 0
 ) -> nn.Module:
@@ -109,7 +101,7 @@ def build_transformer(
     device = torch.device(device)
     torch.manual_seed(seed)
     with _build_on(device, dtype):
-        model = HunyuanVideoFramepackTransformer3DModel(**(FULL_TRANSFORMER if size == "full" else TINY_TRANSFORMER))
+        model = HunyuanVideoFramepackTransformer3DModel(**transformer_config(size))
     return _finish(model, device, dtype)
 
 
@@ -119,56 +111,53 @@ def build_vae(size: str, device: torch.device | str, dtype: torch.dtype, seed: i
     device = torch.device(device)
     torch.manual_seed(seed)
     with _build_on(device, dtype):
-        model = AutoencoderKLHunyuanVideo(**(FULL_VAE if size == "full" else TINY_VAE))
+        model = AutoencoderKLHunyuanVideo(**(FULL_VAE if size == "full" else tiny.VAE))
     return _finish(model, device, dtype)
 
 
-def build_text_encoders(size: str, device: torch.device | str, dtype: torch.dtype, seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
-
-    device = torch.device(device)
-    torch.manual_seed(seed)
-    with _build_on(device, dtype):
-        llama = LlamaModel(LlamaConfig(**(FULL_LLAMA if size == "full" else TINY_LLAMA)))
-        clip = CLIPTextModel(CLIPTextConfig(**(FULL_CLIP if size == "full" else TINY_CLIP)))
-    return _finish(llama, device, dtype), _finish(clip, device, dtype)
+def components(size: str, device: torch.device | str, transformer: Any = None, vae: Any = None) -> Components:
+    """A whole model set: the tiny family as ``load_components`` loads it, or the full-size set with
+    random weights around ``transformer`` and ``vae`` (either may be None where a stage needs only
+    the encoders)."""
+    if size == "full":
+        return random_components(transformer, vae, device)
+    return load_components(resolve("tiny"), device=str(device))
 
 
-def build_image_encoder(size: str, device: torch.device | str, dtype: torch.dtype, seed: int = 0) -> nn.Module:
-    from transformers import SiglipVisionConfig, SiglipVisionModel
-
-    device = torch.device(device)
-    torch.manual_seed(seed)
-    with _build_on(device, dtype):
-        model = SiglipVisionModel(SiglipVisionConfig(**(FULL_SIGLIP if size == "full" else TINY_SIGLIP)))
-    return _finish(model, device, dtype)
-
-
-def random_components(transformer: nn.Module, vae: nn.Module, device: torch.device | str) -> Any:
+def random_components(transformer: Any, vae: Any, device: torch.device | str) -> Components:
     """A full-size ``Components`` with random weights around an already built transformer and VAE.
 
-    Tokenizers carry no weights: the tiny family's are used (their ids fit the full vocabularies), and
-    the SigLIP preprocessor is the real one's configuration (384 px). Speed does not depend on either.
+    Tokenizers carry no weights: the tiny family's are used (their ids fit the full vocabularies, and
+    the template's 95 tokens are cropped as from the real one's), and the SigLIP preprocessor is the
+    real one's configuration (384 px). Speed does not depend on either.
     """
-    from transformers import SiglipImageProcessor
-
-    from fploopd.engine.components import Components, _hf_loader, encoder_dtype
-    from fploopd.engine.sources import resolve
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        LlamaConfig,
+        LlamaModel,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
 
     device = torch.device(device)
     dtype = encoder_dtype(device)
-    llama, clip = build_text_encoders("full", device, dtype)
-    siglip = build_image_encoder("full", device, dtype)
-    tiny = resolve("tiny")
-    size = siglip.config.image_size
+    torch.manual_seed(0)
+    with _build_on(device, dtype):
+        llama = LlamaModel(LlamaConfig(**FULL_LLAMA))
+        clip = CLIPTextModel(CLIPTextConfig(**FULL_CLIP))
+        siglip = SiglipVisionModel(SiglipVisionConfig(**FULL_SIGLIP))
+    tiny_paths = resolve("tiny")
+    size = FULL_SIGLIP["image_size"]
     return Components(
         transformer=transformer,
-        text_encoder=llama,
-        tokenizer=_hf_loader("AutoTokenizer")(tiny.tokenizer),
-        text_encoder_2=clip,
-        tokenizer_2=_hf_loader("CLIPTokenizer")(tiny.tokenizer_2),
+        text_encoder=_finish(llama, device, dtype),
+        tokenizer=hf_loader("AutoTokenizer")(tiny_paths.tokenizer),
+        text_encoder_2=_finish(clip, device, dtype),
+        tokenizer_2=hf_loader("CLIPTokenizer")(tiny_paths.tokenizer_2),
         vae=vae,
-        image_encoder=siglip,
+        image_encoder=_finish(siglip, device, dtype),
         feature_extractor=SiglipImageProcessor(size={"height": size, "width": size}),
         device=device,
         vram="high",

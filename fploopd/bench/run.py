@@ -46,6 +46,11 @@ from fploopd.bench.timing import (
 )
 
 STAGES = ("text", "transformer", "vae", "section", "lowvram", "e2e")
+# A prompt of about FramePack's length: the Llama runs over the template and 256 padded tokens either way.
+BENCH_PROMPT = (
+    "A lighthouse on a cliff in a storm at night, waves crashing on the rocks below, rain blown sideways "
+    "by the wind, the beam sweeping slowly across low clouds, a seamless loop"
+)
 KEYS = ("median_s", "min_s", "max_s", "peak_gib", "vs_baseline", "max_abs_dev", "mean_abs_dev")
 
 
@@ -131,8 +136,8 @@ class Bench:
         self.write()  # an interrupted run keeps every figure it measured
 
     def document(self) -> dict[str, Any]:
-        spec = self.st.spec or (binputs.full_spec() if self.cfg.size == "full" else binputs.tiny_spec(models.TINY_TRANSFORMER))
-        cfg = models.FULL_TRANSFORMER if self.cfg.size == "full" else models.TINY_TRANSFORMER
+        spec = self.st.spec or self._spec()
+        cfg = models.transformer_config(self.cfg.size)
         from fploopd.engine.forward import count_flops
 
         latent_tokens, cond_tokens = binputs.token_counts(spec)
@@ -212,7 +217,7 @@ class Bench:
             label = "load.transformer_from_disk"
         sync(self.device)
         self.record(label, Measurement([time.perf_counter() - t0], peak_gib(self.device)))
-        self.st.spec = binputs.full_spec() if self.cfg.size == "full" else binputs.tiny_spec(self.st.transformer.config)
+        self.st.spec = self._spec_for(self.st.transformer.config)
         self.st.kwargs = binputs.section_kwargs(self.st.spec, self.device, self.dtype, seed=0)
 
     def drop_models(self) -> None:
@@ -269,38 +274,29 @@ class Bench:
     # -- stages -----------------------------------------------------------------------------------------
 
     def stage_text(self) -> None:
-        size, dev = self.cfg.size, self.device
+        """The prompt and the start image through ``encode``, as a job encodes them: the Llama over the
+        template and the prompt padded to 256 tokens, CLIP-L, then SigLIP on the preprocessed image."""
+        import numpy as np
+
+        from fploopd.engine.encode import encode_image, encode_prompt
+
+        dev = self.device
         t0 = time.perf_counter()
-        llama, clip = models.build_text_encoders(size, dev, self.dtype if dev.type == "cuda" else torch.float32)
+        comps = models.components(self.cfg.size, dev)
         sync(dev)
         self.record("load.text_encoders_random_build", Measurement([time.perf_counter() - t0], peak_gib(dev)))
-        g = torch.Generator().manual_seed(0)
-        # FramePack: template + prompt padded to 256 + crop_start (95) tokens; ~40 prompt tokens.
-        n_ids, n_real = (351, 135) if size == "full" else (24, 12)
-        ids = torch.randint(0, llama.config.vocab_size, (1, n_ids), generator=g).to(dev)
-        mask = torch.zeros(1, n_ids, dtype=torch.long)
-        mask[:, :n_real] = 1
-        mask = mask.to(dev)
-        clip_ids = torch.randint(0, clip.config.vocab_size, (1, 77), generator=g).to(dev)
 
-        @torch.inference_mode()
-        def encode() -> torch.Tensor:
-            hidden = llama(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-3]
-            pooled = clip(input_ids=clip_ids).pooler_output
-            return hidden[:, 95 if size == "full" else 4 : n_real], pooled
+        def encode() -> Any:
+            comps.prompt_cache.clear()  # encode_prompt remembers prompts; time the encoding
+            return encode_prompt(comps, BENCH_PROMPT)
 
         reps, warm = self._reps()
-        self.record("prompt_encode", measure(encode, dev, repeats=reps, warmup=warm))
-        llama = clip = None  # free before the next model
-        free(dev)
-
-        siglip = models.build_image_encoder(size, dev, self.dtype if dev.type == "cuda" else torch.float32)
-        px = siglip.config.image_size
-        pixels = torch.randn((1, 3, px, px), generator=g).to(dev, next(siglip.parameters()).dtype)
-        with torch.inference_mode():
-            m = measure(lambda: siglip(pixel_values=pixels).last_hidden_state, dev, repeats=reps, warmup=warm)
+        m = measure(encode, dev, repeats=reps, warmup=warm)
+        self.record("prompt_encode", m, tokens=m.value.tokens)
+        image = np.random.default_rng(0).integers(0, 256, (640, 640, 3), dtype=np.uint8)
+        m = measure(lambda: encode_image(comps, image), dev, repeats=reps, warmup=warm)
         self.record("image_encode", m, tokens=list(m.value.shape))
-        siglip = m = None
+        comps = m = None
         free(dev)
 
     def stage_transformer(self) -> None:
@@ -443,8 +439,11 @@ class Bench:
         free(dev)
 
     def _spec(self) -> binputs.InputSpec:
-        self.st.spec = binputs.full_spec() if self.cfg.size == "full" else binputs.tiny_spec(models.TINY_TRANSFORMER)
+        self.st.spec = self._spec_for(models.transformer_config(self.cfg.size))
         return self.st.spec
+
+    def _spec_for(self, config: Any) -> binputs.InputSpec:
+        return binputs.full_spec() if self.cfg.size == "full" else binputs.tiny_spec(config)
 
     def _section(self, model: Any, *, optimized_decode: bool) -> torch.Tensor:
         """One 25-step section with FramePack's sampler plus the decode of its two windows (stock,
