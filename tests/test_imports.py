@@ -6,6 +6,8 @@ engine module is deferred. (``test_pipeline_layers`` checks every import around 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from test_pipeline_layers import PACKAGE, module_name
@@ -170,3 +172,11 @@ def test_engine_modules_import_each_other_at_module_level() -> None:
 def test_no_import_cycle_in_fploopd() -> None:
     found = cycles(import_graph())
     assert not found, f"import cycles in fploopd: {_describe(found)}"
+
+
+def test_the_weight_lookup_loads_no_torch() -> None:
+    """The supervisor looks up the weights (``sources.resolve``) without loading torch, which only its
+    workers need; ``sources`` imports the tiny family's builder, so that stays light too."""
+    code = "import sys, fploopd.engine.sources; print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

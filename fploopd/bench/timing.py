@@ -69,3 +69,25 @@ def deviation(out: torch.Tensor | None, ref: torch.Tensor | None) -> tuple[float
         return None, None
     d = (out.float() - ref.float().to(out.device)).abs()
     return d.max().item(), d.mean().item()
+
+
+def kernel_ms(
+    fn: Callable[[], Any], *, repeats: int, warmup: int = 1, between: Callable[[], Any] | None = None
+) -> float:
+    """Median milliseconds of ``fn`` on the current CUDA device, each call timed between two CUDA
+    events (kernels of a few milliseconds, where a host clock around a sync would add its own
+    overhead). ``between`` runs untimed before each timed call (say GEMMs that hold the clocks at
+    what a forward runs at)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        if between is not None:
+            between()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)

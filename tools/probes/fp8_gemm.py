@@ -1,7 +1,7 @@
 """The transformer's GEMM shapes at the 640 bucket: cuBLAS bf16 against ``torch._scaled_mm`` in e4m3
 with row-wise scales (what ``PreparedWeights.quantize_fp8`` uses) and with tensor-wise scales, GEMM alone
 (operands already quantised). Prints each shape's TFLOP/s and the per-forward total in ms.
-Usage: ``python3 tools/fp8_gemm_probe.py [--out F.json]``.
+Usage: ``python3 -m tools.probes.fp8_gemm [--out F.json]``.
 """
 
 # ruff: noqa: B023 - each lambda runs inside its own loop iteration
@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from fa4_attention_probe import timed as attention_timed
+
+from fploopd.bench.timing import kernel_ms
 
 # (M, K, N, calls per forward): 20 double blocks (image stream 18,400 tokens, text 769), 40 single
 # blocks (19,169 tokens; q, k, v, the MLP in, and the joint out projection 3072 + 12288 -> 3072).
@@ -23,8 +24,8 @@ SHAPES = [(18400, 3072, 3072, 80), (18400, 3072, 12288, 20), (18400, 12288, 3072
 
 
 def timed(fn: Callable[[], object]) -> float:
-    """Median ms of ``fn`` (the attention probe's timer, with no inputs to rotate)."""
-    return attention_timed(fn, [()], 20, None)
+    """Median ms of ``fn`` over 20 calls."""
+    return kernel_ms(fn, repeats=20)
 
 
 def main() -> int:

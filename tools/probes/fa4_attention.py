@@ -2,14 +2,14 @@
 FramePack 640-bucket attention shape, on its own and between GEMMs (the clocks a forward runs at).
 
 Prints a table; with ``--out F.json`` writes the figures. Needs a Hopper GPU and flash-attn-4 with
-its CuTe DSL wheels (nvidia-cutlass-dsl). Usage: ``python3 tools/fa4_attention_probe.py``.
+its CuTe DSL wheels (nvidia-cutlass-dsl). Usage: ``python3 -m tools.probes.fa4_attention``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import statistics
 import time
 from collections.abc import Callable
 
@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from fploopd.bench.timing import kernel_ms
 
 SHAPE = (1, 18400 + 729 + 40, 24, 128)  # (B, S, H, D): FramePack's full context at 640x640
 Attn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -52,19 +54,10 @@ def rel_error(fn: Attn, seqlen: int, seed: int) -> float:
 
 def timed(fn: Attn, sets: list[tuple[Tensor, Tensor, Tensor]], reps: int, load: Callable[[], None] | None) -> float:
     """Median ms of ``fn`` over ``reps`` calls rotating input sets; ``load`` runs between calls."""
+    rotation = itertools.cycle(sets)
     for s in sets:
         fn(*s)
-    times = []
-    for i in range(reps):
-        if load is not None:
-            load()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn(*sets[i % len(sets)])
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return kernel_ms(lambda: fn(*next(rotation)), repeats=reps, warmup=0, between=load)
 
 
 def input_sets(n: int = 3) -> list[tuple[Tensor, Tensor, Tensor]]:

@@ -4,23 +4,20 @@ The full-size HunyuanVideo VAE (random weights, fp16) decodes 18 latents at the 
 ``fploopd bench``'s ``vae.decode_section`` does. Variants: stock (diffusers' framewise decode, 6
 overlapping 5-latent tiles, blended), ``torch.compile`` of the decoder, channels-last + compile, and
 one untiled pass over all 18 latents (another output: no tile blending). Usage:
-``python3 tools/vae_decode_probe.py [--out F.json]``.
+``python3 -m tools.probes.vae_decode [--out F.json]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fploopd.bench.models import build_vae  # noqa: E402
-from fploopd.bench.timing import deviation, measure, peak_gib, reset_peak  # noqa: E402
+from fploopd.bench.models import build_vae
+from fploopd.bench.timing import deviation, measure, peak_gib, reset_peak
 
 
 def families(vae: torch.nn.Module, z: torch.Tensor) -> dict[str, float]:
@@ -73,7 +70,7 @@ def main() -> int:
         return m.value
 
     with torch.inference_mode():
-        decode = lambda: vae.decode(z).sample  # noqa: E731
+        decode = lambda: vae.decode(z).sample
         ref = run("stock", decode, None)
         rows["stock"]["families_ms"] = families(vae, z)
         print("stock families", rows["stock"]["families_ms"], flush=True)

@@ -1,4 +1,4 @@
-"""An FP8 (e4m3) flash attention for Hopper in Triton, measured by ``fp8_attention_kernels_probe.py``.
+"""An FP8 (e4m3) flash attention for Hopper in Triton, measured by ``tools/probes/fp8_attention_kernels.py``.
 
 Kept as a probe, not in fploopd: it ran at 640 TFLOP/s (7.0 ms at FramePack's 640-bucket shape),
 slower than FlashAttention 4's bf16 kernel, so it did not pay (docs/perf-notes.md, variant 17).

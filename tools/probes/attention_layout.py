@@ -1,7 +1,8 @@
 """Time SDPA at FramePack's 640-bucket size for the q/k/v layouts a forward can hand it.
 
 The forward's projections write (B, S, H, D); SDPA wants (B, H, S, D). Is a strided view as fast
-as a contiguous copy for each backend? Usage: python3 tools/attention_layout_probe.py
+as a contiguous copy for each backend? Usage, from the repository root:
+``python3 -m tools.probes.attention_layout``
 """
 
 from __future__ import annotations
@@ -10,23 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from fploopd.bench.timing import kernel_ms
+
 B, S, H, D = 1, 19169, 24, 128
 FLOPS = 4 * B * H * S * S * D
-
-
-def bench(fn, reps: int = 30) -> float:
-    for _ in range(5):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def main() -> None:
@@ -58,7 +46,7 @@ def main() -> None:
                     return F.scaled_dot_product_attention(qq, kk, vv)
 
             try:
-                ms, ms_prep = bench(run), bench(run_with_prep)
+                ms, ms_prep = kernel_ms(run, repeats=30, warmup=5), kernel_ms(run_with_prep, repeats=30, warmup=5)
                 print(f"{name:38s} {backend:8s} {ms:7.3f} {FLOPS / ms / 1e9:8.1f}  prep incl. {ms_prep:7.3f}")
             except RuntimeError as exc:
                 print(f"{name:38s} {backend:8s} failed: {str(exc)[:80]}")

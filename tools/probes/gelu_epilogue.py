@@ -2,7 +2,7 @@
 the compiled bf16 forward with the MLP GELU as a cuBLASLt epilogue and the single blocks' out
 projection split in two (no concat), against the same forward with a separate GELU pass and the
 concat; diffusers' stock forward as the baseline, in the same run. Rounds alternate A and B so
-clock drift under the power cap lands on both. Usage: ``python3 tools/gelu_epilogue_probe.py
+clock drift under the power cap lands on both. Usage: ``python3 -m tools.probes.gelu_epilogue
 [--attention sdpa|fa4] [--out F.json]``.
 """
 
@@ -11,12 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fploopd.bench import inputs, models
 from fploopd.bench.report import kernel_family

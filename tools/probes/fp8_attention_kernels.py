@@ -1,13 +1,13 @@
 """FP8 attention kernels at FramePack's 640-bucket attention shape: a Triton kernel of ours
-(``fp8_attention_triton.py``, several tile configurations) and FlashAttention 3's FP8 forward,
+(``tools/probes/fp8_attention_triton.py``, several tile configurations) and FlashAttention 3's FP8 forward,
 against FA3's bf16 forward and cuDNN SDPA; alone and between GEMMs, with the error of each against
 float64 math.
 
 FP8 inputs are quantised per (batch, head), the descales FA3 takes; ``smooth`` first subtracts each
 head's mean key (softmax does not change when every score of a row moves by the same amount, and
 the keys of a DiT share a large common part that would otherwise eat the e4m3 range). Needs a
-Hopper GPU and Triton; FA3 rows need ``flash_attn_interface`` (``tools/fa3_shim`` on machines
-without it). Usage: ``python3 tools/fp8_attention_kernels_probe.py [--out F.json]``.
+Hopper GPU and Triton; FA3 rows need ``flash_attn_interface`` (``tools/probes/fa3_shim`` on machines
+without it). Usage: ``python3 -m tools.probes.fp8_attention_kernels [--out F.json]``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import argparse
 import time
 from collections.abc import Callable
 
-import fp8_attention_triton as fp8_attention
 import torch
 import torch.nn.functional as F
-from fa4_attention_probe import SHAPE, Attn, cudnn, gemm_load, input_sets, timed, write_rows
 from torch import Tensor
+
+from tools.probes import fp8_attention_triton as fp8_attention
+from tools.probes.fa4_attention import SHAPE, Attn, cudnn, gemm_load, input_sets, timed, write_rows
 
 CONFIGS = [fp8_attention.KernelConfig(128, 128, w, st, ws) for w, st, ws in
            ((8, 3, False), (8, 3, True), (4, 3, True), (8, 2, True), (4, 2, True))]
