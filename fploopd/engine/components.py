@@ -4,10 +4,11 @@ Dtypes follow FramePack: the transformer always runs in bf16; the text encoders,
 fp16 on an accelerator and fp32 on CPU. Two VRAM modes:
 
 - ``high``: every model resident on the device.
-- ``low``: a full-size section fits in about 8 GiB. The transformer and the Llama text encoder
-  (26 GB and 16 GB of weights) are group-offloaded block by block (diffusers hooks move each block
-  in just before it runs); CLIP, SigLIP and the VAE wait on the CPU and move in only for their
-  phase (``Components.on_device``); VAE tiling and slicing are on, as FramePack does in low VRAM.
+- ``low``: a full-size section fits in about 8 GiB. The transformer's blocks (26 GB of weights)
+  stream from pinned host memory (``streaming.BlockStreamer``); the Llama text encoder (16 GB) is
+  group-offloaded block by block (diffusers hooks move each block in just before it runs); CLIP,
+  SigLIP and the VAE wait on the CPU and move in only for their phase (``Components.on_device``);
+  VAE tiling and slicing are on, as FramePack does in low VRAM.
 
 On CPU nothing is offloaded.
 """
