@@ -85,13 +85,17 @@ def write_rows(path: str, flops: float, rows: dict) -> None:
                    "flops": flops, "rows": rows}, f, indent=1)
 
 
-def main() -> int:
+def setup() -> tuple[argparse.Namespace, float, list[tuple[Tensor, Tensor, Tensor]], Callable[[], None]]:
+    """The attention probes' start: ``--reps`` and ``--out``, the FLOPs of one call at ``SHAPE``,
+    the input sets and the GEMM load."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--out")
-    args = parser.parse_args()
-    flops = 4 * SHAPE[1] ** 2 * SHAPE[2] * SHAPE[3]
-    sets, gemms = input_sets(), gemm_load()
+    return parser.parse_args(), 4 * SHAPE[1] ** 2 * SHAPE[2] * SHAPE[3], input_sets(), gemm_load()
+
+
+def main() -> int:
+    args, flops, sets, gemms = setup()
 
     variants: dict[str, Attn] = {"cudnn_sdpa": cudnn, "fa4_default": fa4()}
     for tile in ((128, 176), (128, 192), (128, 160), (128, 144), (192, 128), (128, 112)):

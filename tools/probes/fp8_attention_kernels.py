@@ -12,7 +12,6 @@ without it). Usage: ``python3 -m tools.probes.fp8_attention_kernels [--out F.jso
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tools.probes import fp8_attention_triton as fp8_attention
-from tools.probes.fa4_attention import SHAPE, Attn, cudnn, gemm_load, input_sets, timed, write_rows
+from tools.probes.fa4_attention import SHAPE, Attn, cudnn, setup, timed, write_rows
 
 CONFIGS = [fp8_attention.KernelConfig(128, 128, w, st, ws) for w, st, ws in
            ((8, 3, False), (8, 3, True), (4, 3, True), (8, 2, True), (4, 2, True))]
@@ -77,12 +76,7 @@ def rel_error(fn: Attn, seqlen: int, seed: int, scale: float, offset: float) -> 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--out")
-    args = parser.parse_args()
-    flops = 4 * SHAPE[1] ** 2 * SHAPE[2] * SHAPE[3]
-    sets, gemms = input_sets(), gemm_load()
+    args, flops, sets, gemms = setup()
 
     variants: dict[str, Attn] = {"cudnn_sdpa": cudnn}
     for c in CONFIGS:
