@@ -13,7 +13,7 @@ from fploopd.cli import build_parser, main
 from fploopd.commands.oneshot import NOT_OPTIONS, WORK_FOLDER, ProgressBar, render, seeds_for, spec_from_args
 from fploopd.media import probe_video, write_mp4
 from fploopd.media.limits import MediaLimits
-from fploopd.pipelines.job import Progress
+from fploopd.pipelines.progress import Progress
 from fploopd.spec import JobSpec
 
 TINY = ["--model", "tiny", "--device", "cpu"]

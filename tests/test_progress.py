@@ -11,7 +11,7 @@ from PIL import Image
 
 from fploopd.media import write_mp4
 from fploopd.pipelines import run_job
-from fploopd.pipelines.job import Progress, progress_text
+from fploopd.pipelines.progress import Progress, progress_text
 from fploopd.spec import JobSpec
 
 QUICK = {"prompt": "waves", "resolution": 64, "window": 2, "steps": 2}

@@ -65,7 +65,7 @@ def _daemon_lines(daemon: dict[str, Any] | None) -> str:
 
 
 def _detail(v: dict) -> str:
-    from fploopd.pipelines.job import progress_text
+    from fploopd.pipelines.progress import progress_text
 
     if v["state"] == "running":
         text = progress_text(v["progress"])

@@ -28,8 +28,8 @@ from fploopd.daemon.layout import Layout
 from fploopd.daemon.names import display, job_name_for
 from fploopd.errors import FploopdError, InputError
 from fploopd.fsutil import sha256_file
-from fploopd.pipelines.job import pick_seeds
-from fploopd.spec import JobSpec
+from fploopd.pipelines.seeds import pick_seeds
+from fploopd.spec import MEDIA_FIELD_NAMES, JobSpec
 
 MAX_NAME_SUFFIX = 100_000
 
@@ -194,8 +194,7 @@ def complete_claim(
             f"{', '.join(shown)} disappeared from the inbox while the job was being claimed", file=shown[0]
         ).to_json()
     spec = record.get("spec")
-    fields = {"image", "video", "head", "tail"}
-    media = {m["field"]: m["name"] for m in inputs if m["field"] in fields}
+    media = {m["field"]: m["name"] for m in inputs if m["field"] in MEDIA_FIELD_NAMES}
     if spec is not None:
         spec = {**spec, **media}  # the effective spec names the files it was made from
     job = journal.close_claim(

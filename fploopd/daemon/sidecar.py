@@ -22,14 +22,14 @@ from fploopd.daemon.names import NAME_MAX
 from fploopd.daemon.profiles import Profiles
 from fploopd.daemon.validation import translate
 from fploopd.errors import InputError
-from fploopd.spec import MEDIA_FIELDS, JobSpec, inapplicable_error
+from fploopd.spec import MEDIA_FIELD_NAMES, MEDIA_FIELDS, PIPELINES, JobSpec, inapplicable_error, is_bare_name, media_of
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi")
-MEDIA_KINDS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS, "head": VIDEO_EXTENSIONS, "tail": VIDEO_EXTENSIONS}
+MEDIA_KINDS = {f: IMAGE_EXTENSIONS if media_of(f).kind == "image" else VIDEO_EXTENSIONS for f in MEDIA_FIELD_NAMES}
 # An omitted media field means the file named after the sidecar: cat.json -> cat.png; connect
 # takes two, so it uses cat_head.mp4 and cat_tail.mp4.
-DEFAULT_STEM_SUFFIX = {"image": "", "video": "", "head": "_head", "tail": "_tail"}
+DEFAULT_STEM_SUFFIX = {f: media_of(f).stem_suffix for f in MEDIA_FIELD_NAMES}
 
 
 def read_sidecar(path: Path, max_bytes: int) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def effective_spec(raw: dict[str, Any], sidecar: Path, folder_pipeline: str | No
     own = validate(raw, name)
     if pipeline is None:
         raise InputError(
-            f"{name}: missing key 'pipeline' (one of {', '.join(MEDIA_FIELDS)}): it is required for sidecars "
+            f"{name}: missing key 'pipeline' (one of {', '.join(PIPELINES)}): it is required for sidecars "
             "directly in inbox/; or drop into inbox/loop/, inbox/connect/ or inbox/video2loop/",
             field="pipeline",
             file=name,
@@ -191,7 +191,7 @@ def companions_of_bad_sidecar(sidecar: Path, raw: dict[str, Any] | None) -> list
     folder = sidecar.parent
     named: list[Path] = []
     if raw is not None:
-        named = [folder / v for f in MEDIA_KINDS if isinstance(v := raw.get(f), str) and _is_bare(v)]
+        named = [folder / v for f in MEDIA_KINDS if isinstance(v := raw.get(f), str) and is_bare_name(v)]
         named = [p for p in named if p.suffix.lower() != ".json" and _takeable(p)]  # never another sidecar
     if not named:
         try:
@@ -211,7 +211,3 @@ def _takeable(path: Path) -> bool:
     except OSError:
         return False
     return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
-
-
-def _is_bare(value: str) -> bool:
-    return bool(value) and value not in (".", "..") and not value.startswith(".") and "/" not in value and "\\" not in value and "\x00" not in value

@@ -13,6 +13,7 @@ from fploopd.daemon.profiles import Profiles
 from fploopd.daemon.sidecar import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, effective_spec
 from fploopd.errors import InputError
 from fploopd.fsutil import atomic_path, write_json_atomic
+from fploopd.spec import MEDIA_FIELDS
 
 
 def guess_pipeline(files: list[Path]) -> str:
@@ -26,10 +27,6 @@ def guess_pipeline(files: list[Path]) -> str:
             field="pipeline",
         )
     return guess
-
-
-def media_fields(pipeline: str) -> tuple[str, ...]:
-    return {"loop": ("image",), "i2v": ("image",), "video2loop": ("video",), "connect": ("head", "tail")}[pipeline]
 
 
 def _free_stem(folder: Path, stem: str, names: list[str]) -> str:
@@ -49,7 +46,7 @@ def submit(
         if not f.is_file():
             raise InputError(f"{f} is not a file", file=str(f))
     pipeline = pipeline or guess_pipeline(files)
-    wanted = media_fields(pipeline)
+    wanted = MEDIA_FIELDS[pipeline]
     if len(files) != len(wanted):
         raise InputError(f"the {pipeline} pipeline takes {len(wanted)} file(s) ({', '.join(wanted)}), got {len(files)}", field="pipeline")
     folder = layout.inbox / pipeline if pipeline in PIPELINE_FOLDERS else layout.inbox

@@ -32,7 +32,7 @@ from fploopd.daemon.service import Notifier, StopFlags, Waker
 from fploopd.daemon.settings import Settings
 from fploopd.daemon.worker import worker_main
 from fploopd.errors import FploopdError
-from fploopd.pipelines.job import progress_text
+from fploopd.pipelines.progress import progress_text
 from fploopd.spec import MEDIA_FIELD_NAMES
 
 PROGRESS_WRITE_S = 0.5  # progress reaches the journal at most this often (phase changes at once)

@@ -11,6 +11,9 @@ running job), ``loop``/``i2v``/``connect``/``video2loop`` (each pipeline and its
 
 from __future__ import annotations
 
-from fploopd.pipelines.job import JobResult, OutputFile, Progress, pick_seeds, run_job
+from fploopd.pipelines.job import run_job
+from fploopd.pipelines.progress import Progress
+from fploopd.pipelines.results import JobResult, OutputFile
+from fploopd.pipelines.seeds import pick_seeds
 
 __all__ = ["JobResult", "OutputFile", "Progress", "pick_seeds", "run_job"]

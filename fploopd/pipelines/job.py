@@ -8,11 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fploopd.media.limits import MediaLimits
-
-# What a caller of run_job needs, from their homes (this module is the job's public face).
-from fploopd.pipelines.progress import Progress, progress_text
-from fploopd.pipelines.results import JobResult, OutputFile
-from fploopd.pipelines.seeds import pick_seeds
+from fploopd.pipelines.progress import Progress
+from fploopd.pipelines.results import JobResult
 from fploopd.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -73,4 +70,4 @@ def run_job(
     return JobResult(outputs, list(seeds), {"total_s": round(time.monotonic() - started, 3)})
 
 
-__all__ = ["JobResult", "OutputFile", "Progress", "pick_seeds", "progress_text", "run_job"]
+__all__ = ["run_job"]

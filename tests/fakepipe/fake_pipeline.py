@@ -8,10 +8,11 @@ import sys
 import time
 import types
 from pathlib import Path
+from typing import ClassVar
 
 
 class FakeComponents:
-    identity = {"model": "fake", "version": 1}
+    identity: ClassVar[dict[str, object]] = {"model": "fake", "version": 1}
 
 
 def load_components(paths, device, **kwargs):
@@ -24,10 +25,11 @@ def resolve(model, **kwargs):
 
 def run_job(spec, inputs, out_dir, *, name, seeds, components, work_dir, progress=None, should_stop=None, limits=None):
     from fploopd.errors import Cancelled, InputError
-    from fploopd.pipelines.job import JobResult, OutputFile, Progress
+    from fploopd.pipelines.progress import Progress
+    from fploopd.pipelines.results import JobResult, OutputFile
 
     step_s = float(os.environ.get("FAKE_STEP_S", "0.02"))
-    for field, path in inputs.items():
+    for path in inputs.values():
         if Path(path).read_bytes().startswith(b"CORRUPT"):
             raise InputError(f"{Path(path).name} is not a readable image", file=Path(path).name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -66,8 +68,8 @@ def install() -> None:
     comp = types.ModuleType("fploopd.engine.components")
     comp.load_components = load_components
     sys.modules["fploopd.engine.components"] = comp
-    import fploopd.engine.sources as sources
-    import fploopd.pipelines as pipelines
+    from fploopd import pipelines
+    from fploopd.engine import sources
 
     sources.resolve = resolve
     pipelines.run_job = run_job
