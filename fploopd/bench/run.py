@@ -44,6 +44,7 @@ from fploopd.bench.timing import (
     reset_peak,
     sync,
 )
+from fploopd.spec import TEACACHE_DEFAULT_THRESHOLD
 
 STAGES = ("text", "transformer", "vae", "section", "lowvram", "e2e")
 # A prompt of about FramePack's length: the Llama runs over the template and 256 padded tokens either way.
@@ -67,7 +68,7 @@ class BenchConfig:
     attention: str = "auto"
     compile: bool | None = None
     fp8: bool | None = None  # None: measure FP8 where the GPU supports it
-    teacache: float = 0.15
+    teacache: float = TEACACHE_DEFAULT_THRESHOLD
     low_vram_gib: float = 8.0
     section_repeats: int = 1
     compile_mode: str | None = None  # also time torch.compile in this mode (e.g. max-autotune-no-cudagraphs)

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from fploopd.cli import add_root_option
+from fploopd.spec import TEACACHE_DEFAULT_THRESHOLD
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-fp8", action="store_true", help="skip the FP8 variants")
     p.add_argument("--compile-mode", default=None, help="also time torch.compile in this mode "
                    "(e.g. max-autotune-no-cudagraphs; slow to compile)")
-    p.add_argument("--teacache", type=float, default=0.15, help="TeaCache threshold of the TeaCache section figure")
+    p.add_argument("--teacache", type=float, default=TEACACHE_DEFAULT_THRESHOLD, help="TeaCache threshold of the TeaCache section figure")
     p.add_argument("--low-vram-gib", type=float, default=8.0, help="GPU memory limit of the low-VRAM figure")
     p.set_defaults(handler=run)
 

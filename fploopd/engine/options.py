@@ -18,8 +18,8 @@ class RunnerOptions:
     torch.compile (``compile_mode``: torch.compile's mode, None for its default). ``fp8``: the FP8
     weights of the runner's ``PreparedWeights`` where there are some. ``gelu_epilogue``: on CUDA in
     bf16, the MLP GELU as a GEMM epilogue and the single blocks' out projection without the concat
-    (``blocks.linear_gelu``, ``blocks.joint_out``). ``teacache_threshold``: None or 0 skips
-    nothing; FramePack uses 0.15."""
+    (``blocks.linear_gelu``, ``blocks.joint_out``). ``teacache_threshold``: None (or 0)
+    skips nothing; FramePack uses 0.15."""
 
     attention: str = "sdpa"
     compile: bool = False
@@ -31,7 +31,7 @@ class RunnerOptions:
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, not {self.attention!r}")
-        if not self.teacache_threshold:  # 0 and None both mean off
+        if not self.teacache_threshold:  # `fploopd bench --teacache 0` means off, as None does
             object.__setattr__(self, "teacache_threshold", None)
 
     def with_teacache(self, threshold: float | None) -> RunnerOptions:
