@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -87,7 +89,7 @@ def test_ring_cut_is_continuous_in_the_latent_timeline():
     clip = run_plan(ring_plan(3, window), decode)[0, 0, :, 0, 0]
     # Reading the clip as a cycle, consecutive frames never jump backwards except at the 5 -> 0 wrap.
     cyc = torch.cat([clip, clip[:1]])
-    jumps = [(a.item(), b.item()) for a, b in zip(cyc[:-1], cyc[1:]) if b < a]
+    jumps = [(a.item(), b.item()) for a, b in itertools.pairwise(cyc) if b < a]
     assert all(a == 5 and b == 0 for a, b in jumps)
 
 

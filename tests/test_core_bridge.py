@@ -39,7 +39,7 @@ def test_bridge_decode_is_one_aligned_causal_decode(head, sections, window, tail
     total = head + sections * window + tail
     # Distinct values per latent, so a shifted blend would show.
     latents = (torch.arange(total, dtype=torch.float32) ** 1.5).view(1, 1, -1, 1, 1)
-    decode, calls = fake_decode(latents)
+    decode, _calls = fake_decode(latents)
     video = run_plan(bridge_plan(head, sections, window, tail), decode)
     assert video.shape[2] == frames_for_latents(total)
     # Blending two decodes of the same moments changes nothing only if they are aligned.

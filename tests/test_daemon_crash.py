@@ -10,7 +10,18 @@ import signal
 from pathlib import Path
 
 import pytest
-from daemon_util import SMALL, assert_each_input_once, drop, env, image_bytes, jobs, make_root, outbox_jobs, run_once, status_is_true
+from daemon_util import (
+    SMALL,
+    assert_each_input_once,
+    drop,
+    env,
+    image_bytes,
+    jobs,
+    make_root,
+    outbox_jobs,
+    run_once,
+    status_is_true,
+)
 
 CHAINS = {
     # "bad" sorts first: the first claim crash hits the rejected drop, the second the good one.

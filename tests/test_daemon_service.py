@@ -100,8 +100,8 @@ def test_deleting_the_lock_file_does_not_let_a_second_daemon_in(tmp_path: Path) 
 
 
 def test_workers_load_models_with_the_compile_vae_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fploopd.engine.components as components
     from fploopd.daemon.worker import load_models
+    from fploopd.engine import components
 
     seen: dict = {}
     monkeypatch.setattr(components, "load_components", lambda paths, device, **kw: seen.update(kw, device=device))

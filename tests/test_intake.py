@@ -238,7 +238,7 @@ def test_a_crash_mid_delivery_is_finished_exactly_once(root: Path, monkeypatch: 
 
 
 def test_delivery_never_overwrites_a_folder_made_since(root: Path) -> None:
-    layout, journal, job_id = _done_job(root)
+    layout, journal, _job_id = _done_job(root)
     (layout.outbox / "cat").mkdir()
     (layout.outbox / "cat" / "mine.txt").write_text("user")
     deliver.settle_all(layout, journal)

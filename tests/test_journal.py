@@ -134,4 +134,4 @@ def test_new_delivery_plan_is_pending_until_settled(journal: Journal) -> None:
 
 def test_backoff_is_exponential_and_capped() -> None:
     s = Settings(backoff_base_s=10, backoff_max_s=100)
-    assert [s.backoff_s(n) for n in range(0, 7)] == [0, 10, 20, 40, 80, 100, 100]
+    assert [s.backoff_s(n) for n in range(7)] == [0, 10, 20, 40, 80, 100, 100]

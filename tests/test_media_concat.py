@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def test_repeat_copies_packets_n_times(tmp_path: Path, clip: Path) -> None:
     assert [bytes(p) for p in dst] == [bytes(p) for p in src] * 3
     assert [p.is_keyframe for p in dst] == [p.is_keyframe for p in src] * 3
     dts = [p.dts for p in dst]
-    assert all(a < b for a, b in zip(dts, dts[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(dts))
     info = probe_video(out, LIMITS)
     assert (info.frames, info.fps) == (60, Fraction(30))
     assert info.duration == pytest.approx(2.0, abs=1 / 30)

@@ -17,14 +17,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run, model=None, device=None, vram=None, fp8=None)
 
 
-def settings_from(args: argparse.Namespace, **extra: object):  # noqa: ANN201 - Settings, imported lazily
+def settings_from(args: argparse.Namespace, **extra: object):
     from fploopd.daemon.settings import load_settings
 
     flags = {"model": args.model, "device": args.device, "vram": args.vram, "fp8": args.fp8, "poll": getattr(args, "poll", None), **extra}
     return load_settings(args.root.absolute(), flags)
 
 
-def configure_daemon_logging(args: argparse.Namespace, settings) -> None:  # noqa: ANN001
+def configure_daemon_logging(args: argparse.Namespace, settings) -> None:
     """Stderr plus a rotating file under .fploopd/logs; --log-level wins over the setting."""
     from fploopd.daemon.layout import Layout
     from fploopd.logs import configure_logging

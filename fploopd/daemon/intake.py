@@ -409,7 +409,7 @@ def start_watching(settings: Settings, layout: Layout, wake: Callable[[], None])
         observer.schedule(_Wake(wake), str(layout.inbox), recursive=True)
         observer.daemon = True
         observer.start()
-    except Exception as exc:  # e.g. inotify watch limit reached
+    except Exception as exc:  # noqa: BLE001 - e.g. inotify watch limit reached: the rescan still works
         logger.warning("cannot watch {} ({}); relying on the rescan every {:g} s", layout.inbox, exc, settings.rescan_interval_s)
         return None
     return observer

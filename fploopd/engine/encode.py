@@ -64,7 +64,7 @@ def buckets(resolution: int = 640) -> tuple[tuple[int, int], ...]:
     scale = resolution / 640
 
     def side(v: int) -> int:
-        return max(16, int(round(v * scale / 16)) * 16)
+        return max(16, round(v * scale / 16) * 16)
 
     return tuple((side(h), side(w)) for h, w in BUCKETS_640)
 
@@ -85,7 +85,7 @@ def resize_and_center_crop(image: np.ndarray, width: int, height: int) -> np.nda
         return image
     pil = Image.fromarray(image)
     scale = max(width / pil.width, height / pil.height)
-    rw, rh = int(round(pil.width * scale)), int(round(pil.height * scale))
+    rw, rh = round(pil.width * scale), round(pil.height * scale)
     resized = pil.resize((rw, rh), Image.LANCZOS)
     left, top = (rw - width) / 2, (rh - height) / 2
     return np.array(resized.crop((left, top, left + width, top + height)))

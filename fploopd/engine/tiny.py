@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -207,7 +208,7 @@ def _learn_bpe(words: list[list[str]]) -> list[tuple[str, str]]:
     while True:
         pairs: Counter[tuple[str, str]] = Counter()
         for word, n in counts.items():
-            for pair in zip(word, word[1:]):
+            for pair in itertools.pairwise(word):
                 pairs[pair] += n
         if not pairs:
             return merges

@@ -49,7 +49,7 @@ def load_latents(path: Path) -> tuple[dict[str, torch.Tensor], JobSpec, int, str
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"{path.name} is not a readable safetensors latent file: {exc}", file=path.name) from exc
     if meta.get("format") != FORMAT:
