@@ -39,6 +39,8 @@ TEST_SETTINGS: dict[str, Any] = {
     "backoff_max_s": 1.0,
     "max_attempts": 3,
     "log_level": "DEBUG",
+    # The tests' jobs are a few MB: they must not pause on a machine whose disk is merely fullish.
+    "min_free_mb": 16,
 }
 
 
@@ -93,7 +95,7 @@ def drop(root: Path, stem: str, sidecar: dict[str, Any] | None = None, *, folder
 def fploopd(*args: str | Path, root: Path, environ: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     cmd = [PY, "-m", "fploopd", *map(str, args), "--root", str(root)]
     # Its own session: a test crash (SIGKILL to the process group) must not reach pytest.
-    return subprocess.run(cmd, env=environ or env(), capture_output=True, text=True, timeout=timeout, start_new_session=True)
+    return subprocess.run(cmd, env=environ or env(), capture_output=True, text=True, timeout=timeout, start_new_session=True, check=False)
 
 
 def run_once(root: Path, environ: dict[str, str] | None = None, timeout: float = 150) -> subprocess.CompletedProcess[str]:
@@ -105,7 +107,7 @@ class Daemon:
 
     def __init__(self, root: Path, *args: str, environ: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
         self.log = (log_dir or root.parent) / f"daemon-{time.monotonic_ns()}.log"
-        self._out = open(self.log, "w")
+        self._out = open(self.log, "w")  # noqa: SIM115 - open for the daemon's life; closed by wait()
         self.proc = subprocess.Popen(
             [PY, "-m", "fploopd", "run", "--root", str(root), *args],
             env=environ or env(),

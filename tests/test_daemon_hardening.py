@@ -264,3 +264,49 @@ def test_a_full_disk_pauses_the_daemon_and_it_resumes_when_space_returns(small_d
         assert daemon.stop() == 0
     assert_each_input_once(root, dropped)
     assert [v["state"] for v in status_is_true(root)] == ["done"]
+
+
+def test_a_long_run_with_kills_delivers_the_good_and_fails_the_hostile(tmp_path: Path) -> None:
+    """Hostile drops beside good ones, the daemon SIGKILLed twice mid-run and started again:
+    every good job delivered once, every hostile drop failed with an error.json, nothing lost."""
+    root = make_root(tmp_path)
+    inbox = root / "inbox" / "loop"
+    dropped: dict[str, bytes] = {}
+    for i in range(4):
+        dropped.update(drop(root, f"good{i}", {"prompt": "", **FAST, "steps": 4, "seed": i}, media=image_bytes(i)))
+    hostile = {
+        "deep.json": b"[" * 3000 + b"]" * 3000,
+        "bignum.json": b'{"prompt": "", "seed": ' + b"7" * 5000 + b"}",
+        "typo.json": json.dumps({"promt": "", **FAST}).encode(),
+        "broken.json": b'{"prompt": ',
+    }
+    for name, content in hostile.items():
+        (inbox / name).write_bytes(content)
+        dropped[name] = content
+    os.mkfifo(inbox / "pipe.json")
+    slow = env(FPLOOPD_TEST_STEP_DELAY_S="0.3")
+
+    def out_and_one_running(n: int) -> bool:
+        running = [j for j in jobs(root) if j["state"] == "running" and (j["progress"] or {}).get("step")]
+        return len(outbox_jobs(root)) >= n and bool(running)
+
+    for deliveries in (1, 2):  # killed once a job or two are out, with another one mid-way
+        daemon = Daemon(root, environ=slow)
+        try:
+            wait_for(lambda n=deliveries: out_and_one_running(n), 150, f"{deliveries} deliveries and a running job")
+        finally:
+            daemon.kill_group()
+        assert_each_input_once(root, dropped)  # right after each kill
+    daemon = Daemon(root)
+    try:
+        wait_for(lambda: outbox_jobs(root) == [f"good{i}" for i in range(4)] and all(j["delivered_at"] for j in jobs(root)), 150, "the rest")
+    finally:
+        assert daemon.stop() == 0
+    where = assert_each_input_once(root, dropped)
+    assert {k: v.split("/")[0] for k, v in where.items()} == {k: "archive" if k.startswith("good") else "failed" for k in dropped}
+    views = {v["name"]: v for v in status_is_true(root)}
+    assert sorted(views) == sorted([f"good{i}" for i in range(4)] + ["deep", "bignum", "typo", "broken", "pipe"])
+    assert all(v["state"] == ("done" if n.startswith("good") else "failed") for n, v in views.items())
+    assert all(v["failures"] == 0 for v in views.values())  # kills are interruptions, not failures
+    for name in ["pipe", *(Path(n).stem for n in hostile)]:
+        assert json.loads((root / "failed" / name / "error.json").read_text())["kind"] == "input", name

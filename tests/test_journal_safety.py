@@ -81,7 +81,7 @@ def test_a_lost_journal_stops_the_daemon_and_recover_rebuilds_the_jobs(tmp_path:
     drop(root, "again", media=image_bytes(3))  # the rebuilt journal takes new work
     again = run_once(root)
     assert again.returncode == 0, again.stderr
-    assert outbox_jobs(root) == ["again", "good"]
+    assert outbox_jobs(root) == ["again", "good"], (status(root), again.stderr[-6000:])
     assert {v["name"]: v["state"] for v in status(root)} == {"good": "done", "bad": "failed", "again": "done"}
 
 
