@@ -71,7 +71,6 @@ _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BareName = Annotated[str, Field(pattern=_BARE_NAME.pattern)]
 
 MAX_SEED = 2**63 - 1
-DEFAULT_SEED = 31337
 # FramePack's TeaCache threshold, what ``"teacache": true`` means.
 TEACACHE_DEFAULT_THRESHOLD = 0.15
 

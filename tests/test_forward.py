@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fploopd.bench.inputs import section_kwargs, tiny_spec
-from fploopd.bench.models import TINY_TRANSFORMER, build_transformer
+from fploopd.bench.models import build_transformer
 from fploopd.engine import accel
 from fploopd.engine import attention as attention_mod
 from fploopd.engine.attention import attention_candidates, fa4_would_help
@@ -17,6 +17,7 @@ from fploopd.engine.compile import guarded
 from fploopd.engine.forward import TransformerRunner, teacache_rescale
 from fploopd.engine.fp8 import fp8_linears
 from fploopd.engine.options import RunnerOptions
+from fploopd.engine.tiny import TRANSFORMER as TINY_TRANSFORMER
 from fploopd.engine.vae_accel import VaeAccel
 from fploopd.engine.weights import PreparedWeights
 
@@ -232,20 +233,6 @@ def test_fp8_attention_plumbing(model: torch.nn.Module, monkeypatch: pytest.Monk
     ref = _stock(model, kwargs)
     out = TransformerRunner(model, RunnerOptions(attention="cudnn_fp8"))(**kwargs)
     assert 0 < ((out - ref).norm() / ref.norm()).item() < 0.15
-
-
-def test_diffusers_group_offloading_falls_back_to_stock() -> None:
-    from diffusers.hooks import apply_group_offloading
-
-    hooked = build_transformer("tiny", "cpu", torch.float32, seed=99)
-    kwargs = _inputs(13)
-    ref = _stock(hooked, kwargs)
-    apply_group_offloading(hooked, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
-                           offload_type="block_level", num_blocks_per_group=1)
-    runner = TransformerRunner(hooked, SDPA.with_teacache(0.15))
-    runner.reset(2)
-    assert _rel(runner(**kwargs), ref) < 1e-6
-    assert runner.stats.block_calls == 0  # the stock forward ran
 
 
 def test_attention_candidates_name_fa4_only_where_it_can_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""The layers of design.md §1: daemon -> pipelines -> engine -> core, media beside; no module
+"""The layers of docs/design.md §1: daemon -> pipelines -> engine -> core, media beside; no module
 imports one that imports it back. Read from the source (every import, in functions too)."""
 
 from __future__ import annotations

@@ -44,7 +44,6 @@ FULL_TRANSFORMER: dict[str, Any] = {
 }
 
 # The tiny family's transformer config, for the tests that build it in memory.
-TINY_TRANSFORMER = tiny.TRANSFORMER
 
 # HunyuanVideo's VAE is diffusers' default AutoencoderKLHunyuanVideo config.
 FULL_VAE: dict[str, Any] = {}

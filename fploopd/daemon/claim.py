@@ -1,6 +1,6 @@
 """Claiming a drop: its files leave the inbox by rename into ``.fploopd/work/<id>/inputs/``.
 
-Crash safety (design.md §4): the claim is recorded in the journal's ``claims`` table (job id,
+Crash safety (docs/design.md §4): the claim is recorded in the journal's ``claims`` table (job id,
 name, spec or error, and every move) BEFORE the first rename; the job row is inserted and the
 claim row deleted in one transaction AFTER the last. ``complete_claim`` redoes the moves
 idempotently, so it serves both the normal path and recovery at start: a crash at any point leaves

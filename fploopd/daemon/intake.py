@@ -1,4 +1,4 @@
-"""Intake (design.md §3): find sidecars in the inbox, wait until they and their media are stable, and
+"""Intake (docs/design.md §3): find sidecars in the inbox, wait until they and their media are stable, and
 hand over drops that are ready to claim (or rejected, with the files that go to failed/ with them).
 
 A full scan is the truth; watchdog events only wake the loop early (shares send none, and

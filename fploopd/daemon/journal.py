@@ -1,4 +1,4 @@
-"""The journal (design.md §4): SQLite at ``.fploopd/journal.sqlite3``, WAL, synchronous FULL.
+"""The journal (docs/design.md §4): SQLite at ``.fploopd/journal.sqlite3``, WAL, synchronous FULL.
 
 Every state transition is committed before the action it announces, together with an event row.
 The ``claims`` table holds claims in flight (the moves out of the inbox, recorded before the first

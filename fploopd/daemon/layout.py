@@ -1,4 +1,4 @@
-"""The folders of a root (design.md §2) and the daemon's private state under ``.fploopd/``."""
+"""The folders of a root (docs/design.md §2) and the daemon's private state under ``.fploopd/``."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ class Layout:
         return self.work / job_id / "state"
 
     def user_folders(self) -> list[Path]:
-        """The folders of design.md §2 that users see: inbox/ (and its pipeline folders), outbox/, ..."""
+        """The folders of docs/design.md §2 that users see: inbox/ (and its pipeline folders), outbox/, ..."""
         return [self.inbox, *(self.inbox / p for p in PIPELINE_FOLDERS), self.outbox, self.failed, self.archive, self.profiles]
 
     def inbox_folders(self) -> list[tuple[Path, str | None]]:

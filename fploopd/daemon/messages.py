@@ -99,5 +99,3 @@ class Failed:
 class Stopped:
     job_id: str
 
-
-JobOutcome = Done | Failed | Stopped

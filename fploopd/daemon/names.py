@@ -1,7 +1,7 @@
 """Names from what users drop: file names shown as text, and job names that are valid UTF-8 and fit
 every file and folder name the daemon derives from them.
 
-A job's name is its sidecar's stem (design.md §2). It becomes folder names (``outbox/<name>/``),
+A job's name is its sidecar's stem (docs/design.md §2). It becomes folder names (``outbox/<name>/``),
 output file names (``<name>_<seed>_loop_<N>.mp4``) and a journal column, so it must be valid text
 and short enough; a stem that is not gets a rejection at intake, and its failed job a shortened
 name (``job_name_for``).

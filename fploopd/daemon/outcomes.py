@@ -1,5 +1,5 @@
 """How a run ends, as journal transitions. Each one commits the new state together with the
-delivery plan it implies (design.md §4: written before the files move); ``deliver.settle`` then
+delivery plan it implies (docs/design.md §4: written before the files move); ``deliver.settle`` then
 moves the files. Used by the supervisor, and by the commands for a queued job."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Making a root (design.md §2): folders, a commented fploopd.toml, the shipped profiles.
+"""Making a root (docs/design.md §2): folders, a commented fploopd.toml, the shipped profiles.
 
 Idempotent and never overwrites: a file that exists is the user's.
 """

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10, which FramePack installs often have
+    import tomli as tomllib
+
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 

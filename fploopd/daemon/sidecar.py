@@ -1,4 +1,4 @@
-"""Sidecars (design.md §3): read ``NAME.json``, validate it with ``JobSpec``, find the media it names.
+"""Sidecars (docs/design.md §3): read ``NAME.json``, validate it with ``JobSpec``, find the media it names.
 
 Every problem is an ``InputError`` that names the sidecar, the field and what was expected, so the
 user can fix the drop found in ``failed/<job>/``.
@@ -19,7 +19,7 @@ from fploopd.daemon.files import file_kind
 from fploopd.daemon.jsonfile import read_json_object
 from fploopd.daemon.layout import is_temporary_name
 from fploopd.daemon.names import NAME_MAX
-from fploopd.daemon.profiles import Profiles
+from fploopd.daemon.profiles import DEFAULT_PROFILE, Profiles
 from fploopd.daemon.validation import translate
 from fploopd.errors import InputError
 from fploopd.spec import MEDIA_FIELD_NAMES, MEDIA_FIELDS, PIPELINES, JobSpec, inapplicable_error, is_bare_name, media_of
@@ -61,7 +61,7 @@ def effective_spec(raw: dict[str, Any], sidecar: Path, folder_pipeline: str | No
     # Only the sidecar's own keys: its profile sets every field, for every pipeline.
     if (unused := inapplicable_error(raw.keys(), pipeline, name)) is not None:
         raise unused
-    profile_name = own.profile or "default"
+    profile_name = own.profile or DEFAULT_PROFILE
     values = profiles.values(profile_name, file=name)
     values.update(own.model_dump(exclude_unset=True))
     values["pipeline"] = pipeline
@@ -183,7 +183,7 @@ def check_confined(path: Path, folder: Path, field: str, sidecar_name: str) -> N
 
 
 def companions_of_bad_sidecar(sidecar: Path, raw: dict[str, Any] | None) -> list[Path]:
-    """Files that go to failed/ with a sidecar that did not validate (design.md §3).
+    """Files that go to failed/ with a sidecar that did not validate (docs/design.md §3).
 
     The media it names (bare names of files or links beside it); failing that, the files sharing
     its stem. Never a folder, never anything outside its folder.

@@ -1,5 +1,5 @@
 """Dropping files into an inbox the safe way: media first under temporary names, then renamed,
-the sidecar last and atomically (it is the commit marker, design.md §3)."""
+the sidecar last and atomically (it is the commit marker, docs/design.md §3)."""
 
 from __future__ import annotations
 

@@ -15,19 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fploopd.engine.template import PROMPT_TEMPLATE
+
 if TYPE_CHECKING:
     from fploopd.engine.components import Components
 
-# HunyuanVideo's prompt template, as FramePack uses it (diffusers' DEFAULT_PROMPT_TEMPLATE).
-PROMPT_TEMPLATE = (
-    "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
-    "1. The main content and theme of the video."
-    "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
-    "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
-    "4. background environment, light, style and atmosphere."
-    "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
-    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
-)
 MAX_PROMPT_TOKENS = 256
 TEXT_LENGTH = 512
 CLIP_LENGTH = 77

@@ -171,23 +171,6 @@ class TransformerRunner:
         branch: str = "pos",
         **_: Any,
     ) -> Tensor:
-        if self.offloader is None and _has_diffusers_hooks(self.transformer):
-            # diffusers' group offloading moves weights from hooks on the modules' forwards, which
-            # our block functions bypass: run the stock forward instead (same function, no TeaCache).
-            # streaming.enable_low_vram + offloader= is the fast low-VRAM path.
-            if self.teacache_threshold and not self._warned_hooks:
-                logger.warning("TransformerRunner: diffusers offload hooks found; TeaCache and our kernels are off")
-            self._warned_hooks = True
-            self.stats.forwards += 1
-            self.stats.computed += 1
-            return self.transformer(
-                hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
-                encoder_attention_mask=encoder_attention_mask, pooled_projections=pooled_projections,
-                image_embeds=image_embeds, indices_latents=indices_latents, guidance=guidance,
-                return_dict=False, **context_kwargs(
-                    latents_clean, indices_latents_clean, latents_history_2x, indices_latents_history_2x,
-                    latents_history_4x, indices_latents_history_4x),
-            )[0]
         batch = hidden_states.shape[0]
         if text_lengths is None:
             text_lengths = self._text_lengths(encoder_attention_mask, encoder_hidden_states)
@@ -407,11 +390,6 @@ class _HostValues:
 
     def clear(self) -> None:
         self._entries.clear()
-
-
-def _has_diffusers_hooks(transformer: nn.Module) -> bool:
-    blocks = getattr(transformer, "transformer_blocks", None)
-    return hasattr(transformer, "_diffusers_hook") or bool(blocks) and hasattr(blocks[0], "_diffusers_hook")
 
 
 def context_kwargs(

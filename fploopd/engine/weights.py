@@ -95,7 +95,7 @@ class PreparedWeights:
     def quantize_fp8(self, granularity: str = "row") -> int:
         """e4m3 weights beside each linear's bf16 weight (and beside fused projections); returns
         the number of linears. The bf16 weights stay (the stock forward and the non-FP8 path still
-        use them); callers short of memory can drop them with ``drop_bf16_weights``."""
+        use them)."""
         check_granularity(granularity)
         count = 0
         for block in self._all_blocks():
@@ -117,19 +117,6 @@ class PreparedWeights:
             bw.fp8.clear()
             bw.fused_fp8.clear()
         self.fp8_granularity = None
-
-    def drop_bf16_weights(self) -> int:
-        """Free the high-precision weights of FP8 linears (the stock forward no longer works after
-        this); returns the bytes freed."""
-        freed = 0
-        for block in self._all_blocks():
-            for name in self.of(block).fp8:
-                lin = block.get_submodule(name)
-                freed += lin.weight.numel() * lin.weight.element_size()
-                lin.weight = nn.Parameter(
-                    torch.empty(0, dtype=lin.weight.dtype, device=lin.weight.device), requires_grad=False
-                )
-        return freed
 
 
 @torch.no_grad()

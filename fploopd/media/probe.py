@@ -34,10 +34,6 @@ class VideoInfo:
     rotation: int = 0  # degrees counter-clockwise the stored picture is turned for display
     frames_exact: bool = True
 
-    @property
-    def fps_float(self) -> float:
-        return float(self.fps)
-
 
 @contextlib.contextmanager
 def open_video(path: Path) -> Iterator[av.container.InputContainer]:

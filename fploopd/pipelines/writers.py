@@ -1,4 +1,4 @@
-"""Output writers: a clip's frames into every requested kind of file, named as design.md §5 says.
+"""Output writers: a clip's frames into every requested kind of file, named as docs/design.md §5 says.
 
 They need only where the files go and how to write them (``Destination``), never a running job,
 so decoding a latent file later writes exactly what the job would have written.
