@@ -3,9 +3,9 @@ the start image and decoding by plan."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +34,8 @@ from fploopd.media.frames import frames_to_tensor
 from fploopd.pipelines.context import JobContext
 from fploopd.pipelines.progress import Reporter
 from fploopd.spec import GenerationSettings
+
+T = TypeVar("T")  # what an image job's generate function makes: loop latents, i2v latents
 
 if TYPE_CHECKING:
     from fploopd.engine.components import Components
@@ -202,11 +204,16 @@ def decode_with_plan(
         return run_plan(plan, decode)
 
 
-def prepare_image_job(ctx: JobContext, generations: int) -> tuple[StartImage, Conditioning, TransformerFn]:
-    """Once per image job, whatever the seeds: the image fitted and encoded, the prompt, the model callable."""
+def image_generations(ctx: JobContext, seeds: list[int], generate: Callable[..., T]) -> Iterator[tuple[int, Reporter, T]]:
+    """The generations of an image job (loop, i2v): the image and prompt encoded once, whatever the
+    seeds; then per seed its reporter and the latents ``generate`` makes, resuming from checkpoints."""
     spec, components = ctx.spec, ctx.components
-    reporter = ctx.reporter(1, generations)
+    reporter = ctx.reporter(1, len(seeds))
     reporter.begin_encode()
     start = prepare_image(components, load_image(ctx.input("image"), ctx.limits), spec.resolution, reporter)
     cond = encode_conditioning(components, spec.prompt, spec.negative_prompt, spec, start.pixels, reporter)
-    return start, cond, make_model(components, spec)
+    model = make_model(components, spec)
+    for g, seed in enumerate(seeds, start=1):
+        reporter = ctx.reporter(g, len(seeds))
+        latents = generate(components, model, cond, start, spec, seed, checkpoint=ctx.checkpoint(seed), reporter=reporter)
+        yield seed, reporter, latents

@@ -17,7 +17,7 @@ from fploopd.pipelines.common import (
     decode_with_plan,
     drive_sections,
     image_context,
-    prepare_image_job,
+    image_generations,
 )
 from fploopd.pipelines.context import JobContext
 from fploopd.pipelines.progress import Reporter
@@ -67,14 +67,8 @@ def decode(
 
 def run_i2v(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
     """The i2v job: encode once, then per seed the video's latents, decoded and written."""
-    spec, components = ctx.spec, ctx.components
-    start, cond, model = prepare_image_job(ctx, len(seeds))
     outputs: list[OutputFile] = []
-    for g, seed in enumerate(seeds, start=1):
-        reporter = ctx.reporter(g, len(seeds))
-        latents = generate_latents(
-            components, model, cond, start, spec, seed, checkpoint=ctx.checkpoint(seed), reporter=reporter
-        )
-        frames = decode(components, latents, spec, reporter)
+    for seed, reporter, latents in image_generations(ctx, seeds, generate_latents):
+        frames = decode(ctx.components, latents, ctx.spec, reporter)
         outputs += write_video(ctx.destination, frames, seed, "", "video", reporter)
     return outputs

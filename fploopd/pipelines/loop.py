@@ -31,7 +31,7 @@ from fploopd.pipelines.common import (
     decode_with_plan,
     drive_sections,
     image_context,
-    prepare_image_job,
+    image_generations,
 )
 from fploopd.pipelines.context import JobContext
 from fploopd.pipelines.latentfile import save_latents
@@ -107,13 +107,8 @@ def decode(components: Components, loop: LoopLatents, reporter: Reporter | None 
 def run_loop(ctx: JobContext, seeds: list[int]) -> list[OutputFile]:
     """The loop job: encode once, then per seed the loop's latents, and its videos or its latent file."""
     spec, components = ctx.spec, ctx.components
-    start, cond, model = prepare_image_job(ctx, len(seeds))
     outputs: list[OutputFile] = []
-    for g, seed in enumerate(seeds, start=1):
-        reporter = ctx.reporter(g, len(seeds))
-        latents = generate_latents(
-            components, model, cond, start, spec, seed, checkpoint=ctx.checkpoint(seed), reporter=reporter
-        )
+    for seed, reporter, latents in image_generations(ctx, seeds, generate_latents):
         if not spec.decode:
             outputs += write_loop_latents(ctx.destination, spec, latents, seed, components.identity, reporter)
             continue
