@@ -331,3 +331,23 @@ def test_the_final_modulation_swaps_shift_and_scale_as_diffusers_stores_them() -
     patch = resolve_lora(lora_from_tensors("final.safetensors", tensors), tiny_transformer_meta()).patches["norm_out.linear"]
     assert isinstance(patch, LoraPatch)
     assert torch.equal(patch.up, torch.cat([up[32:], up[:32]])) and torch.equal(patch.down, down)
+
+
+def test_base_weights_read_back_from_the_model_files_switch_exactly_too(lora_dir: Path, tmp_path: Path) -> None:
+    from fploopd.engine.lora_merge import safetensors_base_source
+    from fploopd.engine.tiny import TRANSFORMER_SHARD_SIZE
+
+    model = build_transformer("tiny", "cpu", torch.bfloat16, seed=5)
+    model.save_pretrained(tmp_path / "transformer", safe_serialization=True, max_shard_size=TRANSFORMER_SHARD_SIZE)
+    base = _weights(model)
+    a = _resolved(lora_dir / "musubi.safetensors", model)
+    c = _resolved(lora_dir / "lokr.safetensors", model)
+    copies = build_transformer("tiny", "cpu", torch.bfloat16, seed=5)
+    LoraState(copies).apply([ScaledLora(a, 0.6)])
+    state = LoraState(model, base_source=safetensors_base_source(tmp_path / "transformer"))
+    for step in ([ScaledLora(c, 1.0)], [ScaledLora(a, 0.6)], [], [ScaledLora(a, 0.6)]):
+        state.apply(step)
+    _assert_bit_identical(_weights(model), _weights(copies))
+    assert state.base_bytes == 0
+    state.apply([])
+    _assert_bit_identical(_weights(model), base)

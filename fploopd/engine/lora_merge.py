@@ -23,9 +23,11 @@ Order, for the caller (``components`` / the worker):
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from loguru import logger
@@ -66,11 +68,22 @@ class LoraState:
     """The LoRA set merged into ``model`` now, and the base weights to rebuild from.
 
     ``device``: where deltas are computed (default: each weight's own device). Keep it the same for
-    the life of the state: results are bit-identical only for the same arithmetic."""
+    the life of the state: results are bit-identical only for the same arithmetic.
+    ``base_source``: reads a module's base weight by its path (``safetensors_base_source``: from
+    the transformer's own files, memory-mapped) instead of keeping CPU copies. A full-coverage LoRA
+    touches about 9 B of the full-size model's 13 B parameters: copies cost about 18 GB of host
+    memory, the files nothing."""
 
-    def __init__(self, model: nn.Module, *, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: torch.device | str | None = None,
+        base_source: Callable[[str], Tensor] | None = None,
+    ) -> None:
         self.model = model
         self.device = None if device is None else torch.device(device)
+        self.base_source = base_source
         self.index = LinearIndex.of(model)
         self._linears: dict[str, nn.Linear] = {p: m for p, m in model.named_modules() if isinstance(m, nn.Linear)}
         self._base: dict[str, Tensor] = {}  # module path -> its weight as loaded, on the CPU
@@ -127,11 +140,38 @@ class LoraState:
         weight.data.copy_(total.to(weight.dtype))
 
     def _base_of(self, path: str, weight: Tensor) -> Tensor:
+        if self.base_source is not None:
+            base = self.base_source(path)
+            if base.shape != weight.shape:
+                raise ValueError(f"the base weight of {path} read back is {tuple(base.shape)}, not {tuple(weight.shape)}")
+            return base.to(weight.dtype)  # as the loader cast it
         base = self._base.get(path)
         if base is None:
             base = weight.detach().to("cpu", copy=True)
             self._base[path] = base
         return base
+
+
+def safetensors_base_source(folder: Path | str) -> Callable[[str], Tensor]:
+    """Base weights read from a diffusers model folder (one file, or shards with an index), so that
+    a ``LoraState`` needs no copies. The files must be the ones the model was loaded from."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file():
+        weight_map: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    else:
+        single = folder / "diffusion_pytorch_model.safetensors"
+        with safe_open(str(single), framework="pt") as f:
+            weight_map = dict.fromkeys(f.keys(), single.name)
+
+    def read(path: str) -> Tensor:
+        key = f"{path}.weight"
+        with safe_open(str(folder / weight_map[key]), framework="pt", device="cpu") as f:
+            return f.get_tensor(key)
+
+    return read
 
 
 def _check_set(loras: tuple[ScaledLora, ...], index: LinearIndex) -> None:
@@ -144,4 +184,4 @@ def _check_set(loras: tuple[ScaledLora, ...], index: LinearIndex) -> None:
             raise ValueError(f"LoRA {entry.lora.name} was resolved for another transformer (no module {stray[0]})")
 
 
-__all__ = ["MAX_ABS_SCALE", "MAX_LORAS", "LoraState", "MergeStats", "ScaledLora", "set_identity"]
+__all__ = ["MAX_ABS_SCALE", "MAX_LORAS", "LoraState", "MergeStats", "ScaledLora", "safetensors_base_source", "set_identity"]
