@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fploopd.engine import tiny
+
 FORMATS = ("musubi", "diffusers", "hunyuan", "loha", "lokr")
 BLOCK_STACKS = ("transformer_blocks.", "single_transformer_blocks.")
 
@@ -25,8 +27,6 @@ BLOCK_STACKS = ("transformer_blocks.", "single_transformer_blocks.")
 def tiny_transformer_meta(config: dict[str, Any] | None = None) -> nn.Module:
     """The transformer's structure, without weights (``config``: the tiny family's by default)."""
     from diffusers import HunyuanVideoFramepackTransformer3DModel
-
-    from fploopd.engine import tiny
 
     with torch.device("meta"):
         return HunyuanVideoFramepackTransformer3DModel(**(config or tiny.TRANSFORMER))
