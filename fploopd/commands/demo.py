@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from fploopd.daemon.supervisor import run_daemon
 
     root = args.root.absolute()
-    init_root(root)
+    if "fploopd.toml" in init_root(root):
+        use_in_settings(root / "fploopd.toml", model=args.model, device=args.device)
     layout = Layout(root)
     sidecar = drop_demo(layout.inbox / "loop")
     print(f"dropped {sidecar.with_suffix('.png')} and {sidecar}")
@@ -50,3 +51,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'original inputs':<18} {view['location']['inputs']}")
     return 0
 
+
+def use_in_settings(path: Path, **values: str) -> None:
+    """A new demo root's fploopd.toml names the demo's model and device, so that `fploopd run` and
+    `fploopd doctor` on it use what the demo used (the template has every key commented out)."""
+    import json
+
+    from fploopd.fsutil import write_bytes_atomic
+
+    text = path.read_text(encoding="utf-8")
+    for key, value in values.items():
+        text = text.replace(f'# {key} = "auto"', f"{key} = {json.dumps(value)}", 1)
+    write_bytes_atomic(path, text.encode())
