@@ -42,6 +42,16 @@ class Option:
 
 
 @dataclass(frozen=True)
+class PathsOption(Option):
+    """An ``Option`` that the one-shot commands add themselves (``--lora FILE[:SCALE]``), because
+    it takes paths anywhere on disk where the sidecar field takes bare names; the generic option
+    machinery (``add_spec_options``) leaves it out."""
+
+    flag: str = ""
+    metavar: str = ""
+
+
+@dataclass(frozen=True)
 class OutputOnly:
     """Field metadata: the field decides how results are written, not the latents, so a section
     checkpoint stays valid when it changes. (Not ``fps``: it decides which frames of a video are read.)"""
@@ -71,6 +81,12 @@ _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BareName = Annotated[str, Field(pattern=_BARE_NAME.pattern)]
 
 MAX_SEED = 2**63 - 1
+# LoRA bounds, shared with the engine's LoRA core (``engine.lora`` / ``engine.lora_merge``), which
+# takes them from here so that this module stays free of torch.
+MAX_LORAS = 8  # per job: more is almost surely a mistake, and each costs merge time
+MAX_LORA_SCALE = 10.0  # musubi and FramePackLoop users stay within about +-2; beyond 10 is a typo
+LORA_SUFFIX = ".safetensors"
+LORA_PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 # FramePack's TeaCache threshold, what ``"teacache": true`` means.
 TEACACHE_DEFAULT_THRESHOLD = 0.15
 
@@ -79,6 +95,28 @@ def is_bare_name(name: str) -> bool:
     """A plain file name: not empty, no folder separators or NUL, not hidden (so not "." or ".."),
     at most 255 characters. Media fields, job names and stored names are all checked by this."""
     return _BARE_NAME.fullmatch(name) is not None
+
+
+class LoraSetting(BaseModel):
+    """One LoRA of a job: a ``.safetensors`` file in the root's ``loras/`` folder, by bare name, and
+    its strength."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    file: BareName
+    scale: Annotated[float, Field(ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE)] = 1.0
+
+    @field_validator("file")
+    @classmethod
+    def _safetensors_only(cls, value: str) -> str:
+        suffix = "." + value.rsplit(".", 1)[-1].lower() if "." in value else ""
+        if suffix in LORA_PICKLE_SUFFIXES:
+            raise ValueError(
+                f"{value} is a pickle file; LoRAs are read only from .safetensors files (loading a pickle runs any code in it)"
+            )
+        if suffix != LORA_SUFFIX:
+            raise ValueError(f"{value} is not a {LORA_SUFFIX} file")
+        return value
 
 
 class GenerationSettings(BaseModel):
@@ -141,6 +179,18 @@ class GenerationSettings(BaseModel):
         bool, OUTPUT_ONLY, Option("seed, seed+1, ... instead of random seeds after the first")
     ] = False
     priority: Annotated[int, Field(ge=-100, le=100), OUTPUT_ONLY] = 0
+    # [] = none. A sidecar's list replaces its profile's (as every setting does). The checkpoint key
+    # and the model identity carry each file's sha256 too (``Components.apply_loras``).
+    loras: Annotated[
+        list[LoraSetting],
+        Field(max_length=MAX_LORAS),
+        PathsOption(
+            f"a LoRA file (.safetensors, any path) merged at SCALE (default 1.0); repeatable, at most {MAX_LORAS}; "
+            "replaces the profile's loras",
+            flag="--lora",
+            metavar="FILE[:SCALE]",
+        ),
+    ] = []
 
     @field_validator("outputs")
     @classmethod

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TextIO, Union, get_args, get_origin
 
 from fploopd.cli import add_model_options, add_root_option
-from fploopd.spec import JobSpec, inapplicable_error, option_of, pipelines_of
+from fploopd.spec import JobSpec, PathsOption, inapplicable_error, option_of, pipelines_of
 
 if TYPE_CHECKING:
     from fploopd.pipelines.progress import Progress
@@ -110,7 +110,7 @@ def add_spec_options(
     fields = sorted(JobSpec.model_fields.items(), key=lambda item: item[0] != "prompt")  # the prompt first
     for field, info in fields:
         option = option_of(field)
-        if option is None:
+        if option is None or isinstance(option, PathsOption):  # paths: the command's own option (--lora)
             continue
         kind, convert, metavar = option_kind(info.annotation)
         help_text = option.help

@@ -34,13 +34,14 @@ import torch
 from torch import Tensor, nn
 
 from fploopd.errors import InputError
+from fploopd.spec import MAX_LORA_SCALE
 
 FIELD = "loras"
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 DEFAULT_MAX_BYTES = 4 * 2**30  # a full-coverage rank-128 FramePack LoRA in bf16 is about 2.4 GB
 DEFAULT_MAX_RANK = 512
-MAX_ABS_SCALE = 10.0  # musubi and FramePackLoop users stay within about +-2; beyond 10 is a typo
+MAX_ABS_SCALE = MAX_LORA_SCALE  # the spec's bound: musubi and FramePackLoop users stay within about +-2
 _LIST_MAX = 12  # unmatched keys named in an error message
 
 # Tensor roles by key suffix. Longest first, so "lora_down.weight" wins over "weight".

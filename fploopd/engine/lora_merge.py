@@ -35,8 +35,9 @@ from torch import Tensor, nn
 
 from fploopd.engine.lora import FIELD, MAX_ABS_SCALE, LinearIndex, ResolvedLora, check_scale
 from fploopd.errors import InputError
+from fploopd.spec import MAX_LORAS as SPEC_MAX_LORAS
 
-MAX_LORAS = 8  # per job: more is almost surely a mistake, and each costs merge time
+MAX_LORAS = SPEC_MAX_LORAS  # per job (the spec's bound): more is almost surely a mistake
 
 
 @dataclass(frozen=True)
