@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
-from fploopd.daemon.journal import TRANSITIONS, IllegalTransition, Journal
+from fploopd.daemon.journal import TRANSITIONS, IllegalTransition, JobState, Journal
+from fploopd.daemon.plan import DeliveryPlan
 from fploopd.daemon.settings import Settings
+from fploopd.errors import ErrorRecord, InputError
 
 
 @pytest.fixture
@@ -72,7 +75,7 @@ def test_expect_narrows(journal: Journal) -> None:
 def test_retry_of_failed(journal: Journal) -> None:
     add(journal, "a")
     journal.transition("a", "running")
-    journal.transition("a", "failed", error={"kind": "error", "error": "x"})
+    journal.transition("a", "failed", error=ErrorRecord("error", "x"))
     assert journal.transition("a", "queued", attempts=0, error=None).state == "queued"
 
 
@@ -126,7 +129,7 @@ def test_get_by_id_or_name(journal: Journal) -> None:
 def test_new_delivery_plan_is_pending_until_settled(journal: Journal) -> None:
     add(journal, "a")
     journal.transition("a", "running")
-    journal.transition("a", "done", delivery={"moves": []})
+    journal.transition("a", "done", delivery=DeliveryPlan(moves=()))
     assert [j.id for j in journal.pending_moves()] == ["a"]
     journal.mark_delivered("a")
     assert journal.pending_moves() == []
@@ -135,3 +138,74 @@ def test_new_delivery_plan_is_pending_until_settled(journal: Journal) -> None:
 def test_backoff_is_exponential_and_capped() -> None:
     s = Settings(backoff_base_s=10, backoff_max_s=100)
     assert [s.backoff_s(n) for n in range(7)] == [0, 10, 20, 40, 80, 100, 100]
+
+
+# Delivery plans and errors as older versions stored them (dicts in JSON columns): they load typed,
+# and write back exactly as they were.
+OLD_ROWS = {
+    "rejected": (
+        "failed",
+        {"kind": "input", "error": "no such field", "field": "promt", "file": "cat.json"},
+        {
+            "write": {
+                "path": ".fploopd/work/rejected/inputs/error.json",
+                "json": {"job": "rejected", "kind": "input", "error": "no such field", "field": "promt", "file": "cat.json"},
+            },
+            "moves": [{"src": ".fploopd/work/rejected/inputs", "dst": "failed/cat"}],
+            "cleanup": False,
+        },
+    ),
+    "done": (  # a done job's moves in the order of a recovered one: outbox first
+        "done",
+        None,
+        {"moves": [{"src": ".fploopd/work/done/out", "dst": "outbox/dog"}, {"src": ".fploopd/work/done/inputs", "dst": "archive/dog"}], "cleanup": True},
+    ),
+    "retried": (
+        "queued",
+        {"kind": "interrupted", "error": "the daemon stopped"},
+        {
+            "moves": [
+                {"src": "failed/eel", "dst": ".fploopd/work/retried/inputs"},
+                {"src": ".fploopd/work/retried/inputs/error.json", "dst": ".fploopd/work/retried/errors/1-error.json"},
+            ],
+            "cleanup": False,
+            "rehash": True,
+        },
+    ),
+}
+
+
+def test_rows_written_before_typed_plans_and_errors_load_and_write_back_the_same(journal: Journal) -> None:
+    for job_id, (state, error, delivery) in OLD_ROWS.items():
+        journal.db.execute(
+            "INSERT INTO jobs (id, name, inputs, state, error, delivery, created_at, updated_at) VALUES (?, ?, '[]', ?, ?, ?, 1, 2)",
+            (job_id, job_id, state, None if error is None else json.dumps(error), json.dumps(delivery)),
+        )
+    for job_id, (state, error, delivery) in OLD_ROWS.items():
+        job = journal.get(job_id)
+        assert job.state is JobState(state) and isinstance(job.delivery, DeliveryPlan)
+        assert (job.error.to_json() if job.error is not None else None) == error
+        assert job.delivery.to_json() == delivery
+        journal.set_delivery(job_id, job.delivery)  # written back through the journal: the same JSON
+        stored = journal.db.execute("SELECT delivery FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+        assert json.loads(stored) == delivery
+    assert journal.get("done").delivery.delivered_to("archive") == "archive/dog"
+    assert journal.get("rejected").delivery.write.error == ErrorRecord("input", "no such field", field="promt", file="cat.json")
+
+
+def test_a_state_is_its_string_wherever_it_is_read(journal: Journal) -> None:
+    assert [str(s) for s in JobState] == ["queued", "running", "done", "failed", "cancelled"]
+    assert f"{JobState.DONE}" == "done" and json.dumps({"state": JobState.DONE}) == '{"state": "done"}'
+    add(journal, "a")
+    journal.transition("a", JobState.RUNNING)
+    journal.transition("a", JobState.DONE, expect=JobState.RUNNING)
+    assert journal.db.execute("SELECT state, typeof(state) FROM jobs").fetchone()[:] == ("done", "text")
+    assert [e["what"] for e in journal.events("a")] == ["claim", "queued", "running", "done"]
+    assert journal.get("a").state is JobState.DONE and journal.jobs((JobState.DONE,))[0].id == "a"
+
+
+def test_error_record_keeps_error_json_shape() -> None:
+    bare = ErrorRecord("error", "x")
+    assert bare.to_json() == {"kind": "error", "error": "x"} and ErrorRecord.from_json(bare.to_json()) == bare
+    full = InputError("bad", field="seed", file="a.json").record()
+    assert list(full.to_json()) == ["kind", "error", "field", "file"] and ErrorRecord.from_json(full.to_json()) == full

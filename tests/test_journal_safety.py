@@ -120,7 +120,7 @@ def test_recover_reads_cancelled_jobs_renamed_folders_and_keeps_a_broken_journal
     jobs = {j.id: j for j in journal.jobs()}
     assert jobs["j1"].state == "cancelled" and jobs["j1"].name == "gone"
     assert sorted(i["name"] for i in jobs["j1"].inputs) == ["error.json", "gone.json"]
-    assert jobs["j2"].state == "failed" and jobs["j2"].name == "cat" and jobs["j2"].error["field"] == "seed"
+    assert jobs["j2"].state == "failed" and jobs["j2"].name == "cat" and jobs["j2"].error.field == "seed"
     png = hashlib.sha256(image_bytes()).hexdigest()
     assert jobs["j2"].inputs == [{"field": "media", "name": "cat.png", "size": len(image_bytes()), "sha256": png}]
     assert all(j.delivered_at is not None for j in jobs.values())

@@ -19,13 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fploopd.daemon.control import cancel, open_journal, settle_if_no_daemon, where
+    from fploopd.daemon.journal import JobState
     from fploopd.daemon.layout import Layout
 
     layout = Layout(args.root.absolute())
     journal = open_journal(layout)
     job = cancel(journal, layout, args.job)  # type: ignore[arg-type] - find() reports a missing journal
     assert journal is not None
-    if job.state == "cancelled":
+    if job.state is JobState.CANCELLED:
         settle_if_no_daemon(layout, journal)
         print(f"job {job.name} ({job.id}) cancelled; its files go to {where(job, layout)['inputs']}")
     else:

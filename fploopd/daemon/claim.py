@@ -26,7 +26,7 @@ from fploopd.daemon.files import move_once
 from fploopd.daemon.journal import Job, Journal
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.names import display, job_name_for
-from fploopd.errors import FploopdError, InputError
+from fploopd.errors import ErrorRecord, FploopdError, InputError
 from fploopd.fsutil import sha256_file
 from fploopd.pipelines.seeds import pick_seeds
 from fploopd.spec import MEDIA_FIELD_NAMES, JobSpec
@@ -104,7 +104,7 @@ def claim_record(drop: Drop, layout: Layout, job_id: str) -> dict[str, Any]:
     files += [("extra", p) for p in drop.extra]
     record: dict[str, Any] = {
         "moves": [{"field": f, "src": layout.rel(p), "dst": layout.rel(inputs_dir / p.name)} for f, p in files],
-        "error": drop.error.to_json() if drop.error is not None else None,
+        "error": drop.error.record().to_json() if drop.error is not None else None,
         "pipeline": drop.spec.pipeline if drop.spec is not None else drop.pipeline,
     }
     if drop.spec is not None:
@@ -187,12 +187,12 @@ def complete_claim(
             crashpoint("claim:after_first_move")
         inputs.append(_input_entry(move, dst, tick))
     crashpoint("claim:after_moves")
-    error = record.get("error")
+    error = ErrorRecord.from_json(record["error"]) if record.get("error") is not None else None
     if error is None and vanished:
         shown = [display(v) for v in vanished]
         error = InputError(
             f"{', '.join(shown)} disappeared from the inbox while the job was being claimed", file=shown[0]
-        ).to_json()
+        ).record()
     spec = record.get("spec")
     media = {m["field"]: m["name"] for m in inputs if m["field"] in MEDIA_FIELD_NAMES}
     if spec is not None:
@@ -212,7 +212,7 @@ def complete_claim(
     if error is None:
         logger.info("claimed {} as job {} ({})", what, name, job_id)
     else:
-        logger.warning("rejected {} as job {} ({}): {}", what, name, job_id, error["error"])
+        logger.warning("rejected {} as job {} ({}): {}", what, name, job_id, error.error)
     return job
 
 
@@ -263,9 +263,9 @@ def adopt_orphans(layout: Layout, journal: Journal) -> list[Job]:
         error = FploopdError(
             f"found in .fploopd/work/{entry.name}/ with no journal record (was the journal lost?); "
             "these are the job's files as they were: drop them again to run the job"
-        ).to_json()
+        ).record()
         here = [layout.rel(inputs_dir / f) for f in files]
-        record = {"moves": [{"field": "orphan", "src": r, "dst": r} for r in here], "error": error, "pipeline": None}
+        record = {"moves": [{"field": "orphan", "src": r, "dst": r} for r in here], "error": error.to_json(), "pipeline": None}
         journal.open_claim(entry.name, name, record)
         job = complete_claim(entry.name, name, record, layout, journal)
         logger.error("recovered orphan work dir {} as failed job {}", entry.name, name)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fploopd.daemon import deliver
-from fploopd.daemon.journal import Job, Journal
+from fploopd.daemon.journal import TERMINAL, IllegalTransition, Job, JobState, Journal
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.outcomes import cancel_queued
 from fploopd.daemon.service import RootLock
@@ -40,29 +40,29 @@ def find(journal: Journal | None, key: str) -> Job:
 
 def where(job: Job, layout: Layout) -> dict[str, str | None]:
     """Where the job's files are now: inputs, and outputs for a done job."""
-    if job.delivery is None or job.state in ("queued", "running"):
+    if job.delivery is None or job.state in (JobState.QUEUED, JobState.RUNNING):
         return {"inputs": str(layout.inputs_dir(job.id)), "outputs": None}
-    if job.state == "done":
-        inputs, outputs = deliver.delivered_to(job.delivery, "archive"), deliver.delivered_to(job.delivery, "outbox")
+    if job.state is JobState.DONE:
+        inputs, outputs = job.delivery.delivered_to("archive"), job.delivery.delivered_to("outbox")
         return {"inputs": str(layout.abs(inputs)) if inputs else None, "outputs": str(layout.abs(outputs)) if outputs else None}
-    return {"inputs": str(layout.abs(job.delivery["moves"][0]["dst"])), "outputs": None}
+    return {"inputs": str(layout.abs(job.delivery.moves[0].dst)), "outputs": None}
 
 
 def job_view(job: Job, layout: Layout) -> dict[str, Any]:
-    """One object of ``fploopd status --json``."""
+    """One object of ``fploopd status --json``: plain JSON values only (its shape is a contract)."""
     places = where(job, layout)
     outputs = []
-    if job.state == "done" and places["outputs"] is not None:
+    if job.state is JobState.DONE and places["outputs"] is not None:
         outputs = [{**o, "path": str(Path(places["outputs"]) / o["file"])} for o in job.outputs or []]
     return {
         "id": job.id,
         "name": job.name,
         "pipeline": job.pipeline,
-        "state": job.state,
+        "state": job.state.value,
         "attempts": job.attempts,
         "failures": job.failures,
         "progress": job.progress,
-        "error": job.error,
+        "error": job.error.to_json() if job.error is not None else None,
         "outputs": outputs,
         "priority": job.priority,
         "seeds": job.seeds,
@@ -71,7 +71,7 @@ def job_view(job: Job, layout: Layout) -> dict[str, Any]:
         "delivered": job.delivered_at is not None or job.delivery is None,
         "cancel_requested": job.cancel_requested,
         "worker": job.worker,
-        "next_attempt_at": iso_time(job.next_attempt_at) if job.state == "queued" and job.next_attempt_at > time.time() else None,
+        "next_attempt_at": iso_time(job.next_attempt_at) if job.state is JobState.QUEUED and job.next_attempt_at > time.time() else None,
         "created_at": iso_time(job.created_at),
         "updated_at": iso_time(job.updated_at),
         "started_at": iso_time(job.started_at),
@@ -95,7 +95,7 @@ def retry(journal: Journal, layout: Layout, key: str) -> Job:
     """A failed or cancelled job queued again: its files come back from failed/, it resumes from its
     last checkpoint, and it gets a fresh budget of max_attempts (``attempts`` keeps counting)."""
     job = find(journal, key)
-    if job.state not in ("failed", "cancelled"):
+    if job.state not in (JobState.FAILED, JobState.CANCELLED):
         raise JobError(f"job {job.name} is {job.state}; only a failed or cancelled job can be retried")
     if job.spec is None:
         place = where(job, layout)["inputs"]
@@ -104,8 +104,8 @@ def retry(journal: Journal, layout: Layout, key: str) -> Job:
         raise JobError(f"job {job.name} is still being moved to failed/; try again in a moment")
     return journal.transition(
         job.id,
-        "queued",
-        expect=("failed", "cancelled"),
+        JobState.QUEUED,
+        expect=(JobState.FAILED, JobState.CANCELLED),
         failures=0,
         cancel_requested=0,
         error=None,
@@ -116,12 +116,10 @@ def retry(journal: Journal, layout: Layout, key: str) -> Job:
 
 def cancel(journal: Journal, layout: Layout, key: str) -> Job:
     """Queued: cancelled now (inputs go to failed/<name>/). Running: flagged; stops at the next step."""
-    from fploopd.daemon.journal import IllegalTransition
-
     job = find(journal, key)
-    if job.state in ("done", "failed", "cancelled"):
+    if job.state in TERMINAL:
         raise JobError(f"job {job.name} is already {job.state}")
-    if job.state == "queued":
+    if job.state is JobState.QUEUED:
         try:
             return cancel_queued(job, layout, journal)
         except IllegalTransition:

@@ -2,7 +2,7 @@
 ``outbox/<name>/`` (last, so that a job in outbox/ is a finished one: its inputs are in archive/ by
 then); a failed or cancelled job's inputs, untouched, into ``failed/<name>/`` with ``error.json``.
 
-A *plan* (the moves, and the error file to write first) is stored in the journal with the state
+A *plan* (``DeliveryPlan``: the moves, and the error file to write first) is stored in the journal with the state
 transition it follows; ``settle`` carries it out. Each step is a whole-folder rename that is done or
 not (``move_once``), so settling again after a crash finishes the delivery exactly once. Nothing is
 ever deleted except the job's own checkpoints once its outputs are delivered.
@@ -21,8 +21,10 @@ from loguru import logger
 
 from fploopd.daemon.crash import crashpoint
 from fploopd.daemon.files import move_once
-from fploopd.daemon.journal import Job, Journal
+from fploopd.daemon.journal import Job, JobState, Journal
 from fploopd.daemon.layout import Layout
+from fploopd.daemon.plan import DeliveryPlan, ErrorFile, Move
+from fploopd.errors import ErrorRecord
 from fploopd.fsutil import adopt_owner, fsync_dir, sha256_file, write_json_atomic
 from fploopd.pipelines.manifest import build_manifest, write_manifest
 
@@ -34,59 +36,40 @@ def _free(folder: Path, name: str, job_id: str) -> Path:
     return folder / name if not os.path.lexists(folder / name) else folder / f"{name}-{job_id}"
 
 
-def error_document(job_id: str, error: dict[str, Any]) -> dict[str, Any]:
-    """``error.json``: exactly job, kind, error, and field and file when known."""
-    doc = {"job": job_id, "kind": error.get("kind", "error"), "error": error.get("error", "")}
-    doc.update({k: error[k] for k in ("field", "file") if error.get(k) is not None})
-    return doc
-
-
-def plan_rejected(layout: Layout, job_id: str, name: str, error: dict[str, Any]) -> dict[str, Any]:
+def plan_rejected(layout: Layout, job_id: str, name: str, error: ErrorRecord) -> DeliveryPlan:
     """Failed or cancelled: error.json into the inputs, then the inputs folder to failed/<name>/."""
     inputs = layout.inputs_dir(job_id)
     # A user file called error.json (a sidecar named "error") is never overwritten.
     error_name = ERROR_FILE if not os.path.lexists(inputs / ERROR_FILE) else "fploopd-error.json"
-    return {
-        "write": {"path": layout.rel(inputs / error_name), "json": error_document(job_id, error)},
-        "moves": [{"src": layout.rel(inputs), "dst": layout.rel(_free(layout.failed, name, job_id))}],
-        "cleanup": False,  # checkpoints stay: `fploopd retry` resumes from them
-    }
+    return DeliveryPlan(
+        write=ErrorFile(path=layout.rel(inputs / error_name), job=job_id, error=error),
+        moves=(Move(layout.rel(inputs), layout.rel(_free(layout.failed, name, job_id))),),
+        cleanup=False,  # checkpoints stay: `fploopd retry` resumes from them
+    )
 
 
-def plan_done(layout: Layout, job_id: str, name: str) -> dict[str, Any]:
-    return {
-        "moves": [
-            {"src": layout.rel(layout.inputs_dir(job_id)), "dst": layout.rel(_free(layout.archive, name, job_id))},
-            {"src": layout.rel(layout.out_dir(job_id)), "dst": layout.rel(_free(layout.outbox, name, job_id))},
-        ],
-        "cleanup": True,
-    }
+def plan_done(layout: Layout, job_id: str, name: str) -> DeliveryPlan:
+    return DeliveryPlan(
+        moves=(
+            Move(layout.rel(layout.inputs_dir(job_id)), layout.rel(_free(layout.archive, name, job_id))),
+            Move(layout.rel(layout.out_dir(job_id)), layout.rel(_free(layout.outbox, name, job_id))),
+        ),
+        cleanup=True,
+    )
 
 
-def delivered_to(plan: dict[str, Any], folder: str) -> str | None:
-    """Where ``plan`` moves the job's folder that goes to ``folder`` (outbox, archive, failed), relative
-    to the root. Found by destination, since older journals list a done job's moves in the other order."""
-    for move in plan["moves"]:
-        if move["dst"].split("/", 1)[0] == folder:
-            return move["dst"]
-    return None
-
-
-def plan_retry(layout: Layout, job: Job) -> dict[str, Any]:
+def plan_retry(layout: Layout, job: Job) -> DeliveryPlan:
     """Back from failed/ into the work dir; the old error.json is kept in the work dir."""
-    assert job.delivery is not None
+    assert job.delivery is not None and job.delivery.write is not None
     inputs = layout.inputs_dir(job.id)
-    where = layout.abs(delivered_to(job.delivery, "failed") or job.delivery["moves"][0]["dst"])
-    error_name = Path(job.delivery["write"]["path"]).name
+    where = layout.abs(job.delivery.delivered_to("failed") or job.delivery.moves[0].dst)
+    error_name = Path(job.delivery.write.path).name
     keep = layout.job_dir(job.id) / "errors" / f"{time.strftime('%Y%m%dT%H%M%S')}-{error_name}"
-    return {
-        "moves": [
-            {"src": layout.rel(where), "dst": layout.rel(inputs)},
-            {"src": layout.rel(inputs / error_name), "dst": layout.rel(keep)},
-        ],
-        "cleanup": False,
-        "rehash": True,  # the user may have fixed the files in failed/: record what will be used
-    }
+    return DeliveryPlan(
+        moves=(Move(layout.rel(where), layout.rel(inputs)), Move(layout.rel(inputs / error_name), layout.rel(keep))),
+        cleanup=False,
+        rehash=True,  # the user may have fixed the files in failed/: record what will be used
+    )
 
 
 def settle(job: Job, layout: Layout, journal: Journal, tick: Callable[[], None] | None = None) -> None:
@@ -95,46 +78,46 @@ def settle(job: Job, layout: Layout, journal: Journal, tick: Callable[[], None] 
     if plan is None or job.delivered_at is not None:
         return
     with logger.contextualize(job=job.id):
-        write = plan.get("write")
-        if write is not None:
-            target = layout.abs(write["path"])
+        if plan.write is not None:
+            target = layout.abs(plan.write.path)
             if target.parent.is_dir():  # else its folder has moved on already, with it inside
-                write_json_atomic(target, write["json"])
+                write_json_atomic(target, plan.write.document())
         outcomes = []
-        for i, move in enumerate(plan["moves"]):
-            src, dst = layout.abs(move["src"]), layout.abs(move["dst"])
+        for i, move in enumerate(plan.moves):
+            src, dst = layout.abs(move.src), layout.abs(move.dst)
             outcome = move_once(src, dst)
             if outcome == "conflict":
                 # Someone made dst since the plan was made: pick a free name, record it, go on.
                 dst = dst.with_name(f"{dst.name}-{job.id}-{int(time.time())}")
-                plan["moves"][i]["dst"] = layout.rel(dst)
+                plan = plan.with_dst(i, layout.rel(dst))
+                move = plan.moves[i]
                 journal.set_delivery(job.id, plan)
                 outcome = move_once(src, dst)
             if outcome == "missing":
-                logger.error("cannot deliver {}: neither it nor {} exists", move["src"], move["dst"])
-            outcomes.append(f"{move['src']} -> {move['dst']}: {outcome}")
+                logger.error("cannot deliver {}: neither it nor {} exists", move.src, move.dst)
+            outcomes.append(f"{move.src} -> {move.dst}: {outcome}")
             crashpoint(f"deliver:after_move{i + 1}")
         _adopt_owner(layout, plan)
-        if plan.get("cleanup"):
+        if plan.cleanup:
             _remove_checkpoints(layout, job.id)
-        inputs = rehash(layout, job, tick) if plan.get("rehash") else None
+        inputs = rehash(layout, job, tick) if plan.rehash else None
         journal.mark_delivered(job.id, outcomes, inputs=inputs)
-        if job.state == "done":
-            logger.info("delivered {} to {}", job.name, delivered_to(plan, "outbox"))
-        elif job.state in ("failed", "cancelled"):
-            logger.info("{} job {}: its files are in {}", job.state, job.name, plan["moves"][0]["dst"])
+        if job.state is JobState.DONE:
+            logger.info("delivered {} to {}", job.name, plan.delivered_to("outbox"))
+        elif job.state in (JobState.FAILED, JobState.CANCELLED):
+            logger.info("{} job {}: its files are in {}", job.state, job.name, plan.moves[0].dst)
 
 
-def _adopt_owner(layout: Layout, plan: dict[str, Any]) -> None:
+def _adopt_owner(layout: Layout, plan: DeliveryPlan) -> None:
     """What the daemon made takes the root's owner: outputs whole; of the inputs' folders only the
     folder and error.json, since the files in them are the users' own."""
-    for move in plan["moves"]:
-        where, top = layout.abs(move["dst"]), move["dst"].split("/", 1)[0]
-        if top in ("failed", "archive"):
+    for move in plan.moves:
+        where = layout.abs(move.dst)
+        if move.top in ("failed", "archive"):
             adopt_owner(where, layout.root, tree=False)
-            if plan.get("write") is not None:
-                adopt_owner(where / Path(plan["write"]["path"]).name, layout.root)
-        elif top == "outbox":
+            if plan.write is not None:
+                adopt_owner(where / Path(plan.write.path).name, layout.root)
+        elif move.top == "outbox":
             adopt_owner(where, layout.root)
 
 

@@ -14,24 +14,42 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from fploopd.errors import FploopdError
+from fploopd.daemon.plan import DeliveryPlan
+from fploopd.errors import ErrorRecord, FploopdError
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
-TERMINAL = ("done", "failed", "cancelled")
+
+class JobState(str, Enum):
+    """A job's state. The values are a contract (the journal, ``fploopd status --json``), and a
+    member is its value wherever a string is read: f-strings, JSON, SQLite. (Not enum.StrEnum:
+    Python 3.10 is supported.)"""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATES = tuple(JobState)
+TERMINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 # The contract's state machine, plus running -> queued (crash, warm stop, retry after backoff) and
 # failed or cancelled -> queued (fploopd retry). A rejected drop is created directly in `failed`.
 TRANSITIONS = {
-    ("queued", "running"),
-    ("queued", "cancelled"),
-    ("running", "done"),
-    ("running", "failed"),
-    ("running", "cancelled"),
-    ("running", "queued"),
-    ("failed", "queued"),
-    ("cancelled", "queued"),
+    (JobState.QUEUED, JobState.RUNNING),
+    (JobState.QUEUED, JobState.CANCELLED),
+    (JobState.RUNNING, JobState.DONE),
+    (JobState.RUNNING, JobState.FAILED),
+    (JobState.RUNNING, JobState.CANCELLED),
+    (JobState.RUNNING, JobState.QUEUED),
+    (JobState.FAILED, JobState.QUEUED),
+    (JobState.CANCELLED, JobState.QUEUED),
 }
 # 1: jobs, events, claims. 2: jobs.failures (the retry budget, apart from attempts), the drops
 # waiting in the inbox and the daemon's own state (both for `fploopd status`).
@@ -150,16 +168,16 @@ class Job:
     spec: dict[str, Any] | None
     seeds: list[int] | None
     inputs: list[dict[str, Any]]
-    state: str
+    state: JobState
     attempts: int  # earlier tries that failed or were interrupted (status, manifest)
     failures: int  # failed tries since the job was queued or retried: the budget of max_attempts
     next_attempt_at: float
     priority: int
     progress: dict[str, Any] | None
-    error: dict[str, Any] | None
+    error: ErrorRecord | None
     outputs: list[dict[str, Any]] | None
     cancel_requested: bool
-    delivery: dict[str, Any] | None
+    delivery: DeliveryPlan | None
     delivered_at: float | None
     worker: str | None
     created_at: float
@@ -174,11 +192,29 @@ class Job:
             if values[key] is not None:
                 values[key] = json.loads(values[key])
         values["cancel_requested"] = bool(values["cancel_requested"])
+        values["state"] = JobState(values["state"])
+        if values["error"] is not None:
+            values["error"] = ErrorRecord.from_json(values["error"])
+        if values["delivery"] is not None:
+            values["delivery"] = DeliveryPlan.from_json(values["delivery"])
         return cls(**values)
 
 
+def _plain(value: Any) -> Any:
+    """What JSON stores of a typed value (an ErrorRecord, a DeliveryPlan): its ``to_json()``."""
+    to_json = getattr(value, "to_json", None)
+    return to_json() if callable(to_json) else str(value)
+
+
 def _dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, default=str)
+    return None if value is None else json.dumps(value, default=_plain)
+
+
+def _columns(fields: dict[str, Any]) -> dict[str, Any]:
+    """Job fields as SQLite values: JSON text for the JSON columns, a state as its string."""
+    return {
+        k: _dump(v) if k in _JSON_COLUMNS else v.value if isinstance(v, JobState) else v for k, v in fields.items()
+    }
 
 
 class Journal:
@@ -344,12 +380,12 @@ class Journal:
         seeds: list[int] | None,
         inputs: list[dict[str, Any]],
         priority: int = 0,
-        error: dict[str, Any] | None = None,
-        delivery: dict[str, Any] | None = None,
+        error: ErrorRecord | None = None,
+        delivery: DeliveryPlan | None = None,
     ) -> Job:
         """The claim's moves are done: the job exists, ``queued``, or ``failed`` when ``error`` is given."""
         now = time.time()
-        state = "failed" if error is not None else "queued"
+        state = JobState.FAILED if error is not None else JobState.QUEUED
         with self.transaction():
             self.db.execute(
                 "INSERT INTO jobs (id, name, pipeline, spec, seeds, inputs, state, priority, error, delivery,"
@@ -361,7 +397,7 @@ class Journal:
                     _dump(spec),
                     _dump(seeds),
                     _dump(inputs),
-                    state,
+                    state.value,
                     priority,
                     _dump(error),
                     _dump(delivery),
@@ -371,14 +407,14 @@ class Journal:
                 ),
             )
             self.db.execute("DELETE FROM claims WHERE job_id = ?", (job_id,))
-            self._event(job_id, state, error)
+            self._event(job_id, state.value, error)
         return self.get(job_id)
 
     # --- jobs ---------------------------------------------------------------------------------
 
     def restore(self, fields: dict[str, Any], detail: Any = None) -> Job:
         """Insert a job rebuilt from the folders (``fploopd journal recover``), with a ``recovered`` event."""
-        values = {k: (_dump(v) if k in _JSON_COLUMNS else v) for k, v in fields.items()}
+        values = _columns(fields)
         columns, marks = ", ".join(values), ", ".join("?" * len(values))
         with self.transaction():
             self.db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(values.values()))
@@ -394,11 +430,12 @@ class Journal:
             raise KeyError(key)
         return Job.from_row(row)
 
-    def jobs(self, states: tuple[str, ...] = STATES) -> list[Job]:
+    def jobs(self, states: tuple[JobState, ...] = STATES) -> list[Job]:
         if "jobs" not in self.tables:  # an empty journal file, opened read-only
             return []
         marks = ",".join("?" * len(states))
-        rows = self.db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at, id", states).fetchall()
+        wanted = tuple(JobState(s).value for s in states)
+        rows = self.db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at, id", wanted).fetchall()
         return [Job.from_row(r) for r in rows]
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
@@ -407,7 +444,9 @@ class Journal:
         rows = self.db.execute("SELECT at, who, what, detail FROM events WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
         return [dict(r) for r in rows]
 
-    def transition(self, job_id: str, to: str, *, expect: str | tuple[str, ...] | None = None, **fields: Any) -> Job:
+    def transition(
+        self, job_id: str, to: JobState, *, expect: JobState | tuple[JobState, ...] | None = None, **fields: Any
+    ) -> Job:
         """Move ``job_id`` to state ``to``, setting ``fields``; raises IllegalTransition when not allowed.
 
         ``expect`` narrows the states it may come from (the transition table allows the rest).
@@ -417,22 +456,22 @@ class Journal:
             row = self.db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise KeyError(job_id)
-            current = row["state"]
+            current, to = JobState(row["state"]), JobState(to)
             allowed = (expect,) if isinstance(expect, str) else expect
             if (current, to) not in TRANSITIONS or (allowed is not None and current not in allowed):
                 raise IllegalTransition(f"job {job_id}: {current} -> {to} is not allowed")
-            values = {k: (_dump(v) if k in _JSON_COLUMNS else v) for k, v in fields.items()}
+            values = _columns(fields)
             if "delivery" in fields:
                 values["delivered_at"] = None  # a new plan is pending until settled
-            values["state"] = to
+            values["state"] = to.value
             values["updated_at"] = now
-            if to == "running":
+            if to is JobState.RUNNING:
                 values["started_at"] = now
             if to in TERMINAL:
                 values["finished_at"] = now
             sets = ", ".join(f"{k} = ?" for k in values)
             self.db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
-            self._event(job_id, to, {k: v for k, v in fields.items() if k not in ("spec", "delivery", "outputs")} or None)
+            self._event(job_id, to.value, {k: v for k, v in fields.items() if k not in ("spec", "delivery", "outputs")} or None)
         return self.get(job_id)
 
     def claim_next(self, worker: str, now: float | None = None) -> Job | None:
@@ -468,7 +507,7 @@ class Journal:
             self._event(job_id, "cancel requested")
         return self.get(job_id)
 
-    def set_delivery(self, job_id: str, delivery: dict[str, Any]) -> None:
+    def set_delivery(self, job_id: str, delivery: DeliveryPlan) -> None:
         with self.transaction():
             self.db.execute("UPDATE jobs SET delivery = ? WHERE id = ? AND delivered_at IS NULL", (_dump(delivery), job_id))
 

@@ -1,5 +1,7 @@
 """What the supervisor and a GPU worker say to each other over their Pipe: small frozen dataclasses
-(pickled by multiprocessing), so each side reads fields by name.
+(pickled by multiprocessing), so each side reads fields by name. They carry typed values: the job's
+spec as a ``JobSpec`` (validated by the supervisor, so the worker never parses it), errors as
+``ErrorRecord``s.
 
 Supervisor -> worker: ``RunJob``, ``StopJob``, ``Exit``.
 Worker -> supervisor: ``Ready`` or ``Fatal`` once after loading the models; for each job ``Started``
@@ -12,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fploopd.errors import ErrorRecord
+from fploopd.spec import JobSpec
+
 # A worker's heartbeat thread sends a Beat this often, whatever its main thread is doing.
 HEARTBEAT_S = 2.0
 
@@ -23,7 +28,7 @@ HEARTBEAT_S = 2.0
 class RunJob:
     id: str
     name: str
-    spec: dict[str, Any]
+    spec: JobSpec
     seeds: list[int]
     inputs: dict[str, str]  # media field -> path in the job's inputs dir
     input_hashes: dict[str, str]  # media field -> sha256, as hashed at the claim (or after a retry)
@@ -53,7 +58,7 @@ class Ready:
 
 @dataclass(frozen=True)
 class Fatal:
-    error: dict[str, str]  # FploopdError.to_json()
+    error: ErrorRecord
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,8 @@ class Done:
 @dataclass(frozen=True)
 class Failed:
     job_id: str
-    error: dict[str, str]
-    input_fault: bool  # the input's fault, or a spec this version cannot run: never retried
+    error: ErrorRecord
+    input_fault: bool  # the input's fault: never retried
 
 
 @dataclass(frozen=True)

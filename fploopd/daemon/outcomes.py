@@ -4,6 +4,7 @@ moves the files. Used by the supervisor, and by the commands for a queued job.""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -11,11 +12,12 @@ from loguru import logger
 
 from fploopd.daemon import deliver
 from fploopd.daemon.crash import crashpoint
-from fploopd.daemon.journal import Job, Journal
+from fploopd.daemon.journal import Job, JobState, Journal
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.settings import Settings
+from fploopd.errors import ErrorRecord
 
-CANCELLED = {"kind": "cancelled", "error": "cancelled by the user (fploopd cancel)"}
+CANCELLED = ErrorRecord("cancelled", "cancelled by the user (fploopd cancel)")
 
 
 def finished(job: Job, layout: Layout, journal: Journal, result: dict[str, Any], model: Any) -> None:
@@ -30,8 +32,8 @@ def finished(job: Job, layout: Layout, journal: Journal, result: dict[str, Any],
     crashpoint("deliver:before_journal")
     journal.transition(
         job.id,
-        "done",
-        expect="running",
+        JobState.DONE,
+        expect=JobState.RUNNING,
         outputs=result["outputs"],
         error=None,  # an earlier attempt's error stays in the events, not on a done job
         progress={"phase": "done"},
@@ -41,11 +43,11 @@ def finished(job: Job, layout: Layout, journal: Journal, result: dict[str, Any],
     crashpoint("deliver:after_journal")
 
 
-def failed(job: Job, layout: Layout, journal: Journal, error: dict[str, Any]) -> None:
+def failed(job: Job, layout: Layout, journal: Journal, error: ErrorRecord) -> None:
     """running -> failed, a try that failed for good: the inputs go to failed/<name>/ with error.json."""
     plan = deliver.plan_rejected(layout, job.id, job.name, error)
     journal.transition(
-        job.id, "failed", expect="running", delivery=plan, error=error, worker=None,
+        job.id, JobState.FAILED, expect=JobState.RUNNING, delivery=plan, error=error, worker=None,
         attempts=job.attempts + 1, failures=job.failures + 1,
     )
 
@@ -56,10 +58,10 @@ def stopped(job: Job, layout: Layout, journal: Journal) -> None:
     if journal.get(job.id).cancel_requested:
         logger.info("{} cancelled", job.name)
         plan = deliver.plan_rejected(layout, job.id, job.name, CANCELLED)
-        journal.transition(job.id, "cancelled", expect="running", error=CANCELLED, worker=None, delivery=plan)
+        journal.transition(job.id, JobState.CANCELLED, expect=JobState.RUNNING, error=CANCELLED, worker=None, delivery=plan)
     else:
         logger.info("{} stopped at a step boundary; it stays queued and resumes from its checkpoint", job.name)
-        journal.transition(job.id, "queued", expect="running", worker=None, next_attempt_at=0.0, attempts=job.attempts + 1)
+        journal.transition(job.id, JobState.QUEUED, expect=JobState.RUNNING, worker=None, next_attempt_at=0.0, attempts=job.attempts + 1)
 
 
 def interrupted(job: Job, layout: Layout, journal: Journal, why: str) -> None:
@@ -69,17 +71,19 @@ def interrupted(job: Job, layout: Layout, journal: Journal, why: str) -> None:
         stopped(job, layout, journal)
         return
     journal.transition(
-        job.id, "queued", expect="running", worker=None, next_attempt_at=0.0, attempts=job.attempts + 1,
-        error={"kind": "interrupted", "error": why},
+        job.id, JobState.QUEUED, expect=JobState.RUNNING, worker=None, next_attempt_at=0.0, attempts=job.attempts + 1,
+        error=ErrorRecord("interrupted", why),
     )
 
 
 def not_started(job: Job, journal: Journal) -> None:
     """Handed to a worker that went away before it took the job: it never ran, so nothing is counted."""
-    journal.transition(job.id, "queued", expect="running", worker=None, next_attempt_at=0.0)
+    journal.transition(job.id, JobState.QUEUED, expect=JobState.RUNNING, worker=None, next_attempt_at=0.0)
 
 
-def retry_or_fail(job: Job, layout: Layout, journal: Journal, settings: Settings, error: dict[str, Any], backoff: bool = True) -> None:
+def retry_or_fail(
+    job: Job, layout: Layout, journal: Journal, settings: Settings, error: ErrorRecord, backoff: bool = True
+) -> None:
     """A failure that is not the input's fault: queued again after a backoff, until ``failures``
     reaches max_attempts."""
     if journal.get(job.id).cancel_requested:
@@ -87,14 +91,14 @@ def retry_or_fail(job: Job, layout: Layout, journal: Journal, settings: Settings
         return
     attempts, failures = job.attempts + 1, job.failures + 1
     if failures >= settings.max_attempts:
-        error = {**error, "error": f"{error.get('error')} (failed {failures} of {settings.max_attempts} times; giving up)"}
-        logger.error("{} failed: {}", job.name, error["error"])
+        error = dataclasses.replace(error, error=f"{error.error} (failed {failures} of {settings.max_attempts} times; giving up)")
+        logger.error("{} failed: {}", job.name, error.error)
         failed(job, layout, journal, error)
         return
     delay = settings.backoff_s(failures) if backoff else 0.0
-    logger.warning("{}: {}; try {} of {} in {:.0f} s", job.name, error.get("error"), failures + 1, settings.max_attempts, delay)
+    logger.warning("{}: {}; try {} of {} in {:.0f} s", job.name, error.error, failures + 1, settings.max_attempts, delay)
     journal.transition(
-        job.id, "queued", expect="running", attempts=attempts, failures=failures, error=error, worker=None,
+        job.id, JobState.QUEUED, expect=JobState.RUNNING, attempts=attempts, failures=failures, error=error, worker=None,
         next_attempt_at=time.time() + delay,
     )
 
@@ -102,4 +106,4 @@ def retry_or_fail(job: Job, layout: Layout, journal: Journal, settings: Settings
 def cancel_queued(job: Job, layout: Layout, journal: Journal) -> Job:
     """queued -> cancelled, its inputs planned for failed/<name>/ (settled by whoever holds the root)."""
     plan = deliver.plan_rejected(layout, job.id, job.name, CANCELLED)
-    return journal.transition(job.id, "cancelled", expect="queued", error=CANCELLED, delivery=plan)
+    return journal.transition(job.id, JobState.CANCELLED, expect=JobState.QUEUED, error=CANCELLED, delivery=plan)

@@ -20,9 +20,11 @@ from typing import Any
 from loguru import logger
 
 from fploopd.daemon.deliver import ERROR_FILE
-from fploopd.daemon.journal import Journal, JournalError
+from fploopd.daemon.journal import JobState, Journal, JournalError
 from fploopd.daemon.layout import Layout
+from fploopd.daemon.plan import DeliveryPlan, ErrorFile, Move
 from fploopd.daemon.service import RootLock, RootLockedError
+from fploopd.errors import ErrorRecord
 from fploopd.fsutil import sha256_file
 from fploopd.pipelines.manifest import MANIFEST_FILE
 
@@ -188,9 +190,10 @@ def _restore_all(layout: Layout, journal: Journal, result: Recovery) -> None:
         if job["id"] in known:
             continue  # the journal has it (a healthy journal kept), or two folders name the same job
         job["name"] = _free_name(journal, job["name"], job["id"])
-        journal.restore(job, {"from": job["delivery"]["moves"][0]["dst"]})
+        journal.restore(job, {"from": job["delivery"].moves[0].dst})
         known.add(job["id"])
-        setattr(result, job["state"], getattr(result, job["state"]) + 1)
+        state = job["state"].value
+        setattr(result, state, getattr(result, state) + 1)
 
 
 def _done_job(layout: Layout, folder: Path, result: Recovery) -> dict[str, Any] | None:
@@ -215,16 +218,16 @@ def _done_job(layout: Layout, folder: Path, result: Recovery) -> dict[str, Any] 
         "spec": manifest.get("spec"),
         "seeds": manifest.get("seeds"),
         "inputs": inputs,
-        "state": "done",
+        "state": JobState.DONE,
         "attempts": int(manifest.get("attempts") or 0),
         "outputs": [o for o in manifest.get("outputs") or [] if isinstance(o, dict)],
-        "delivery": {
-            "moves": [
-                {"src": layout.rel(layout.out_dir(job_id)), "dst": layout.rel(folder)},
-                {"src": layout.rel(layout.inputs_dir(job_id)), "dst": layout.rel(archive)},
-            ],
-            "cleanup": True,
-        },
+        "delivery": DeliveryPlan(
+            moves=(
+                Move(layout.rel(layout.out_dir(job_id)), layout.rel(folder)),
+                Move(layout.rel(layout.inputs_dir(job_id)), layout.rel(archive)),
+            ),
+            cleanup=True,
+        ),
         "delivered_at": time.time(),
         "created_at": created,
         "updated_at": finished,
@@ -256,6 +259,7 @@ def _failed_job(layout: Layout, folder: Path, result: Recovery) -> dict[str, Any
     when = (folder / error_name).stat().st_mtime
     name = folder.name[: -len(job_id) - 1] if folder.name.endswith(f"-{job_id}") else folder.name
     files = sorted(p for p in folder.iterdir() if p.name != error_name and p.is_file() and not p.is_symlink())
+    record = ErrorRecord.from_json(error)
     return {
         "id": job_id,
         "name": name or folder.name,
@@ -263,14 +267,14 @@ def _failed_job(layout: Layout, folder: Path, result: Recovery) -> dict[str, Any
         "spec": None,
         "seeds": None,
         "inputs": [_input_record(p) for p in files],
-        "state": "cancelled" if error.get("kind") == "cancelled" else "failed",
+        "state": JobState.CANCELLED if record.kind == "cancelled" else JobState.FAILED,
         "attempts": 0,
-        "error": {k: error[k] for k in ("kind", "error", "field", "file") if k in error},
-        "delivery": {
-            "write": {"path": layout.rel(layout.inputs_dir(job_id) / error_name), "json": error},
-            "moves": [{"src": layout.rel(layout.inputs_dir(job_id)), "dst": layout.rel(folder)}],
-            "cleanup": False,
-        },
+        "error": record,
+        "delivery": DeliveryPlan(
+            write=ErrorFile(path=layout.rel(layout.inputs_dir(job_id) / error_name), job=job_id, error=record),
+            moves=(Move(layout.rel(layout.inputs_dir(job_id)), layout.rel(folder)),),
+            cleanup=False,
+        ),
         "delivered_at": time.time(),
         "created_at": when,
         "updated_at": when,

@@ -19,21 +19,23 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from loguru import logger
+from pydantic import ValidationError
 
+from fploopd import __version__
 from fploopd.daemon import deliver, outcomes
 from fploopd.daemon import messages as m
 from fploopd.daemon.claim import Drop, adopt_orphans, recover_claims
 from fploopd.daemon.intake import Intake, Waiting, start_watching
-from fploopd.daemon.journal import IllegalTransition, Job, Journal
+from fploopd.daemon.journal import IllegalTransition, Job, JobState, Journal
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.names import display
 from fploopd.daemon.recover import check_root_journal
 from fploopd.daemon.service import Notifier, StopFlags, Waker
 from fploopd.daemon.settings import Settings
 from fploopd.daemon.worker import worker_main
-from fploopd.errors import FploopdError
+from fploopd.errors import ErrorRecord, FploopdError
 from fploopd.pipelines.progress import progress_text
-from fploopd.spec import MEDIA_FIELD_NAMES
+from fploopd.spec import MEDIA_FIELD_NAMES, JobSpec
 
 PROGRESS_WRITE_S = 0.5  # progress reaches the journal at most this often (phase changes at once)
 MAX_RESTART_DELAY_S = 60.0
@@ -43,6 +45,24 @@ JOURNAL_POLL_S = 1.0
 PUBLISH_S = 5.0  # the daemon's own state (and its heartbeat) reaches the journal at least this often
 ERROR_PAUSE_S = 1.0  # after an unexpected error in the loop, before the next iteration
 MIB = 1024 * 1024
+
+
+class SpecError(FploopdError):
+    """A recorded spec this version cannot read (written by another version): retrying cannot help."""
+
+    kind = "spec"
+
+
+def recorded_spec(values: dict[str, Any]) -> JobSpec:
+    """The journal's spec of a job as the model the worker runs. Validated at intake already, so
+    only a spec recorded by another fploopd version fails here: with SpecError, saying what to do."""
+    try:
+        return JobSpec.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()[:5])
+        raise SpecError(
+            f"the job's recorded settings cannot be read by fploopd {__version__} ({problems}); drop the job again"
+        ) from None
 
 
 @dataclass
@@ -57,7 +77,7 @@ class WorkerHandle:
     started: bool = False  # the worker took ``job`` (Started): from then on its death costs the job a try
     retiring: str | None = None  # why it is leaving: it gets no new job
     stop_sent: bool = False
-    fatal: dict[str, Any] | None = None
+    fatal: ErrorRecord | None = None
     silent: bool = False  # reported as not responding
     last_write: float = 0.0
     last_progress: dict[str, Any] = field(default_factory=dict)
@@ -84,7 +104,7 @@ class Supervisor:
         self.restart_at: dict[str, float] = {}
         self.deaths: dict[str, int] = {}
         self.settle_after: dict[str, float] = {}
-        self.fatal: dict[str, dict[str, Any]] = {}  # devices whose worker could not load the models
+        self.fatal: dict[str, ErrorRecord] = {}  # devices whose worker could not load the models
         self.observer: Any = None
         self.next_scan = 0.0
         self.scanned_since_start = False
@@ -130,12 +150,12 @@ class Supervisor:
             resolve(self.settings.model)
         except FploopdError as exc:
             logger.error("the models cannot be loaded, so jobs will wait in the queue until they can:\n{}", exc.message)
-            self.fatal = {d: exc.to_json() for d in self.devices}
+            self.fatal = {d: exc.record() for d in self.devices}
 
     def recover(self) -> None:
         """Start-up: finish interrupted claims, requeue interrupted jobs, finish deliveries."""
         recover_claims(self.layout, self.journal)
-        for job in self.journal.jobs(("running",)):
+        for job in self.journal.jobs((JobState.RUNNING,)):
             with logger.contextualize(job=job.id):
                 logger.warning("job {} was running when the daemon stopped; it resumes from its checkpoint", job.name)
                 outcomes.interrupted(job, self.layout, self.journal, "interrupted: the daemon stopped while it ran")
@@ -267,7 +287,7 @@ class Supervisor:
         settling = [w for w in self.waiting if not w.blocked]  # a blocked drop waits for a person
         if not self.once or not self.scanned_since_start or busy or settling or self.journal.pending_moves():
             return
-        queued = self.journal.jobs(("queued",))
+        queued = self.journal.jobs((JobState.QUEUED,))
         if not queued and self.waiting:
             reasons = "; ".join(f"{w.sidecar}: {w.reason}" for w in self.waiting)
             logger.error("{} drop(s) could not be taken from the inbox: {}", len(self.waiting), reasons)
@@ -282,12 +302,12 @@ class Supervisor:
         running = [f"{w.job.name}: {progress_text(w.last_progress)}" for w in self.workers.values() if w.job is not None]
         if self.stopping:
             return "stopping" + (f"; {'; '.join(running)}" if running else "")
-        queued = len(self.journal.jobs(("queued",)))
+        queued = len(self.journal.jobs((JobState.QUEUED,)))
         text = "; ".join(running) if running else "idle"
         if self.low_space:
             text += f"; paused: {self.low_space}"
         if self.fatal:
-            text += "; cannot load the models: " + "; ".join(str(e.get("error", "")).splitlines()[0] for e in self.fatal.values())
+            text += "; cannot load the models: " + "; ".join((e.error.splitlines() or [""])[0] for e in self.fatal.values())
         return text + (f"; {queued} queued" if queued else "")
 
     # --- what status shows besides the jobs ----------------------------------------------------
@@ -309,7 +329,7 @@ class Supervisor:
             fatal = self.fatal.get(device)
             if w is None:
                 state = "cannot load the models" if fatal else "restarting" if device in self.restart_at else "stopped"
-                out[device] = {"state": state, "error": (fatal or {}).get("error")}
+                out[device] = {"state": state, "error": fatal.error if fatal else None}
                 continue
             state = "not responding" if w.silent else "busy" if w.job else "ready" if w.ready else "loading the models"
             out[device] = {
@@ -317,7 +337,7 @@ class Supervisor:
                 "pid": w.process.pid,
                 "job": w.job.name if w.job else None,
                 "silent_s": round(now - w.last_heard) if w.silent else None,
-                "error": (fatal or {}).get("error"),
+                "error": fatal.error if fatal else None,
             }
         return out
 
@@ -430,7 +450,7 @@ class Supervisor:
             return
         if isinstance(msg, m.Fatal):
             w.fatal = msg.error
-            logger.error("worker on {} cannot start: {}", w.device, msg.error.get("error"))
+            logger.error("worker on {} cannot start: {}", w.device, msg.error.error)
             return
         if isinstance(msg, m.Exiting):
             w.retiring = msg.reason
@@ -445,8 +465,8 @@ class Supervisor:
             except Exception as exc:  # noqa: BLE001 - a job's trouble (a full disk) must not stop the daemon
                 logger.opt(exception=True).error("handling {} of {} failed", type(msg).__name__, job.name)
                 w.job = None
-                if self.journal.get(job.id).state == "running":
-                    self._retry_or_fail(job, {"kind": "error", "error": f"{type(exc).__name__}: {exc}"})
+                if self.journal.get(job.id).state is JobState.RUNNING:
+                    self._retry_or_fail(job, ErrorRecord("error", f"{type(exc).__name__}: {exc}"))
 
     def _on_job_message(self, w: WorkerHandle, job: Job, msg: Any) -> None:
         if isinstance(msg, m.Started):
@@ -535,7 +555,7 @@ class Supervisor:
             if w.retiring and w.retiring.startswith("not responding"):
                 why = f"the worker process on {w.device} was {w.retiring} and was restarted"
             logger.error("{} while running {}", why, job.name)
-            self._retry_or_fail(job, {"kind": "error", "error": why})
+            self._retry_or_fail(job, ErrorRecord("error", why))
 
     # --- job outcomes -------------------------------------------------------------------------
 
@@ -551,7 +571,7 @@ class Supervisor:
                     msg = self._run_message(job)
                 except Exception as exc:  # noqa: BLE001 - one job's broken record must not stop the others
                     logger.opt(exception=True).error("cannot start {}", job.name)
-                    self._fail(job, {"kind": "error", "error": f"cannot start the job: {type(exc).__name__}: {exc}"})
+                    self._fail(job, ErrorRecord("error", f"cannot start the job: {type(exc).__name__}: {exc}"))
                     continue
                 if msg is None:
                     continue
@@ -560,16 +580,24 @@ class Supervisor:
                 self._send(w, msg)
 
     def _run_message(self, job: Job) -> m.RunJob | None:
+        """What the worker needs to run ``job``; None when the job failed here instead (its inputs
+        are gone, or its recorded spec cannot be read by this version: no worker could run it)."""
         missing = [i["name"] for i in job.inputs if not (self.layout.inputs_dir(job.id) / i["name"]).exists()]
         if missing:
-            self._fail(job, {"kind": "error", "error": f"inputs missing from the work dir: {', '.join(missing)}"})
+            self._fail(job, ErrorRecord("error", f"inputs missing from the work dir: {', '.join(missing)}"))
             return None
         assert job.spec is not None
+        try:
+            spec = recorded_spec(job.spec)
+        except SpecError as exc:
+            logger.error("{} failed: {}", job.name, exc.message)
+            self._fail(job, exc.record())
+            return None
         media = [i for i in job.inputs if i["field"] in MEDIA_FIELD_NAMES]
         return m.RunJob(
             id=job.id,
             name=job.name,
-            spec=job.spec,
+            spec=spec,
             seeds=list(job.seeds or []),
             inputs={i["field"]: str(self.layout.inputs_dir(job.id) / i["name"]) for i in media},
             input_hashes={i["field"]: i["sha256"] for i in media if i.get("sha256")},
@@ -581,9 +609,9 @@ class Supervisor:
         outcomes.finished(job, self.layout, self.journal, {"outputs": result.outputs, "timings": result.timings}, w.model)
         self._settle()
 
-    def _on_failed(self, job: Job, error: dict[str, Any], input_fault: bool) -> None:
+    def _on_failed(self, job: Job, error: ErrorRecord, input_fault: bool) -> None:
         if input_fault:  # never retried
-            logger.error("{} failed: {}", job.name, error.get("error"))
+            logger.error("{} failed: {}", job.name, error.error)
             self._fail(job, error)
         else:
             self._retry_or_fail(job, error)
@@ -592,11 +620,11 @@ class Supervisor:
         outcomes.stopped(job, self.layout, self.journal)
         self._settle()
 
-    def _fail(self, job: Job, error: dict[str, Any]) -> None:
+    def _fail(self, job: Job, error: ErrorRecord) -> None:
         outcomes.failed(job, self.layout, self.journal, error)
         self._settle()
 
-    def _retry_or_fail(self, job: Job, error: dict[str, Any], backoff: bool = True) -> None:
+    def _retry_or_fail(self, job: Job, error: ErrorRecord, backoff: bool = True) -> None:
         outcomes.retry_or_fail(job, self.layout, self.journal, self.settings, error, backoff)
         self._settle()
 
@@ -608,7 +636,7 @@ class Supervisor:
                 logger.info("cancel requested for {}: stopping at the next step", w.job.name)
                 self._send(w, m.StopJob(w.job.id))
                 w.stop_sent = True
-        for job in self.journal.jobs(("queued",)):
+        for job in self.journal.jobs((JobState.QUEUED,)):
             if job.cancel_requested:  # flagged while it ran, then requeued by a crash
                 with contextlib.suppress(IllegalTransition):
                     outcomes.cancel_queued(job, self.layout, self.journal)

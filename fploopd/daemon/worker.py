@@ -22,18 +22,11 @@ from typing import Any
 
 from loguru import logger
 
-from fploopd import __version__
 from fploopd.daemon import messages as m
 from fploopd.daemon.crash import crashpoint, failpoint, step_delay
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.settings import Settings
-from fploopd.errors import Cancelled, FploopdError, InputError, ModelError
-
-
-class SpecError(FploopdError):
-    """A recorded spec this version cannot read (written by another version): retrying cannot help."""
-
-    kind = "spec"
+from fploopd.errors import Cancelled, ErrorRecord, FploopdError, InputError, ModelError
 
 
 def load_models(settings: Settings, device: str) -> Any:
@@ -75,7 +68,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - every failure to load is reported, not raised
             error = exc if isinstance(exc, FploopdError) else ModelError(f"loading the models failed: {type(exc).__name__}: {exc}")
             logger.opt(exception=not isinstance(exc, FploopdError)).error("worker on {}: {}", self.device, error.message)
-            self._send(m.Fatal(error.to_json()))
+            self._send(m.Fatal(error.record()))
             return 2
         ready = m.Ready(device=self.device, model=identity_of(components), load_s=round(time.monotonic() - started, 3))
         logger.info("worker on {} ready, models loaded in {:.1f} s", self.device, ready.load_s)
@@ -117,9 +110,8 @@ class Worker:
         with logger.contextualize(job=job.id):
             try:
                 failpoint(f"run:{job.name}")
-                spec = _load_spec(job.spec)
                 result = run_job(
-                    spec,
+                    job.spec,
                     {k: Path(v) for k, v in job.inputs.items()},
                     Path(job.out_dir),
                     name=job.name,
@@ -137,17 +129,17 @@ class Worker:
                     self._send(m.Exiting("asked to stop"))
                 self._send(m.Stopped(job.id))
                 return True
-            except (InputError, SpecError) as exc:
-                self._send(m.Failed(job.id, exc.to_json(), input_fault=True))
+            except InputError as exc:
+                self._send(m.Failed(job.id, exc.record(), input_fault=True))
                 return True
             except FploopdError as exc:
-                self._send(m.Failed(job.id, exc.to_json(), input_fault=False))
+                self._send(m.Failed(job.id, exc.record(), input_fault=False))
                 return True
             except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which retries
                 logger.error("job failed: {}", traceback.format_exc())
                 # Said first, so that no job is handed to a worker on its way out.
                 self._send(m.Exiting("an unexpected error may have left the device unusable"))
-                self._send(m.Failed(job.id, {"kind": "error", "error": f"{type(exc).__name__}: {exc}"}, input_fault=False))
+                self._send(m.Failed(job.id, ErrorRecord("error", f"{type(exc).__name__}: {exc}"), input_fault=False))
                 return False
             finally:
                 self.current = None
@@ -181,21 +173,6 @@ class Worker:
                 self.conn.send(msg)
         except (BrokenPipeError, ConnectionResetError, OSError):
             os._exit(0)  # the supervisor is gone; nothing to report to
-
-
-def _load_spec(values: dict[str, Any]) -> Any:
-    """The job's recorded spec as a JobSpec; one this version cannot read fails the job, clearly."""
-    from pydantic import ValidationError
-
-    from fploopd.spec import JobSpec
-
-    try:
-        return JobSpec.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()[:5])
-        raise SpecError(
-            f"the job's recorded settings cannot be read by fploopd {__version__} ({problems}); drop the job again"
-        ) from None
 
 
 def _die_with_parent() -> None:
