@@ -166,6 +166,17 @@ def test_a_spec_this_version_cannot_read_fails_the_job_without_restarting_the_wo
     assert "restarting the worker" not in result.stderr
 
 
+def test_the_supervisor_hands_the_worker_a_model_and_turns_an_unreadable_spec_into_a_spec_error() -> None:
+    from fploopd.daemon.supervisor import SpecError, recorded_spec
+    from fploopd.spec import JobSpec
+
+    assert isinstance(recorded_spec({"prompt": "", "image": "cat.png"}), JobSpec)
+    with pytest.raises(SpecError) as caught:
+        recorded_spec({"prompt": "", "image": "cat.png", "sharpness": 2})
+    record = caught.value.record()
+    assert record.kind == "spec" and "sharpness" in record.error and "drop the job again" in record.error
+
+
 def test_missing_weights_are_said_at_start_and_shown_by_status(tmp_path: Path) -> None:
     root = make_root(tmp_path, model=str(tmp_path / "no-weights-here"))
     drop(root, "w", {"prompt": "", **FAST}, media=image_bytes(8))
@@ -189,8 +200,11 @@ def test_a_drop_waiting_for_its_media_is_listed_by_status(tmp_path: Path) -> Non
     (root / "inbox" / "loop" / "later.json").write_text(json.dumps({"prompt": "", **FAST, "image": "later.png"}))
     daemon = Daemon(root)
     try:
-        waiting = wait_for(lambda: [v for v in status(root) if v["state"] == "waiting"], 60, "a waiting drop")
-        assert waiting[0]["name"] == "later" and waiting[0]["id"] is None and "later.png" in waiting[0]["waiting_for"]
+        # First it settles, then it waits for its image: status follows.
+        waiting = wait_for(
+            lambda: [v for v in status(root) if v["state"] == "waiting" and "later.png" in v["waiting_for"]], 60, "the wait for later.png"
+        )
+        assert waiting[0]["name"] == "later" and waiting[0]["id"] is None and waiting[0]["pipeline"] == "loop"
         (root / "inbox" / "loop" / "later.png").write_bytes(image_bytes(9))
         wait_for(lambda: outbox_jobs(root) == ["later"], 90, "the delivery")
         assert [v["state"] for v in status(root)] == ["done"]
