@@ -166,3 +166,9 @@ def test_bad_sidecar_takes_named_media_else_files_sharing_its_stem(folder: Path,
     # Never anything outside the folder, never a folder.
     (folder / "sub").mkdir()
     assert companions_of_bad_sidecar(folder / "cat.json", {"image": "../outside.png", "video": "sub"}) == [folder / "cat.png", folder / "cat_head.mp4"]
+
+
+def test_loras_are_refused_by_the_daemon_until_it_merges_them(folder: Path) -> None:
+    err = error_of(folder, {"prompt": "", "loras": [{"file": "style.safetensors", "scale": 0.8}]})
+    assert err.field == "loras" and "does not merge LoRAs yet" in err.message and "--lora" in err.message
+    assert spec_of(folder, {"prompt": "", "loras": []}).loras == []  # none asked: fine

@@ -65,7 +65,16 @@ def effective_spec(raw: dict[str, Any], sidecar: Path, folder_pipeline: str | No
     values = profiles.values(profile_name, file=name)
     values.update(own.model_dump(exclude_unset=True))
     values["pipeline"] = pipeline
-    return validate(values, name)
+    spec = validate(values, name)
+    if spec.loras:
+        # Refused rather than ignored: a LoRA that silently does nothing is the classic bug.
+        raise InputError(
+            f"{name}: loras: the daemon does not merge LoRAs yet; run this job with a one-shot command "
+            "(fploopd loop IMAGE --lora FILE:SCALE ...) or drop it without \"loras\" (and without a profile that sets them)",
+            field="loras",
+            file=name,
+        )
+    return spec
 
 
 def _check_key_count(raw: dict[str, Any], name: str) -> None:
