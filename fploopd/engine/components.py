@@ -11,6 +11,10 @@ fp16 on an accelerator and fp32 on CPU. Two VRAM modes:
   VAE tiling and slicing are on, as FramePack does in low VRAM.
 
 On CPU nothing is offloaded.
+
+LoRAs are merged into the transformer's weights (``Components.apply_loras``), never applied per
+step; ``lora_state`` switches between sets exactly, reading base weights back from the
+transformer's own files.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import hashlib
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,8 @@ from fploopd.engine.accel import optimize
 from fploopd.engine.forward import TransformerRunner
 from fploopd.engine.layout import COMPONENTS
 from fploopd.engine.loaders import hf_loader, quiet_progress
+from fploopd.engine.lora import LoraFile, ResolvedLora, check_scale, load_lora, resolve_lora
+from fploopd.engine.lora_merge import LoraState, MergeStats, ScaledLora, safetensors_base_source, set_identity
 from fploopd.engine.options import RunnerOptions
 from fploopd.engine.sources import ModelPaths
 from fploopd.engine.streaming import BlockStreamer, enable_low_vram
@@ -87,6 +93,10 @@ class Components:
     # Prompt embeddings by prompt (encode.encode_prompt): queues repeat prompts, and in low mode
     # each encode streams the 8B Llama through the GPU.
     prompt_cache: OrderedDict[str, Any] = field(default_factory=OrderedDict)
+    # The LoRA set merged into the transformer now, and how to get back to the base weights.
+    lora_state: LoraState | None = None
+    base_identity: dict[str, Any] | None = None  # ``identity`` without the LoRA set (set on first apply)
+    _resolved: dict[str, ResolvedLora] = field(default_factory=dict)  # sha256 -> the active set's LoRAs
 
     @property
     def transformer_dtype(self) -> torch.dtype:
@@ -106,6 +116,48 @@ class Components:
             weights=self.weights,
             offloader=self.streamer,
         )
+
+    def apply_loras(self, loras: Sequence[tuple[LoraFile | Path | str, float]]) -> MergeStats:
+        """Make the transformer's weights base + ``loras`` (file or path, scale), whatever set was
+        merged before (``[]``: the base weights, bit for bit). ``identity`` then names the set
+        (each LoRA's name, sha256 and scale), so checkpoints, latent files and manifests record it;
+        without LoRAs it is exactly the identity of the plain model.
+
+        - FP8: the FP8 copies are made from the bf16 weights, so they are made again after a change,
+          at the same granularity.
+        - Compiled blocks take the weights as arguments (graph inputs, not constants): a merge in
+          place and new FP8 tensors of the same shapes need no recompilation.
+        - Low-VRAM mode: between runs the streamed blocks' parameters are their pinned host copies,
+          so the merge writes there and the next run streams the merged weights.
+        Call it between runs only, never while a run is sampling."""
+        if self.lora_state is None:
+            raise FploopdError("these components were loaded without a LoRA state (load them with load_components)")
+        entries = [ScaledLora(self._resolve(lora), check_scale(_lora_name(lora), scale)) for lora, scale in loras]
+        stats = self.lora_state.apply(entries)
+        self._resolved = {e.lora.sha256: e.lora for e in entries}  # keep the merged set: a repeat is free
+        if stats.rewritten:
+            self._refresh_fp8()
+        if self.base_identity is None:
+            self.base_identity = dict(self.identity)
+        self.identity = identity_with_loras(self.base_identity, set_identity(entries))
+        return stats
+
+    def _resolve(self, lora: LoraFile | Path | str) -> ResolvedLora:
+        """The LoRA mapped onto this transformer; the same object for a file of the active set, so
+        that applying the same set again changes nothing."""
+        assert self.lora_state is not None
+        file = lora if isinstance(lora, LoraFile) else load_lora(lora)
+        known = self._resolved.get(file.sha256)
+        if known is not None and file.sha256:
+            return known
+        return resolve_lora(file, self.lora_state.index)
+
+    def _refresh_fp8(self) -> None:
+        weights = self.weights
+        if weights is not None and weights.fp8_granularity is not None:
+            granularity = weights.fp8_granularity
+            weights.remove_fp8()
+            weights.quantize_fp8(granularity)
 
     @contextlib.contextmanager
     def on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
@@ -128,6 +180,17 @@ class Components:
                 m.to("cpu")
             if moved and self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+
+def identity_with_loras(identity: dict[str, Any], loras: list[dict[str, object]]) -> dict[str, Any]:
+    """A model identity with the LoRA set merged into it (``loras`` key); exactly ``identity``
+    without one, so that checkpoints and manifests of LoRA-less jobs stay as they were."""
+    plain = {k: v for k, v in identity.items() if k != "loras"}
+    return {**plain, "loras": loras} if loras else plain
+
+
+def _lora_name(lora: LoraFile | Path | str) -> str:
+    return lora.name if isinstance(lora, LoraFile) else Path(lora).name
 
 
 def encoder_dtype(device: torch.device) -> torch.dtype:
@@ -220,6 +283,8 @@ def load_components(
         }
     for name in MODEL_NAMES:
         models[name].eval().requires_grad_(False)
+    # Before placement and FP8: the state reads base weights back from the files just loaded.
+    lora_state = _lora_state(models["transformer"], transformer_path, dev)
     mode = "high"
     if dev.type == "cuda":
         free, total = torch.cuda.mem_get_info(dev)
@@ -232,10 +297,26 @@ def load_components(
     if fp8:  # changes the results: part of what a manifest and a checkpoint belong to
         identity = {**identity, "fp8": True}
     components = Components(
-        **models, device=dev, vram=mode, identity=identity, variant=variant, fp8=fp8, compile_vae=compile_vae
+        **models, device=dev, vram=mode, identity=identity, variant=variant, fp8=fp8, compile_vae=compile_vae,
+        lora_state=lora_state,
     )
     place(components)
     return components
+
+
+def _lora_state(transformer: torch.nn.Module, folder: Path, device: torch.device) -> LoraState:
+    """Deltas computed on the GPU when there is one; base weights read back from the transformer's
+    safetensors files (no host copies: 18 GB saved at full size), or copied when the folder has
+    none (a transformer saved as .bin)."""
+    from safetensors import SafetensorError
+
+    where = device if device.type == "cuda" else None
+    try:
+        source = safetensors_base_source(folder)
+    except (OSError, KeyError, ValueError, SafetensorError) as exc:
+        logger.info("LoRA base weights will be copied on first use ({} has no readable safetensors: {})", folder, exc)
+        return LoraState(transformer, device=where)
+    return LoraState(transformer, device=where, base_source=source)
 
 
 def place(components: Components, *, use_stream: bool | None = None) -> None:

@@ -48,10 +48,11 @@ class JobContext:
 
     def checkpoint(self, seed: int) -> Checkpoint:
         """Section checkpoints are keyed by what decides the latents: the spec's latent settings,
-        the seed, the inputs' hashes and the model."""
-        key = fingerprint(
-            settings=self.spec.latent_settings(), seed=seed, inputs=self.input_hashes, model=self.components.identity
-        )
+        the seed, the inputs' hashes and the model (with its merged LoRAs' names, sha256 and scales)."""
+        settings = self.spec.latent_settings()
+        if not settings.get("loras"):  # LoRA-less jobs keep the keys they had before LoRAs existed
+            settings.pop("loras", None)
+        key = fingerprint(settings=settings, seed=seed, inputs=self.input_hashes, model=self.components.identity)
         return Checkpoint(self.work_dir / f"checkpoint-{seed}.safetensors", key)
 
     def input(self, field_name: str) -> Path:

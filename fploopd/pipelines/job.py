@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 from fploopd.media.limits import MediaLimits
 from fploopd.pipelines.progress import Progress
@@ -14,6 +14,11 @@ from fploopd.spec import JobSpec
 
 if TYPE_CHECKING:
     from fploopd.engine.components import Components
+    from fploopd.engine.lora import LoraFile
+
+# A job's LoRAs as the caller resolved them: (file read by ``engine.lora.load_lora``, or its path;
+# scale), in the spec's order.
+JobLoras = Sequence[tuple[Union["LoraFile", Path], float]]
 
 
 def run_job(
@@ -29,6 +34,7 @@ def run_job(
     should_stop: Callable[[], bool] | None = None,
     limits: MediaLimits | None = None,
     input_hashes: dict[str, str] | None = None,
+    loras: JobLoras = (),
 ) -> JobResult:
     """Run every generation of ``spec`` and write its outputs into ``out_dir``.
 
@@ -38,6 +44,11 @@ def run_job(
     when it returns true the job raises ``Cancelled`` and keeps its last checkpoint.
     ``input_hashes`` (field -> sha256) spares hashing inputs the caller hashed already; the
     checkpoints' key uses them.
+    ``loras``: the files of ``spec.loras``, resolved by the caller (the sidecar names them by bare
+    name, the one-shot commands by any path), with their scales. They are merged into the
+    transformer before the first step (the set merged for an earlier job is switched exactly);
+    ``components.identity`` then names each LoRA's name, sha256 and scale, and so do the section
+    checkpoints' key, latent files and manifests.
     """
     # Here, not at the top: the runners import torch and the model code, which the daemon's
     # supervisor (it imports this package for pick_seeds) never needs.
@@ -48,6 +59,9 @@ def run_job(
         raise ValueError(f"spec.pipeline must be one of {sorted(RUNNERS)}, got {spec.pipeline!r}")
     if len(seeds) != spec.count:
         raise ValueError(f"{spec.count} generations need {spec.count} seeds, got {len(seeds)}")
+    _check_loras(spec, loras)
+    if loras or getattr(components, "lora_state", None) is not None:  # [] too: back to the base weights
+        components.apply_loras(list(loras))
     ctx = JobContext(
         spec=spec,
         inputs=inputs,
@@ -70,4 +84,18 @@ def run_job(
     return JobResult(outputs, list(seeds), {"total_s": round(time.monotonic() - started, 3)})
 
 
-__all__ = ["run_job"]
+def _check_loras(spec: JobSpec, loras: JobLoras) -> None:
+    """The caller's files must be the spec's: a job that names LoRAs never runs without them."""
+    from fploopd.errors import FploopdError
+
+    if len(loras) != len(spec.loras):
+        raise FploopdError(
+            f"the job names {len(spec.loras)} LoRA(s) ({', '.join(e.file for e in spec.loras) or 'none'}) "
+            f"but {len(loras)} were resolved for it"
+        )
+    for entry, (_, scale) in zip(spec.loras, loras):
+        if float(scale) != entry.scale:
+            raise FploopdError(f"LoRA {entry.file}: scale {scale} resolved, the job says {entry.scale}")
+
+
+__all__ = ["JobLoras", "run_job"]
