@@ -273,3 +273,6 @@ def test_demo(tmp_path: Path) -> None:
     paths = [line.split()[-1] for line in report.splitlines() if line.strip().endswith((".mp4", ".json"))]
     assert len(paths) == 3 and all(Path(p).is_file() for p in paths), result.stdout
     assert any(p.endswith("_1loop.mp4") for p in paths) and any(p.endswith("_loop_2.mp4") for p in paths)
+    # The demo's root runs as it ran: doctor, reading its fploopd.toml, finds nothing to fix.
+    doctor = fploopd("doctor", root=tmp_path / "demo")
+    assert doctor.returncode == 0 and "[FAIL]" not in doctor.stdout, doctor.stdout
