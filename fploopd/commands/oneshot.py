@@ -23,6 +23,7 @@ from fploopd.cli import add_model_options, add_root_option
 from fploopd.spec import JobSpec, PathsOption, inapplicable_error, option_of, pipelines_of
 
 if TYPE_CHECKING:
+    from fploopd.engine.lora import LoraFile
     from fploopd.pipelines.progress import Progress
 
 WORK_FOLDER = ".fploopd-work"
@@ -58,6 +59,23 @@ def _list_of(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
 
     parse.__name__ = "comma list"
     return parse
+
+
+def lora_option(text: str) -> tuple[Path, float]:
+    """``FILE[:SCALE]``: any path, scale 1.0 when not given. A path may hold colons itself: only a
+    last part that reads as a number is the scale."""
+    path, sep, scale = text.rpartition(":")
+    if sep and path:
+        try:
+            return Path(path), float(scale)
+        except ValueError:
+            pass  # a colon in the file's own name
+    return Path(text), 1.0
+
+
+lora_option.__name__ = "FILE[:SCALE]"
+# The converters of the spec's path options (``PathsOption``), by field.
+PATH_OPTIONS: dict[str, Callable[[str], Any]] = {"loras": lora_option}
 
 
 def option_kind(annotation: Any) -> tuple[str, Callable[[str], Any] | None, str | None]:
@@ -96,6 +114,12 @@ def option_names(field: str) -> list[str]:
     return names + [f"--{field}"] if "_" in field else names
 
 
+def option_label(field: str) -> str:
+    """A field as its option is typed: ``--main-sections``, ``--lora``."""
+    option = option_of(field)
+    return option.flag if isinstance(option, PathsOption) else option_names(field)[0]
+
+
 def add_spec_options(
     parser: argparse.ArgumentParser, pipeline: str, aliases: dict[str, list[str]] | None = None
 ) -> None:
@@ -110,7 +134,12 @@ def add_spec_options(
     fields = sorted(JobSpec.model_fields.items(), key=lambda item: item[0] != "prompt")  # the prompt first
     for field, info in fields:
         option = option_of(field)
-        if option is None or isinstance(option, PathsOption):  # paths: the command's own option (--lora)
+        if option is None:
+            continue
+        if isinstance(option, PathsOption):  # paths on disk, where the sidecar names bare files
+            help_text = option.help if pipeline in pipelines_of(field) else argparse.SUPPRESS
+            group.add_argument(option.flag, dest=f"spec_{field}", type=PATH_OPTIONS[field], action="append",
+                               metavar=option.metavar, default=None, help=help_text)  # fmt: skip
             continue
         kind, convert, metavar = option_kind(info.annotation)
         help_text = option.help
@@ -138,7 +167,28 @@ def add_oneshot_options(
 
 
 def given_fields(args: argparse.Namespace) -> dict[str, Any]:
-    return {k[5:]: v for k, v in vars(args).items() if k.startswith("spec_") and v is not None}
+    """The fields given on the command line, as a sidecar would hold them (``--lora`` paths become
+    ``loras`` entries by file name; ``lora_paths`` keeps the paths)."""
+    given = {k[5:]: v for k, v in vars(args).items() if k.startswith("spec_") and v is not None}
+    if "loras" in given:
+        given["loras"] = [{"file": path.name, "scale": scale} for path, scale in given["loras"]]
+    return given
+
+
+def lora_paths(args: argparse.Namespace, spec: JobSpec) -> list[Path]:
+    """Where each of ``spec.loras`` is: the ``--lora`` paths, else (a profile's loras, by bare
+    name) in ``<root>/loras``."""
+    given = getattr(args, "spec_loras", None)
+    if given:
+        return [path for path, _ in given]
+    return [Path(args.root) / "loras" / entry.file for entry in spec.loras]
+
+
+def read_loras(args: argparse.Namespace, spec: JobSpec) -> list[tuple[LoraFile, float]]:
+    """The job's LoRA files read and checked (format, bounds) before any model loads."""
+    from fploopd.engine.lora import load_lora
+
+    return [(load_lora(path), entry.scale) for path, entry in zip(lora_paths(args, spec), spec.loras)]
 
 
 def refuse_unused(given: dict[str, Any], pipeline: str) -> None:
@@ -153,10 +203,25 @@ def refuse_unused(given: dict[str, Any], pipeline: str) -> None:
         raise error
 
 
+def _profiles_keeping_loras(user_dir: Path | None) -> Any:
+    """Profiles whose ``loras`` are set aside (in ``.loras``) for the command to merge itself: the
+    daemon's ``effective_spec`` refuses LoRAs until its worker merges them; one-shot runs do."""
+    from fploopd.daemon.profiles import Profiles
+
+    class LorasAside(Profiles):
+        loras: list[Any] | None = None
+
+        def values(self, name: str, *, file: str) -> dict[str, Any]:
+            values = super().values(name, file=file)
+            self.loras = values.pop("loras", None)
+            return values
+
+    return LorasAside(user_dir)
+
+
 def spec_from_args(args: argparse.Namespace, pipeline: str) -> JobSpec:
     """The job's spec exactly as a sidecar with these fields would give it: profile, then values."""
-    from fploopd.daemon.profiles import Profiles
-    from fploopd.daemon.sidecar import effective_spec
+    from fploopd.daemon.sidecar import effective_spec, validate
     from fploopd.errors import InputError
 
     raw = given_fields(args)
@@ -164,14 +229,21 @@ def spec_from_args(args: argparse.Namespace, pipeline: str) -> JobSpec:
     raw.setdefault("prompt", "")
     profiles_dir = Path(args.root) / "profiles"
     label = "command line"
+    profiles = _profiles_keeping_loras(profiles_dir if profiles_dir.is_dir() else None)
+    given_loras = raw.pop("loras", None)
     try:
-        return effective_spec(raw, Path(label), pipeline, Profiles(profiles_dir if profiles_dir.is_dir() else None))
+        spec = effective_spec(raw, Path(label), pipeline, profiles)
+        loras = given_loras if given_loras is not None else profiles.loras
+        if not loras:
+            return spec
+        # The --lora list replaces the profile's, as a sidecar's would.
+        return validate({**spec.model_dump(exclude_unset=True), "pipeline": pipeline, "loras": loras}, label)
     except InputError as exc:
         # The sidecar's message, with each field named as the option that sets it.
         def option(match: re.Match[str]) -> str:
             field = match.group(2)
             known = field in JobSpec.model_fields and field not in NOT_OPTIONS
-            return f"{match.group(1)}{option_names(field)[0] if known else field}: "
+            return f"{match.group(1)}{option_label(field) if known else field}: "
 
         message = re.sub(r"(^|; )(\w+): ", option, exc.message.removeprefix(f"{label}: "))
         raise InputError(message, field=exc.field) from None
@@ -335,12 +407,13 @@ def run_oneshot(args: argparse.Namespace, pipeline: str, inputs: dict[str, Path]
     tries = earlier_tries(work)
     entries = [input_entry(field, path) for field, path in inputs.items()]  # hashed once, here
     hashes = {e["field"]: e["sha256"] for e in entries}
+    loras = read_loras(args, spec)
     components = load_model(args)
     loaded = time.monotonic()
     bar = ProgressBar()
     try:
         result = run_job(spec, inputs, out, name=name, seeds=seeds, components=components, work_dir=work,
-                         progress=bar, input_hashes=hashes)  # fmt: skip
+                         progress=bar, input_hashes=hashes, loras=loras)  # fmt: skip
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted; run the same command again to resume from {work}", file=sys.stderr)
