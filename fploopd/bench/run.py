@@ -10,6 +10,10 @@ after every stage so an interrupted run keeps what it measured):
   append decodes), stock against ``vae_accel.VaeAccel``;
 - ``section``: a 25-step section through ``engine.sections.sample_section`` (FramePack's UniPC) plus
   its decode: baseline (stock forward + stock decode) against ours (bf16, FP8, TeaCache);
+- ``lora``: merging a rank-32 musubi LoRA covering every Linear of every block (random values,
+  built on the device), switching between two such sets and back to the base weights, and our
+  section with a merged LoRA against the same section without (a merged LoRA costs nothing per
+  step: the ratio should be 1);
 - ``lowvram``: our section with the blocks streamed from pinned host memory, the process held to
   8 GiB of GPU memory, as a ratio to our high-VRAM section;
 - ``e2e``: a loop job (main 1, connection 1) through the pipelines (``bench.e2e``), in a child
@@ -46,7 +50,8 @@ from fploopd.bench.timing import (
 )
 from fploopd.spec import TEACACHE_DEFAULT_THRESHOLD
 
-STAGES = ("text", "transformer", "vae", "section", "lowvram", "e2e")
+STAGES = ("text", "transformer", "vae", "section", "lora", "lowvram", "e2e")
+LORA_RANK = 32
 # A prompt of about FramePack's length: the Llama runs over the template and 256 padded tokens either way.
 BENCH_PROMPT = (
     "A lighthouse on a cliff in a storm at night, waves crashing on the rocks below, rain blown sideways "
@@ -175,6 +180,7 @@ class Bench:
             "transformer": self.stage_transformer,
             "vae": self.stage_vae,
             "section": self.stage_section,
+            "lora": self.stage_lora,
             "lowvram": self.stage_lowvram,
             "e2e": self.stage_e2e,
         }
@@ -531,6 +537,60 @@ class Bench:
                 logger.error("bench {} failed: {}\n{}", name, exc, traceback.format_exc())
             free(dev)
 
+    def stage_lora(self) -> None:
+        """LoRA merge and switch times on this model, and a section with a merged LoRA against one
+        without (same options, same code path as ``stage_section``)."""
+        from fploopd.engine.lora_merge import LoraState, ScaledLora
+
+        self._ensure_transformer()
+        self._ensure_vae()
+        dev, t = self.device, self.st.transformer
+        a, b = (self._bench_lora(seed) for seed in (1, 2))
+        state = LoraState(t, device=dev if dev.type == "cuda" else None, base_source=self._lora_base_source())
+        base_from = "files" if state.base_source is not None else "host copies"
+        sync(dev)
+        for name, loras in (("lora.merge_first", [a]), ("lora.switch_a_to_b", [b]), ("lora.switch_b_to_a", [a]),
+                            ("lora.merge_two", [a, b]), ("lora.restore_base", [])):  # fmt: skip
+            t0 = time.perf_counter()
+            stats = state.apply([ScaledLora(x, 0.8) for x in loras])
+            sync(dev)
+            self.record(name, Measurement([time.perf_counter() - t0], peak_gib(dev)), rewritten=stats.rewritten,
+                        restored=stats.restored, rank=LORA_RANK, modules=len(a.patches), base_from=base_from)  # fmt: skip
+        opts = dict(self._best_bf16(), fp8=False)
+        reps, warm = self._reps(heavy=True)
+        for name, loras in (("section.lora_none", []), ("section.lora_merged", [a])):
+            state.apply([ScaledLora(x, 0.8) for x in loras])
+            graphs = _compiled_graphs()
+            runner = self._runner(**opts)
+            self._warm_section(runner, optimized_decode=True)
+            m = measure(lambda r=runner: self._section(r, optimized_decode=True), dev, repeats=reps, warmup=warm)
+            # Compiled blocks take the weights as arguments: a merge in place compiles nothing new.
+            self.record(name, m, baseline="section.lora_none", options=opts, graphs_compiled=_compiled_graphs() - graphs,
+                        note="the same section with the LoRA merged; vs_baseline 1.0 = no per-step cost")  # fmt: skip
+            del runner, m
+            free(dev)
+        state.apply([])  # the later stages time the base weights
+        del a, b, state
+        free(dev)
+
+    def _bench_lora(self, seed: int) -> Any:
+        from fploopd.engine.lora import lora_from_tensors, resolve_lora
+        from fploopd.engine.lora_testdata import random_musubi_lora
+
+        tensors = random_musubi_lora(self.st.transformer, rank=LORA_RANK, seed=seed, device=self.device)
+        lora = lora_from_tensors(f"bench-{seed}.safetensors", tensors, sha256=f"bench-{seed}")
+        return resolve_lora(lora, self.st.transformer)
+
+    def _lora_base_source(self) -> Any:
+        """A model from disk: base weights read back from its files, as a worker does; a random
+        model has no files, so the state keeps host copies of the touched weights."""
+        from fploopd.engine.lora_merge import safetensors_base_source
+
+        if self.cfg.model in ("tiny", "full-random"):
+            return None
+        path = Path(self.cfg.model)
+        return safetensors_base_source(path / "transformer" if (path / "transformer").is_dir() else path)
+
     def stage_lowvram(self) -> None:
         from fploopd.engine.streaming import enable_low_vram
 
@@ -606,6 +666,15 @@ class Bench:
             run_e2e_apart(self)  # a worker's first job needs a fresh process
         else:
             run_e2e(self)
+
+
+def _compiled_graphs() -> int:
+    """Graphs torch.compile has made so far in this process (0 where it never ran)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return 0
+    return int(counters["stats"]["unique_graphs"])
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:

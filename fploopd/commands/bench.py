@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--section-repeats", type=int, default=1, help="timed 25-step sections per variant (default 1)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps of the section figure (default 25)")
     p.add_argument("--quick", action="store_true", help="one warm-up and one timed run of everything")
-    p.add_argument("--stages", default="all", help="comma list of text,transformer,vae,section,lowvram,e2e (default all)")
+    p.add_argument("--stages", default="all", help="comma list of text,transformer,vae,section,lora,lowvram,e2e (default all)")
     p.add_argument("--attention", default="auto", help="attention kernel for our runner (default: timed choice)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--no-fp8", action="store_true", help="skip the FP8 variants")

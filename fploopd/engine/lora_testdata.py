@@ -73,6 +73,29 @@ def write_tiny_lora(
     return path
 
 
+def random_musubi_lora(
+    model: nn.Module,
+    *,
+    rank: int = 32,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    include_norms: bool = True,
+) -> dict[str, Tensor]:
+    """A musubi-format LoRA covering every Linear of every block of ``model`` (any size; built on
+    ``device``, no file): the bench's full-size rank-32 LoRA. Same seed, same values on one device."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    tensors: dict[str, Tensor] = {}
+    for module, (out, inp) in block_linears(model, include_norms=include_norms).items():
+        name = _musubi_name(module)
+        down = torch.randn(rank, inp, generator=gen, device=device).mul_(1 / math.sqrt(inp))
+        up = torch.randn(out, rank, generator=gen, device=device).mul_(0.2 / math.sqrt(rank))
+        tensors[f"{name}.lora_down.weight"] = down.to(dtype)
+        tensors[f"{name}.lora_up.weight"] = up.to(dtype)
+        tensors[f"{name}.alpha"] = torch.tensor(float(rank), device=device)
+    return tensors
+
+
 def _randn(gen: torch.Generator, *shape: int, std: float) -> Tensor:
     return torch.randn(*shape, generator=gen) * std
 
