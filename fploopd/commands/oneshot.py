@@ -203,25 +203,10 @@ def refuse_unused(given: dict[str, Any], pipeline: str) -> None:
         raise error
 
 
-def _profiles_keeping_loras(user_dir: Path | None) -> Any:
-    """Profiles whose ``loras`` are set aside (in ``.loras``) for the command to merge itself: the
-    daemon's ``effective_spec`` refuses LoRAs until its worker merges them; one-shot runs do."""
-    from fploopd.daemon.profiles import Profiles
-
-    class LorasAside(Profiles):
-        loras: list[Any] | None = None
-
-        def values(self, name: str, *, file: str) -> dict[str, Any]:
-            values = super().values(name, file=file)
-            self.loras = values.pop("loras", None)
-            return values
-
-    return LorasAside(user_dir)
-
-
 def spec_from_args(args: argparse.Namespace, pipeline: str) -> JobSpec:
     """The job's spec exactly as a sidecar with these fields would give it: profile, then values."""
-    from fploopd.daemon.sidecar import effective_spec, validate
+    from fploopd.daemon.profiles import Profiles
+    from fploopd.daemon.sidecar import effective_spec
     from fploopd.errors import InputError
 
     raw = given_fields(args)
@@ -229,15 +214,9 @@ def spec_from_args(args: argparse.Namespace, pipeline: str) -> JobSpec:
     raw.setdefault("prompt", "")
     profiles_dir = Path(args.root) / "profiles"
     label = "command line"
-    profiles = _profiles_keeping_loras(profiles_dir if profiles_dir.is_dir() else None)
-    given_loras = raw.pop("loras", None)
+    profiles = Profiles(profiles_dir if profiles_dir.is_dir() else None)
     try:
-        spec = effective_spec(raw, Path(label), pipeline, profiles)
-        loras = given_loras if given_loras is not None else profiles.loras
-        if not loras:
-            return spec
-        # The --lora list replaces the profile's, as a sidecar's would.
-        return validate({**spec.model_dump(exclude_unset=True), "pipeline": pipeline, "loras": loras}, label)
+        return effective_spec(raw, Path(label), pipeline, profiles)  # --lora replaces the profile's loras, as a sidecar's would
     except InputError as exc:
         # The sidecar's message, with each field named as the option that sets it.
         def option(match: re.Match[str]) -> str:

@@ -34,7 +34,7 @@ from fploopd.daemon.layout import Layout, is_temporary_name
 from fploopd.daemon.names import display, stem_problem
 from fploopd.daemon.profiles import Profiles
 from fploopd.daemon.settings import Settings
-from fploopd.daemon.sidecar import companions_of_bad_sidecar, effective_spec, locate_media, read_sidecar
+from fploopd.daemon.sidecar import companions_of_bad_sidecar, effective_spec, locate_media, read_sidecar, refuse_loras
 from fploopd.errors import InputError
 from fploopd.media.limits import human_bytes
 from fploopd.spec import JobSpec
@@ -259,6 +259,7 @@ class Intake:
         try:
             raw = read_sidecar(sidecar, self.settings.max_sidecar_bytes)
             spec = effective_spec(raw, sidecar, pipeline, self.profiles)
+            refuse_loras(spec, sidecar.name)
             media = locate_media(spec, sidecar)
         except InputError as exc:
             return self._rejected(sidecar, pipeline, raw, exc)

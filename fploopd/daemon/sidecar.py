@@ -65,16 +65,19 @@ def effective_spec(raw: dict[str, Any], sidecar: Path, folder_pipeline: str | No
     values = profiles.values(profile_name, file=name)
     values.update(own.model_dump(exclude_unset=True))
     values["pipeline"] = pipeline
-    spec = validate(values, name)
+    return validate(values, name)
+
+
+def refuse_loras(spec: JobSpec, name: str) -> None:
+    """The daemon's intake: a job asking for LoRAs is refused rather than run without them (a LoRA
+    that silently does nothing is the classic bug) until the daemon's workers merge them."""
     if spec.loras:
-        # Refused rather than ignored: a LoRA that silently does nothing is the classic bug.
         raise InputError(
             f"{name}: loras: the daemon does not merge LoRAs yet; run this job with a one-shot command "
             "(fploopd loop IMAGE --lora FILE:SCALE ...) or drop it without \"loras\" (and without a profile that sets them)",
             field="loras",
             file=name,
         )
-    return spec
 
 
 def _check_key_count(raw: dict[str, Any], name: str) -> None:
