@@ -86,9 +86,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def lora_folder(args: argparse.Namespace) -> Path | None:
+    from fploopd.daemon.layout import Layout
+
     if args.loras is not None:
         return Path(args.loras)
-    default = Path(args.root) / "loras"
+    default = Layout(Path(args.root)).loras
     return default if default.is_dir() else None
 
 

@@ -178,10 +178,12 @@ def given_fields(args: argparse.Namespace) -> dict[str, Any]:
 def lora_paths(args: argparse.Namespace, spec: JobSpec) -> list[Path]:
     """Where each of ``spec.loras`` is: the ``--lora`` paths, else (a profile's loras, by bare
     name) in ``<root>/loras``."""
+    from fploopd.daemon.layout import Layout
+
     given = getattr(args, "spec_loras", None)
     if given:
         return [path for path, _ in given]
-    return [Path(args.root) / "loras" / entry.file for entry in spec.loras]
+    return [Layout(Path(args.root)).loras / entry.file for entry in spec.loras]
 
 
 def read_loras(args: argparse.Namespace, spec: JobSpec) -> list[tuple[LoraFile, float]]:

@@ -40,6 +40,11 @@ class Layout:
         return self.root / "profiles"
 
     @property
+    def loras(self) -> Path:
+        """LoRA files (safetensors) that profiles and sidecars name by bare file name."""
+        return self.root / "loras"
+
+    @property
     def state(self) -> Path:
         return self.root / ".fploopd"
 
@@ -91,7 +96,7 @@ class Layout:
 
     def user_folders(self) -> list[Path]:
         """The folders of docs/design.md §2 that users see: inbox/ (and its pipeline folders), outbox/, ..."""
-        return [self.inbox, *(self.inbox / p for p in PIPELINE_FOLDERS), self.outbox, self.failed, self.archive, self.profiles]
+        return [self.inbox, *(self.inbox / p for p in PIPELINE_FOLDERS), self.outbox, self.failed, self.archive, self.profiles, self.loras]
 
     def inbox_folders(self) -> list[tuple[Path, str | None]]:
         """Folders to scan, each with the pipeline it preselects (None: the sidecar says)."""
