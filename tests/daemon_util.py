@@ -7,6 +7,7 @@ developer, never by CI) swaps in tests/fakepipe/ to check the daemon's mechanics
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,11 +16,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from PIL import Image, ImageDraw
 
 from fploopd.daemon.rootinit import init_root
@@ -225,3 +227,26 @@ def assert_each_input_once(root: Path, dropped: dict[str, bytes]) -> dict[str, s
 
 def outbox_jobs(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "outbox").iterdir() if not p.name.startswith("."))
+
+
+class Clock:
+    """A clock the test moves by hand (``clock.t += 5``), for stability and grace periods."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A real small file system (tmpfs) mounted on ``folder``; the test is skipped where mounting
+    is not allowed (it needs root with CAP_SYS_ADMIN)."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=False, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from daemon_util import (
     run_once,
     status,
     status_is_true,
+    tmpfs,
     wait_for,
 )
 from safetensors.torch import load
@@ -234,13 +234,8 @@ def small_disk(tmp_path: Path):
     """A real 48 MiB file system (tmpfs) for the root; skipped where mounting is not allowed."""
     where = tmp_path / "disk"
     where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(where)], check=False, capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(where, "48m"):
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def _fill(path: Path, leave_bytes: int) -> None:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from daemon_util import Clock
 
 from fploopd.daemon import claim as claim_mod
 from fploopd.daemon import deliver
@@ -17,14 +18,6 @@ from fploopd.daemon.journal import Journal
 from fploopd.daemon.layout import Layout, is_temporary_name
 from fploopd.daemon.rootinit import init_root
 from fploopd.daemon.settings import Settings
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import pytest
 from daemon_util import (
     PY,
     SMALL,
+    Clock,
     assert_each_input_once,
     drop,
     image_bytes,
@@ -28,6 +29,7 @@ from daemon_util import (
     outbox_jobs,
     run_once,
     status_is_true,
+    tmpfs,
 )
 from loguru import logger
 
@@ -40,14 +42,6 @@ from fploopd.daemon.settings import Settings
 
 UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 GOOD = {"prompt": "a test", **SMALL}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
@@ -426,14 +420,8 @@ def test_a_claim_from_an_inbox_the_daemon_cannot_write_is_undone_and_said_once(r
 @pytest.fixture
 def tmpfs_inbox(root: Path) -> Iterator[Path]:
     """inbox/loop/ on a small tmpfs of its own: another file system than .fploopd/."""
-    folder = loop_dir(root)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(folder)], check=False, capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {mounted.stderr.strip()}")
-    try:
+    with tmpfs(loop_dir(root), "20m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 def test_a_claim_across_file_systems_is_undone_said_once_and_retried_later(root: Path, tmpfs_inbox: Path, logs: list[str]) -> None:
