@@ -129,6 +129,28 @@ def test_recover_reads_cancelled_jobs_renamed_folders_and_keeps_a_broken_journal
     assert (again.done, again.failed, again.cancelled, again.moved_aside) == (0, 0, 0, [])
 
 
+def test_recover_takes_unreadable_files_and_fifos_in_failed_as_they_are(tmp_path: Path) -> None:
+    """A file the daemon's user cannot read, and a FIFO (a hostile drop), in a failed/ folder: recover
+    records them without hashing them, and neither blocks nor stops it."""
+    root = make_root(tmp_path)
+    odd = Layout(root).failed / "odd"
+    odd.mkdir()
+    (odd / "error.json").write_text(json.dumps({"job": "j3", "kind": "input", "error": "bad"}))
+    os.mkfifo(odd / "odd.json")
+    (odd / "odd.png").write_bytes(image_bytes())
+    (odd / "odd.png").chmod(0)
+    result = subprocess.run(
+        [*NO_DAC, PY, "-m", "fploopd", "journal", "recover", "--root", str(root)],
+        capture_output=True, text=True, env=env(), timeout=60, check=False,
+    )
+    assert result.returncode == 0 and "0 done, 1 failed" in result.stdout, result.stderr[-3000:]
+    journal = Journal.open_readonly(Layout(root).journal, "test")
+    (job,) = journal.jobs()
+    inputs = {i["name"]: i for i in job.inputs}
+    journal.close()
+    assert "sha256" not in inputs["odd.json"] and "unreadable" in inputs["odd.png"], inputs
+
+
 # --- damaged and locked journals -------------------------------------------------------------------
 
 

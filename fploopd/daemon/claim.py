@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,11 @@ from loguru import logger
 
 from fploopd.daemon import deliver
 from fploopd.daemon.crash import crashpoint
-from fploopd.daemon.files import move_once
+from fploopd.daemon.files import input_record, move_once
 from fploopd.daemon.journal import Job, Journal
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.names import display, job_name_for
 from fploopd.errors import ErrorRecord, FploopdError, InputError
-from fploopd.fsutil import sha256_file
 from fploopd.pipelines.seeds import pick_seeds
 from fploopd.spec import MEDIA_FIELD_NAMES, JobSpec
 
@@ -185,7 +183,7 @@ def complete_claim(
             continue
         if i == 0:
             crashpoint("claim:after_first_move")
-        inputs.append(_input_entry(move, dst, tick))
+        inputs.append({**input_record(dst, move["field"], tick), "source": move["src"]})
     crashpoint("claim:after_moves")
     error = ErrorRecord.from_json(record["error"]) if record.get("error") is not None else None
     if error is None and vanished:
@@ -214,19 +212,6 @@ def complete_claim(
     else:
         logger.warning("rejected {} as job {} ({}): {}", what, name, job_id, error.error)
     return job
-
-
-def _input_entry(move: dict[str, Any], dst: Path, tick: Callable[[], None] | None) -> dict[str, Any]:
-    """What the job records of one input: name, where it came from, size and hash when readable."""
-    entry: dict[str, Any] = {"field": move["field"], "name": dst.name, "source": move["src"]}
-    try:
-        mode = os.lstat(dst).st_mode
-        if stat.S_ISREG(mode):  # never open a FIFO or follow a link: hashing must not block or leave
-            entry["size"] = os.path.getsize(dst)
-            entry["sha256"] = sha256_file(dst, tick)
-    except OSError as exc:  # unreadable: the job fails on it later (or was rejected for it already)
-        entry["unreadable"] = exc.strerror or str(exc)
-    return entry
 
 
 def recover_claims(layout: Layout, journal: Journal) -> list[Job]:

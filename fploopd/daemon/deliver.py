@@ -20,12 +20,12 @@ from typing import Any
 from loguru import logger
 
 from fploopd.daemon.crash import crashpoint
-from fploopd.daemon.files import move_once
+from fploopd.daemon.files import input_record, move_once
 from fploopd.daemon.journal import Job, JobState, Journal
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.plan import DeliveryPlan, ErrorFile, Move
 from fploopd.errors import ErrorRecord
-from fploopd.fsutil import adopt_owner, fsync_dir, sha256_file, write_json_atomic
+from fploopd.fsutil import adopt_owner, fsync_dir, write_json_atomic
 from fploopd.pipelines.manifest import build_manifest, write_manifest
 
 ERROR_FILE = "error.json"
@@ -123,13 +123,11 @@ def _adopt_owner(layout: Layout, plan: DeliveryPlan) -> None:
 
 def rehash(layout: Layout, job: Job, tick: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """The job's inputs as they are now in its work dir (after a retry brought them back)."""
-    inputs = []
-    for entry in job.inputs:
-        path = layout.inputs_dir(job.id) / entry["name"]
-        if os.path.isfile(path) and not os.path.islink(path):
-            entry = {**entry, "size": os.path.getsize(path), "sha256": sha256_file(path, tick)}
-        inputs.append(entry)
-    return inputs
+    kept = ("field", "name", "source")  # where it came from; size and hash as it is now
+    return [
+        {**{k: e[k] for k in kept if k in e}, **input_record(layout.inputs_dir(job.id) / e["name"], e["field"], tick)}
+        for e in job.inputs
+    ]
 
 
 def _remove_checkpoints(layout: Layout, job_id: str) -> None:

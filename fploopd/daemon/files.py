@@ -6,9 +6,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from fploopd.fsutil import rename_durable
+from fploopd.fsutil import rename_durable, sha256_file
 
 
 def move_once(src: Path, dst: Path) -> str:
@@ -87,3 +89,18 @@ def read_regular(path: Path, limit: int) -> bytes:
 def is_locked_for_writing(exc: OSError) -> bool:
     """Whether opening failed because another program is still writing the file (try again later)."""
     return getattr(exc, "winerror", None) in _LOCKED_WINERRORS or exc.errno in _LOCKED_ERRNOS
+
+
+def input_record(path: Path, field: str, tick: Callable[[], None] | None = None) -> dict[str, Any]:
+    """What a job records of one input file: its name and field, and its size and sha256 when it is a
+    regular file that can be read. Never opens a FIFO or follows a link (hashing must not block or
+    leave the folder); an unreadable file is recorded as such (the job fails on it later, or was
+    rejected for it already) instead of raising."""
+    entry: dict[str, Any] = {"field": field, "name": path.name}
+    try:
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            entry["size"] = os.path.getsize(path)
+            entry["sha256"] = sha256_file(path, tick)
+    except OSError as exc:
+        entry["unreadable"] = exc.strerror or str(exc)
+    return entry

@@ -20,12 +20,12 @@ from typing import Any
 from loguru import logger
 
 from fploopd.daemon.deliver import ERROR_FILE
+from fploopd.daemon.files import input_record
 from fploopd.daemon.journal import JobState, Journal, JournalError
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.plan import DeliveryPlan, ErrorFile, Move
 from fploopd.daemon.service import RootLock, RootLockedError
 from fploopd.errors import ErrorRecord
-from fploopd.fsutil import sha256_file
 from fploopd.pipelines.manifest import MANIFEST_FILE
 
 # The name the daemon gives error.json when the user's files hold one already (deliver.plan_rejected).
@@ -258,7 +258,7 @@ def _failed_job(layout: Layout, folder: Path, result: Recovery) -> dict[str, Any
     job_id = error["job"]
     when = (folder / error_name).stat().st_mtime
     name = folder.name[: -len(job_id) - 1] if folder.name.endswith(f"-{job_id}") else folder.name
-    files = sorted(p for p in folder.iterdir() if p.name != error_name and p.is_file() and not p.is_symlink())
+    files = sorted(p for p in folder.iterdir() if p.name != error_name and not p.is_dir())
     record = ErrorRecord.from_json(error)
     return {
         "id": job_id,
@@ -266,7 +266,7 @@ def _failed_job(layout: Layout, folder: Path, result: Recovery) -> dict[str, Any
         "pipeline": None,
         "spec": None,
         "seeds": None,
-        "inputs": [_input_record(p) for p in files],
+        "inputs": [input_record(p, "sidecar" if p.suffix.lower() == ".json" else "media") for p in files],
         "state": JobState.CANCELLED if record.kind == "cancelled" else JobState.FAILED,
         "attempts": 0,
         "error": record,
@@ -279,15 +279,6 @@ def _failed_job(layout: Layout, folder: Path, result: Recovery) -> dict[str, Any
         "created_at": when,
         "updated_at": when,
         "finished_at": when,
-    }
-
-
-def _input_record(path: Path) -> dict[str, Any]:
-    return {
-        "field": "sidecar" if path.suffix.lower() == ".json" else "media",
-        "name": path.name,
-        "size": path.stat().st_size,
-        "sha256": sha256_file(path),
     }
 
 
