@@ -123,6 +123,18 @@ class StopFlags:
         self.requests += 1
 
 
+def _flock(fd: int) -> int:
+    """``fd``, locked exclusively without waiting; closed, and the error raised, when it cannot be."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 class RootLockedError(FploopdError):
     kind = "locked"
 
@@ -153,23 +165,15 @@ class RootLock:
         return True
 
     def _lock_posix(self) -> int | None:
-        import fcntl
-
-        fd = os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
+            return _flock(os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)))
         except BlockingIOError:
-            os.close(fd)
-            return None
+            return None  # another daemon holds it
         except OSError:  # EBADF, ENOLCK, EOPNOTSUPP: this file system locks no folders
-            os.close(fd)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            pass
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
+            return _flock(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644))
         except OSError:
-            os.close(fd)
             return None
 
     def _lock_windows(self) -> int | None:
