@@ -113,8 +113,7 @@ class Supervisor:
         self.low_space: str | None = None  # why intake and dispatch are paused
         self.started_at = time.time()
         self.next_publish = 0.0
-        self.published: Any = None
-        self.published_waiting: list[dict[str, Any]] | None = None
+        self.published: tuple[Any, ...] | None = None  # (workers, waiting, low_space, stopping) last written
         self.last_error: str | None = None
         self.stopping = False
         self.exit_code: int | None = None
@@ -349,9 +348,8 @@ class Supervisor:
         now = time.monotonic()
         if not force and snapshot == self.published and now < self.next_publish:
             return
-        if waiting != self.published_waiting:
+        if self.published is None or waiting != self.published[1]:  # the table is rewritten only on change
             self.journal.set_waiting(waiting)
-            self.published_waiting = waiting
         self.journal.set_daemon("workers", workers)
         self.journal.set_daemon("supervisor", self._supervisor_state())
         self.published, self.next_publish = snapshot, now + PUBLISH_S
