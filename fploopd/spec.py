@@ -78,6 +78,9 @@ OUTPUT_ONLY = OutputOnly()
 # longer than a file name can be. ``is_bare_name`` and the media fields' pattern both use it.
 _BARE_NAME = re.compile(r"^[^/\\\x00.][^/\\\x00]{0,254}$")
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A channel names a file in outbox/latest/ (``<channel>.mp4``): a short name, no dots, so the
+# extension is always what follows the channel.
+CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 BareName = Annotated[str, Field(pattern=_BARE_NAME.pattern)]
 
 MAX_SEED = 2**63 - 1
@@ -191,6 +194,10 @@ class GenerationSettings(BaseModel):
             metavar="FILE[:SCALE]",
         ),
     ] = []
+
+    # The latest slot (outbox/latest/<channel>.mp4) and the OBS input a delivered loop updates;
+    # None = the job's pipeline. Only pipelines that make a 1-loop or connect clip have one.
+    channel: Annotated[Annotated[str, Field(pattern=CHANNEL_NAME.pattern)] | None, BRIDGED, OUTPUT_ONLY] = None
 
     @field_validator("outputs")
     @classmethod

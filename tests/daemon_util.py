@@ -226,7 +226,8 @@ def assert_each_input_once(root: Path, dropped: dict[str, bytes]) -> dict[str, s
 
 
 def outbox_jobs(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / "outbox").iterdir() if not p.name.startswith("."))
+    """The job folders in outbox/ (outbox/latest/ holds the channels' newest loops, no job)."""
+    return sorted(p.name for p in (root / "outbox").iterdir() if not p.name.startswith(".") and p.name != "latest")
 
 
 class Clock:

@@ -85,6 +85,7 @@ QUEUED = {
     "updated_at": "str",
     "started_at": "NoneType",
     "finished_at": "NoneType",
+    "hooks": [],
 }
 STARTED = {**QUEUED, "started_at": "str"}
 ENDED = {**STARTED, "finished_at": "str"}

@@ -41,6 +41,7 @@ def test_the_checkpoint_key_leaves_out_exactly_the_output_only_fields():
     # Changing one of these keeps a job's section checkpoints; any other field starts afresh.
     assert set(OUTPUT_ONLY_FIELDS) == {
         "outputs", "crf", "decode", "loop_count", "count", "consecutive_seeds", "priority", "tags", "profile", "seed",
+        "channel",
     }  # fmt: skip
     spec = JobSpec(prompt="a cat", pipeline="loop", seed=3, crf=20, teacache=True)
     key = spec.latent_settings()
@@ -49,7 +50,7 @@ def test_the_checkpoint_key_leaves_out_exactly_the_output_only_fields():
 
 
 def test_the_one_shot_options_are_the_fields_with_help():
-    assert NOT_OPTIONS == {"pipeline", "image", "video", "head", "tail", "priority"}
+    assert NOT_OPTIONS == {"pipeline", "image", "video", "head", "tail", "priority", "channel"}
     for field in set(JobSpec.model_fields) - NOT_OPTIONS:
         option = option_of(field)
         assert option is not None and option.help

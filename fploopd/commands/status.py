@@ -24,16 +24,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fploopd.daemon.control import daemon_view, find, job_view, open_journal, waiting_views
+    from fploopd.daemon.hookstore import runs_of
     from fploopd.daemon.layout import Layout
     from fploopd.daemon.recover import check_root_journal
 
     layout = Layout(args.root.absolute())
     check_root_journal(layout)  # a lost journal is said, not shown as "no jobs yet"
     journal = open_journal(layout, readonly=True)
+    def view(job: Any) -> dict[str, Any]:  # a journal.Job, with its hook runs
+        return job_view(job, layout, [r.view() for r in runs_of(journal, job.id)])
+
     if args.job:
-        views = [job_view(find(journal, args.job), layout)]
+        views = [view(find(journal, args.job))]
     else:
-        views = [job_view(j, layout) for j in (journal.jobs() if journal is not None else [])]
+        views = [view(j) for j in (journal.jobs() if journal is not None else [])]
         views += waiting_views(journal)
     if args.json:
         print(json.dumps(views, indent=2))
@@ -47,7 +51,21 @@ def run(args: argparse.Namespace) -> int:
     for v in views:
         tries = v["attempts"] + (1 if v["state"] == "running" else 0)
         print(f"{v['name'][:24]:<24} {v['state']:<10} {v['pipeline'] or '-'!s:<10} {tries:>3}  {_detail(v)[:70]:<40} {v['id'] or ''}")
+    hooks = [_hook_line(v["name"], h) for v in views for h in v.get("hooks", []) if h["status"] != "done"]
+    if hooks:
+        print("delivery hooks not done:")
+        print("\n".join(hooks))
     return 0
+
+
+def _hook_line(name: str, h: dict[str, Any]) -> str:
+    last = h.get("last") or {}
+    why = f": {last['error']}" if last.get("error") else ""
+    if h["status"] == "failed":
+        return f"  {name}: hook {h['hook']} failed after {h['tries']} tries{why}"
+    if h["tries"]:
+        return f"  {name}: hook {h['hook']} failed {h['tries']} time(s){why}; next try at {h['next_try_at']}"
+    return f"  {name}: hook {h['hook']} waiting to run"
 
 
 def _daemon_lines(daemon: dict[str, Any] | None) -> str:

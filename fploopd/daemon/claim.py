@@ -23,7 +23,7 @@ from fploopd.daemon import deliver
 from fploopd.daemon.crash import crashpoint
 from fploopd.daemon.files import input_record, move_once
 from fploopd.daemon.journal import Job, Journal
-from fploopd.daemon.layout import Layout
+from fploopd.daemon.layout import LATEST_FOLDER, Layout
 from fploopd.daemon.names import display, job_name_for
 from fploopd.errors import ErrorRecord, FploopdError, InputError
 from fploopd.pipelines.seeds import pick_seeds
@@ -52,7 +52,7 @@ def unique_name(stem: str, layout: Layout, journal: Journal) -> str:
     """``stem``, else ``stem-2``, ``stem-3``...: free in outbox/, failed/, archive/ and the journal."""
     for n in range(1, MAX_NAME_SUFFIX):
         name = stem if n == 1 else f"{stem}-{n}"
-        if journal.name_taken(name):
+        if journal.name_taken(name) or name.casefold() == LATEST_FOLDER:  # outbox/latest/ is the latest slots' folder
             continue
         if any(os.path.lexists(folder / name) for folder in (layout.outbox, layout.failed, layout.archive)):
             continue

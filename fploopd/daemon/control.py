@@ -48,8 +48,9 @@ def where(job: Job, layout: Layout) -> dict[str, str | None]:
     return {"inputs": str(layout.abs(job.delivery.moves[0].dst)), "outputs": None}
 
 
-def job_view(job: Job, layout: Layout) -> dict[str, Any]:
-    """One object of ``fploopd status --json``: plain JSON values only (its shape is a contract)."""
+def job_view(job: Job, layout: Layout, hooks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One object of ``fploopd status --json``: plain JSON values only (its shape is a contract).
+    ``hooks``: the job's delivery hook runs (``hookstore.HookRun.view``)."""
     places = where(job, layout)
     outputs = []
     if job.state is JobState.DONE and places["outputs"] is not None:
@@ -76,6 +77,7 @@ def job_view(job: Job, layout: Layout) -> dict[str, Any]:
         "updated_at": iso_time(job.updated_at),
         "started_at": iso_time(job.started_at),
         "finished_at": iso_time(job.finished_at),
+        "hooks": hooks or [],
     }
 
 

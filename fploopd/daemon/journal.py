@@ -52,8 +52,9 @@ TRANSITIONS = {
     (JobState.CANCELLED, JobState.QUEUED),
 }
 # 1: jobs, events, claims. 2: jobs.failures (the retry budget, apart from attempts), the drops
-# waiting in the inbox and the daemon's own state (both for `fploopd status`).
-SCHEMA_VERSION = 2
+# waiting in the inbox and the daemon's own state (both for `fploopd status`). 3: delivery hooks
+# (hook_rounds: the deliveries whose follow-ups were planned; hook_runs: each hook's run of one).
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -105,7 +106,35 @@ CREATE TABLE IF NOT EXISTS daemon (
     value TEXT,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS hook_rounds (
+    job_id TEXT NOT NULL,
+    delivered_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    planned_at REAL NOT NULL,
+    PRIMARY KEY (job_id, delivered_at)
+);
+CREATE TABLE IF NOT EXISTS hook_runs (
+    job_id TEXT NOT NULL,
+    hook TEXT NOT NULL,
+    delivered_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    key TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
+    tries INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (job_id, hook, delivered_at)
+);
+CREATE INDEX IF NOT EXISTS hook_runs_due ON hook_runs (status, next_at);
 """
+# Every delivery of a job that ended (done, failed, cancelled) gets one hook round; these are the
+# ones without (``fploopd.daemon.followup`` plans them).
+UNPLANNED_DELIVERIES = (
+    "FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND delivered_at IS NOT NULL AND NOT EXISTS"
+    " (SELECT 1 FROM hook_rounds r WHERE r.job_id = jobs.id AND r.delivered_at = jobs.delivered_at)"
+)
 # Columns added after version 1, for journals made by an older fploopd (CREATE TABLE IF NOT EXISTS
 # leaves an existing table as it was).
 _ADDED_COLUMNS = {("jobs", "failures"): "INTEGER NOT NULL DEFAULT 0"}
@@ -307,8 +336,21 @@ class Journal:
                 if statement.strip():
                     self.db.execute(statement)  # IF NOT EXISTS: a no-op on a current journal
             self._add_columns()
-            if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version < 3:
+                self._mark_rounds_planned()  # hooks added now are for deliveries from now on
+            if version < SCHEMA_VERSION:
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _mark_rounds_planned(self, job_id: str | None = None) -> None:
+        """Record the deliveries made so far (or ``job_id``'s) as having had their hooks: a journal
+        from before hooks, or a job rebuilt by recover, must not fire them for old deliveries."""
+        where = "" if job_id is None else " AND id = ?"
+        self.db.execute(
+            f"INSERT OR IGNORE INTO hook_rounds (job_id, delivered_at, state, planned_at) "
+            f"SELECT id, delivered_at, state, ? {UNPLANNED_DELIVERIES}{where}",
+            (time.time(), *(() if job_id is None else (job_id,))),
+        )
 
     def quick_check(self) -> None:
         """``PRAGMA quick_check``; raises JournalError naming the damage."""
@@ -418,6 +460,7 @@ class Journal:
         columns, marks = ", ".join(values), ", ".join("?" * len(values))
         with self.transaction():
             self.db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(values.values()))
+            self._mark_rounds_planned(fields["id"])  # its hooks ran (or not) long ago
             self._event(fields["id"], "recovered", detail)
         return self.get(fields["id"])
 

@@ -9,6 +9,8 @@ from pathlib import Path
 PIPELINE_FOLDERS = ("loop", "connect", "video2loop")
 # Names a producer is still writing: never touched.
 TEMP_SUFFIXES = (".part", ".tmp", ".crdownload")
+# outbox/latest/ holds each channel's newest loop (fploopd.daemon.latest): no job may take the name.
+LATEST_FOLDER = "latest"
 
 
 def is_temporary_name(name: str) -> bool:
@@ -26,6 +28,10 @@ class Layout:
     @property
     def outbox(self) -> Path:
         return self.root / "outbox"
+
+    @property
+    def latest(self) -> Path:
+        return self.outbox / LATEST_FOLDER
 
     @property
     def failed(self) -> Path:

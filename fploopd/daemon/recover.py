@@ -22,7 +22,7 @@ from loguru import logger
 from fploopd.daemon.deliver import ERROR_FILE
 from fploopd.daemon.files import input_record
 from fploopd.daemon.journal import JobState, Journal, JournalError
-from fploopd.daemon.layout import Layout
+from fploopd.daemon.layout import LATEST_FOLDER, Layout
 from fploopd.daemon.plan import DeliveryPlan, ErrorFile, Move
 from fploopd.daemon.service import RootLock, RootLockedError
 from fploopd.errors import ErrorRecord
@@ -199,7 +199,7 @@ def _restore_all(layout: Layout, journal: Journal, result: Recovery) -> None:
 def _done_job(layout: Layout, folder: Path, result: Recovery) -> dict[str, Any] | None:
     manifest = _read_json(folder / MANIFEST_FILE)
     if manifest is None:
-        if folder.name != "latest":  # outbox/latest/ holds each channel's newest loop, no job
+        if folder.name != LATEST_FOLDER:  # outbox/latest/ holds each channel's newest loop, no job
             result.skipped.append(f"{layout.rel(folder)}/ (no readable {MANIFEST_FILE})")
         return None
     if not isinstance(manifest.get("job"), str) or not manifest["job"]:

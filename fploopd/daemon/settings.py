@@ -18,16 +18,17 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10, which FramePack installs often have
     import tomli as tomllib
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
+from fploopd.daemon.hooksettings import OBS_PASSWORD_ENV, HookSettings, ObsSettings, named_hooks
 from fploopd.errors import FploopdError
 from fploopd.media.limits import MediaLimits
 
 SETTINGS_FILE = "fploopd.toml"
 ENV_PREFIX = "FPLOOPD_"
 # Environment variables the CLI or the service reads for other purposes, not settings.
-_ENV_NOT_SETTINGS = {"FPLOOPD_ROOT", "FPLOOPD_TEST_CRASH_AT"}
+_ENV_NOT_SETTINGS = {"FPLOOPD_ROOT", "FPLOOPD_TEST_CRASH_AT", OBS_PASSWORD_ENV}
 
 
 class SettingsError(FploopdError):
@@ -65,6 +66,15 @@ class Settings:
     worker_restart_s: Annotated[float, Field(ge=10, le=86400)] = 600.0
     log_level: str = "INFO"
     limits: MediaLimits = dataclasses.field(default_factory=MediaLimits)
+    # What a delivery reaches besides the outbox (fploopd.daemon.hooksettings; README "OBS and delivery hooks").
+    obs: ObsSettings = dataclasses.field(default_factory=ObsSettings)
+    hooks: tuple[HookSettings, ...] = ()
+
+    @field_validator("hooks")
+    @classmethod
+    def _hook_names(cls, value: tuple[HookSettings, ...]) -> tuple[HookSettings, ...]:
+        named_hooks(value)  # raises when two hooks share a name
+        return value
 
     def devices(self) -> list[str]:
         """The devices to start a worker on; ``auto`` = every visible GPU, else the CPU."""
@@ -83,7 +93,7 @@ class Settings:
         return min(self.backoff_max_s, self.backoff_base_s * 2 ** min(attempts - 1, 30))
 
 
-SETTING_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if f.name not in ("root", "limits"))
+SETTING_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if f.name not in ("root", "limits", "obs", "hooks"))
 
 
 def load_settings(root: Path, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -104,6 +114,8 @@ def load_settings(root: Path, flags: Mapping[str, Any] | None = None, env: Mappi
             name = key[len(ENV_PREFIX) :].lower()
             if name in SETTING_NAMES:
                 values[name] = value
+    if env.get(OBS_PASSWORD_ENV):  # kept out of fploopd.toml, which other users may read
+        values["obs"] = {**(values.get("obs") or {}), "password": env[OBS_PASSWORD_ENV]}
     values.update({k: v for k, v in (flags or {}).items() if v is not None})
     values["root"] = Path(root).absolute()
     try:
@@ -171,4 +183,21 @@ SETTINGS_TEMPLATE = """\
 # max_video_pixels = 16777216
 # max_video_bytes = 8589934592
 # max_decoded_bytes = 8589934592
+
+# OBS over obs-websocket 5 (OBS: Tools > WebSocket Server Settings). Each delivered loop of a channel
+# (the sidecar's "channel", default its pipeline) becomes the file its media source plays.
+# [obs]
+# url = "ws://127.0.0.1:4455"   # another machine only with allow_remote = true
+# password = ""                 # or FPLOOPD_OBS_PASSWORD
+# inputs = { loop = "Loop" }    # channel = "name of the Media Source in OBS"
+
+# Delivery hooks: after a job's files are in place. At least once, never again after a success.
+# [[hooks]]
+# name = "ingest"
+# on = ["done"]                 # and/or "failed", "cancelled"
+# run = ["/usr/local/bin/ingest", "{manifest}"]   # {manifest} {job} {id} {state} {outbox}; no shell
+# # url = "http://127.0.0.1:8080/fploopd"       # or: POST the manifest (Idempotency-Key: job id)
+# # secret = "..."                              # HMAC-SHA256 of the body in X-Fploopd-Signature
+# timeout_s = 60.0
+# retries = 3
 """

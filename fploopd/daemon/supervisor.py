@@ -25,6 +25,7 @@ from fploopd import __version__
 from fploopd.daemon import deliver, outcomes
 from fploopd.daemon import messages as m
 from fploopd.daemon.claim import Drop, adopt_orphans, recover_claims
+from fploopd.daemon.followup import FollowUp
 from fploopd.daemon.intake import Intake, Waiting, start_watching
 from fploopd.daemon.journal import IllegalTransition, Job, JobState, Journal
 from fploopd.daemon.layout import Layout
@@ -98,6 +99,7 @@ class Supervisor:
         check_root_journal(self.layout)  # a lost journal must not mean a fresh start
         self.journal = Journal(self.layout.journal, "supervisor", check=True)
         self.intake = Intake(settings, self.layout)
+        self.followup = FollowUp(settings, self.layout)  # latest slots, OBS, delivery hooks
         self.ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self.devices: list[str] = []
         self.workers: dict[str, WorkerHandle] = {}
@@ -124,6 +126,7 @@ class Supervisor:
         for folder in (*self.layout.user_folders(), self.layout.work):  # a fresh clone or root works as is
             folder.mkdir(parents=True, exist_ok=True)
         self.recover()
+        self.followup.start()
         self.devices = self.settings.devices()
         self._check_model()
         if not self.once:
@@ -196,6 +199,7 @@ class Supervisor:
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join()
+        self.followup.close()
         with contextlib.suppress(Exception):  # a full disk: status then finds a stale heartbeat instead
             self.journal.set_waiting([])
             self.journal.set_daemon("supervisor", {**self._supervisor_state(), "stopped": True})
@@ -248,6 +252,7 @@ class Supervisor:
             if self.low_space is None:
                 self._dispatch()
         self._settle()
+        self.followup.tick(self.journal)
         self._publish()
         self.notifier.status(self._status_text())
         self._decide_exit()
@@ -285,6 +290,8 @@ class Supervisor:
             return
         settling = [w for w in self.waiting if not w.blocked]  # a blocked drop waits for a person
         if not self.once or not self.scanned_since_start or busy or settling or self.journal.pending_moves():
+            return
+        if self.followup.busy(self.journal):  # hooks and OBS updates of what was delivered
             return
         queued = self.journal.jobs((JobState.QUEUED,))
         if not queued and self.waiting:

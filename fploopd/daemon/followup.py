@@ -1,0 +1,72 @@
+"""What follows a delivery, once the job's files are in place: the channel's latest slot, the OBS
+input that shows it, and the delivery hooks. Driven by the supervisor's loop (``tick``), which finds
+every delivery not followed up yet in the journal, so a crash between a delivery and its follow-up
+is made good after the restart; the plan of a delivery's hooks is committed once, with a marker
+that it was followed up, and the hooks themselves run in ``HookRunner``'s threads.
+
+Nothing here can fail or hold up a job: a slot that cannot be written, or an OBS that does not
+answer, is logged, and OBS is driven from its own thread.
+"""
+
+from __future__ import annotations
+
+from loguru import logger
+
+from fploopd.daemon import hookstore
+from fploopd.daemon.crash import crashpoint
+from fploopd.daemon.hooks import HookRunner
+from fploopd.daemon.hooksettings import named_hooks
+from fploopd.daemon.journal import Job, JobState, Journal
+from fploopd.daemon.latest import channel_of, clip_files, update_latest
+from fploopd.daemon.layout import Layout
+from fploopd.daemon.obs import ObsUpdater
+from fploopd.daemon.settings import Settings
+
+
+class FollowUp:
+    def __init__(self, settings: Settings, layout: Layout) -> None:
+        self.layout = layout
+        self.hooks = named_hooks(settings.hooks)
+        self.obs_inputs = settings.obs.inputs
+        self.runner = HookRunner(layout, self.hooks)
+        self.obs = ObsUpdater(settings.obs) if settings.obs.enabled else None
+
+    def start(self) -> None:
+        self.runner.start()  # also when no hook is configured: it settles runs left from before
+        if self.obs is not None:
+            self.obs.start()
+
+    def close(self) -> None:
+        self.runner.close()
+        if self.obs is not None:
+            self.obs.close()
+
+    def busy(self, journal: Journal) -> bool:
+        """Hook runs still to do, or an OBS update still trying (``run --once`` waits for them)."""
+        return hookstore.pending_count(journal) > 0 or (self.obs is not None and self.obs.busy())
+
+    def tick(self, journal: Journal) -> None:
+        for job in hookstore.unplanned(journal):
+            with logger.contextualize(job=job.id):
+                self._follow(job, journal)
+
+    def _follow(self, job: Job, journal: Journal) -> None:
+        channel = channel_of(job)
+        if job.state is JobState.DONE:
+            try:
+                update_latest(self.layout, job)
+            except OSError as exc:  # the delivery stands; only the slot is behind
+                logger.error("outbox/latest/{} could not be replaced with {}: {}", channel, job.name, exc)
+            self._show_in_obs(job, channel)
+        hooks = [name for name, hook in self.hooks.items() if hook.matches(job.state.value, job.pipeline, channel)]
+        hookstore.plan_round(journal, job, hooks)
+        crashpoint("hooks:planned")
+        if hooks:
+            self.runner.wake.set()
+
+    def _show_in_obs(self, job: Job, channel: str | None) -> None:
+        if self.obs is None or channel not in self.obs_inputs:
+            return
+        files = clip_files(self.layout, job)
+        if files:  # the job's own file: the next delivery replaces the slot, never this one
+            self.obs.show(self.obs_inputs[channel], next(iter(files.values())), job.name)
