@@ -31,6 +31,7 @@ COMMANDS = (
     "video2loop",
     "decode",
     "doctor",
+    "obs",
     "journal",
     "models",
     "bench",

@@ -30,7 +30,7 @@ class Check:
 def run_checks(settings: Settings) -> list[Check]:
     """``settings`` are the daemon's own (the root's fploopd.toml, FPLOOPD_* and any flags)."""
     checks: list[Check] = []
-    for group in (_settings, _python, _torch, _codecs, _models, _folders, _disk, _caches, _journal):
+    for group in (_settings, _python, _torch, _codecs, _models, _folders, _disk, _caches, _journal, _obs, _hooks):
         try:
             checks.extend(group(settings))
         except Exception as exc:  # noqa: BLE001 - a broken check is itself a finding
@@ -231,6 +231,52 @@ def _journal_health(layout: Layout) -> Iterator[Check]:
         return
     wal = mode.lower() == "wal"
     yield Check("journal", "ok" if wal else "warn", f"{layout.journal} ({mode}, quick_check ok)", "" if wal else "keep .fploopd/ on a local disk")
+
+
+def _obs(settings: Settings) -> Iterator[Check]:
+    """The OBS connection and each configured input (a Media Source), when [obs] names any."""
+    from fploopd.daemon.obs import MEDIA_SOURCE, ObsError, input_kind, version
+
+    if not settings.obs.enabled:
+        return
+    try:
+        yield Check("obs", "ok", f"{settings.obs.url}: {version(settings.obs)}")
+    except ObsError as exc:
+        yield Check(
+            "obs", "warn", f"{exc}; loops are still delivered, and OBS is updated from the next delivery once it answers",
+            "start OBS and turn on Tools > WebSocket Server Settings > Enable WebSocket server (port and password as in [obs])",
+        )
+        return
+    for channel, name in sorted(settings.obs.inputs.items()):
+        try:
+            kind = input_kind(settings.obs, name)
+        except ObsError as exc:
+            yield Check(f"obs input {name}", "fail", f"channel {channel}: {exc}", f"add a Media Source named {name!r} to a scene in OBS")
+            continue
+        if kind != MEDIA_SOURCE:
+            yield Check(f"obs input {name}", "warn", f"channel {channel}: {name!r} is a {kind}, not a Media Source",
+                        "use a Media Source (ffmpeg_source): fploopd sets its local file and looping")
+        else:
+            yield Check(f"obs input {name}", "ok", f"channel {channel}: a Media Source")
+
+
+def _hooks(settings: Settings) -> Iterator[Check]:
+    """Each delivery hook's program is there (url hooks are not called: that would deliver)."""
+    from fploopd.daemon.hooksettings import named_hooks
+
+    for name, hook in named_hooks(settings.hooks).items():
+        if hook.run is None:
+            yield Check(f"hook {name}", "ok", f"on {', '.join(hook.on)}: POST {hook.url}")
+            continue
+        program = hook.run[0]
+        found = shutil.which(program, path=os.environ.get("PATH")) if os.sep not in program else (
+            program if os.access(settings.root / program, os.X_OK) else None
+        )
+        if found is None:
+            yield Check(f"hook {name}", "fail", f"program {program!r} not found or not executable",
+                        "give its full path in run = [...], or install it; hooks run from the root folder with no shell")
+        else:
+            yield Check(f"hook {name}", "ok", f"on {', '.join(hook.on)}: {' '.join(hook.run)}")
 
 
 def report(checks: list[Check], out: Callable[[str], None] = print) -> int:

@@ -86,3 +86,15 @@ def replace_with(target: Path, source: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
+
+
+def newest_clip(layout: Layout, jobs: list[Job], channel: str) -> Path | None:
+    """The newest delivered clip of ``channel``: the file of the last done job that made one (its own
+    file, which no later delivery replaces), else the slot's file, else None."""
+    for job in sorted(jobs, key=lambda j: j.delivered_at or 0.0, reverse=True):
+        if job.delivered_at is not None and channel_of(job) == channel:
+            files = [f for f in clip_files(layout, job).values() if f.is_file()]
+            if files:
+                return files[0]
+    slot = slot_path(layout, channel)
+    return slot if slot.is_file() else None
