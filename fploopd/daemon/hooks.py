@@ -162,7 +162,6 @@ class HookRunner:
         self.thread = threading.Thread(target=self._loop, name="fploopd-hooks", daemon=True)
 
     def start(self) -> None:
-        self.journal = Journal(self.layout.journal, "hooks")
         self.thread.start()
 
     def close(self) -> None:
@@ -175,8 +174,8 @@ class HookRunner:
             _kill_group(proc)
         if self.thread.is_alive():
             self.thread.join(timeout=5)
-        if self.journal is not None:
-            with self.lock:
+        with self.lock:
+            if self.journal is not None:
                 self.journal.close()
 
     # --- the runner's thread ------------------------------------------------------------------
@@ -184,6 +183,8 @@ class HookRunner:
     def _loop(self) -> None:
         while not self.stopping:
             try:
+                if self.journal is None:  # opened here: a journal busy for a moment must not stop the daemon's start
+                    self.journal = Journal(self.layout.journal, "hooks")
                 timeout = self._start_due()
             except Exception as exc:  # noqa: BLE001 - a busy or full journal: look again soon
                 logger.error("hooks: cannot read the journal: {}", exc)
@@ -214,7 +215,8 @@ class HookRunner:
         try:
             self._run_once(run)
         except Exception as exc:  # noqa: BLE001 - never lose the thread silently
-            logger.opt(exception=exc).error("hook {} for job {}: {}", run.hook, run.job_id, exc)
+            if not self.stopping:  # else the journal was closed under it: the run stays pending
+                logger.opt(exception=exc).error("hook {} for job {}: {}", run.hook, run.job_id, exc)
         finally:
             with self.lock:
                 self.in_flight.pop(key, None)
