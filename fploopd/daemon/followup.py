@@ -10,6 +10,8 @@ answer, is logged, and OBS is driven from its own thread.
 
 from __future__ import annotations
 
+import time
+
 from loguru import logger
 
 from fploopd.daemon import hookstore
@@ -22,6 +24,8 @@ from fploopd.daemon.layout import Layout
 from fploopd.daemon.obs import ObsUpdater
 from fploopd.daemon.settings import Settings
 
+RETRY_S = 30.0
+
 
 class FollowUp:
     def __init__(self, settings: Settings, layout: Layout) -> None:
@@ -30,6 +34,7 @@ class FollowUp:
         self.obs_inputs = settings.obs.inputs
         self.runner = HookRunner(layout, self.hooks)
         self.obs = ObsUpdater(settings.obs) if settings.obs.enabled else None
+        self.retry_at: dict[str, float] = {}  # jobs whose follow-up failed (a full disk): not before then
 
     def start(self) -> None:
         self.runner.start()  # also when no hook is configured: it settles runs left from before
@@ -46,18 +51,29 @@ class FollowUp:
         return hookstore.pending_count(journal) > 0 or (self.obs is not None and self.obs.busy())
 
     def tick(self, journal: Journal) -> None:
+        now = time.monotonic()
         for job in hookstore.unplanned(journal):
+            if self.retry_at.get(job.id, 0.0) > now:
+                continue
             with logger.contextualize(job=job.id):
-                self._follow(job, journal)
+                try:
+                    self._follow(job, journal)
+                except Exception as exc:  # noqa: BLE001 - one job's follow-up must not stop the loop
+                    logger.opt(exception=not isinstance(exc, OSError)).error(
+                        "following up the delivery of {} failed: {}; trying again in {:.0f} s", job.name, exc, RETRY_S
+                    )
+                    self.retry_at[job.id] = now + RETRY_S
 
     def _follow(self, job: Job, journal: Journal) -> None:
         channel = channel_of(job)
         if job.state is JobState.DONE:
             try:
                 update_latest(self.layout, job)
-            except OSError as exc:  # the delivery stands; only the slot is behind
-                logger.error("outbox/latest/{} could not be replaced with {}: {}", channel, job.name, exc)
-            self._show_in_obs(job, channel)
+                self._show_in_obs(job, channel)
+            except Exception as exc:  # noqa: BLE001 - the delivery stands; only the slot or OBS is behind
+                logger.opt(exception=not isinstance(exc, OSError)).error(
+                    "outbox/latest/{} or OBS could not be updated with {}: {}", channel, job.name, exc
+                )
         hooks = [name for name, hook in self.hooks.items() if hook.matches(job.state.value, job.pipeline, channel)]
         hookstore.plan_round(journal, job, hooks)
         crashpoint("hooks:planned")

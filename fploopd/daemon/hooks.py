@@ -27,7 +27,7 @@ from typing import Any
 from loguru import logger
 
 from fploopd.daemon import hookstore
-from fploopd.daemon.hooksettings import PLACEHOLDERS, HookSettings
+from fploopd.daemon.hooksettings import OBS_PASSWORD_ENV, PLACEHOLDERS, HookSettings
 from fploopd.daemon.journal import Job, JobState, Journal
 from fploopd.daemon.layout import Layout
 from fploopd.pipelines.manifest import MANIFEST_FILE
@@ -92,7 +92,7 @@ def run_command(hook: HookSettings, argv: list[str], cwd: Path, started: Any = N
     try:
         proc = subprocess.Popen(
             argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, env={k: v for k, v in os.environ.items() if k != OBS_PASSWORD_ENV},
         )
     except OSError as exc:
         return Outcome(False, {"error": f"cannot start {argv[0]}: {exc.strerror or exc}"})
