@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon_util import SMALL, Daemon, drop, image_bytes, jobs, make_root, outbox_jobs, wait_for
+import numpy as np
+from daemon_util import SMALL, Daemon, drop, image_bytes, jobs, make_root, outbox_jobs, wait_for, write_atomic
+
+from fploopd.media import write_mp4
 
 # Opens the slot again and again until told to stop, and writes down the SHA-256 of every whole
 # read: each one must be a loop the daemon delivered, never a part of one.
@@ -58,19 +61,32 @@ def test_a_reader_of_the_slot_never_sees_a_partial_file(tmp_path: Path) -> None:
     assert [p.name for p in slot.parent.iterdir()] == ["loop.mp4"]  # no temporary file left behind
 
 
-def test_channels_kinds_and_a_job_called_latest(tmp_path: Path) -> None:
+def drop_connect(root: Path, stem: str, sidecar: dict) -> None:
+    """Two short videos (a head and a tail), then the sidecar, into inbox/connect/."""
+    folder = root / "inbox" / "connect"
+    for part, shade in (("head", 60), ("tail", 180)):
+        frames = np.full((24, 64, 96, 3), shade, np.uint8)
+        frames[:, 10:40, 20 : 50 + shade // 10] = 255 - shade
+        write_mp4(folder / f".{stem}_{part}.tmp.mp4", frames, 30)
+        (folder / f".{stem}_{part}.tmp.mp4").rename(folder / f"{stem}_{part}.mp4")
+    write_atomic(folder / f"{stem}.json", json.dumps(sidecar).encode())
+
+
+def test_channels_kinds_connect_and_a_job_called_latest(tmp_path: Path) -> None:
     root = make_root(tmp_path)
     drop(root, "latest", {"prompt": "", **SMALL, "seed": 5, "channel": "stream", "outputs": ["mp4", "webp"]}, media=image_bytes(3))
     daemon = Daemon(root)
     try:
         wait_for(lambda: _done(root, {"latest-2"}), 150, "the job delivered")
         drop(root, "still", {"prompt": "", **SMALL, "seed": 6, "decode": False}, media=image_bytes(4))  # latents only
-        wait_for(lambda: _done(root, {"still"}), 150, "the latent-only job delivered")
+        drop_connect(root, "join", {"prompt": "", "resolution": 128, "window": 2, "steps": 2, "seed": 8})
+        wait_for(lambda: _done(root, {"still", "join"}), 150, "the latent-only and the connect job delivered")
     finally:
         assert daemon.stop() == 0, daemon.output()[-3000:]
-    assert outbox_jobs(root) == ["latest-2", "still"]  # outbox/latest/ is the slots' folder, never a job's
+    assert outbox_jobs(root) == ["join", "latest-2", "still"]  # outbox/latest/ is the slots' folder, never a job's
     job = root / "outbox" / "latest-2"
     latest = root / "outbox" / "latest"
-    assert sorted(p.name for p in latest.iterdir()) == ["stream.mp4", "stream.webp"]  # no slot for latents
+    assert sorted(p.name for p in latest.iterdir()) == ["connect.mp4", "stream.mp4", "stream.webp"]  # none for latents
     assert (latest / "stream.mp4").read_bytes() == (job / "latest-2_5_1loop.mp4").read_bytes()
     assert (latest / "stream.webp").read_bytes() == (job / "latest-2_5_1loop.webp").read_bytes()
+    assert (latest / "connect.mp4").read_bytes() == (root / "outbox" / "join" / "join_8_connect.mp4").read_bytes()
