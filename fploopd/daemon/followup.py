@@ -35,6 +35,7 @@ class FollowUp:
         self.runner = HookRunner(layout, self.hooks)
         self.obs = ObsUpdater(settings.obs) if settings.obs.enabled else None
         self.retry_at: dict[str, float] = {}  # jobs whose follow-up failed (a full disk): not before then
+        self.shown: dict[str, float] = {}  # channel -> delivery time of the loop its slot and OBS show
 
     def start(self) -> None:
         self.runner.start()  # also when no hook is configured: it settles runs left from before
@@ -66,7 +67,9 @@ class FollowUp:
 
     def _follow(self, job: Job, journal: Journal) -> None:
         channel = channel_of(job)
-        if job.state is JobState.DONE:
+        newest = job.delivered_at is not None and job.delivered_at >= self.shown.get(channel or "", 0.0)
+        if job.state is JobState.DONE and channel is not None and newest:  # a late follow-up never shows an older loop
+            self.shown[channel] = job.delivered_at or 0.0
             try:
                 update_latest(self.layout, job)
                 self._show_in_obs(job, channel)
