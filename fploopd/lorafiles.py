@@ -28,6 +28,10 @@ class LoraError(InputError):
         super().__init__(f"LoRA {file}: {problem}", field=FIELD, file=file)
 
 
+class LoraMissing(LoraError):
+    """No LoRA folder has the file (yet: it may still be on its way)."""
+
+
 def suffix_problem(name: str) -> str | None:
     """Why a file name is not accepted as a LoRA (pickles run code when loaded), or None."""
     suffix = Path(name).suffix.lower()
@@ -88,7 +92,7 @@ def find_lora(name: str, folders: Sequence[Path]) -> Path:
             )
         return candidate
     where = ", ".join(str(f) for f in folders)
-    raise LoraError(name, f"not found in the LoRA folders ({where})")
+    raise LoraMissing(name, f"not found in the LoRA folders ({where})")
 
 
 def _inside(path: Path, folders: Sequence[Path]) -> bool:
@@ -101,6 +105,7 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "SAFETENSORS_SUFFIX",
     "LoraError",
+    "LoraMissing",
     "check_lora_file",
     "find_lora",
     "suffix_problem",

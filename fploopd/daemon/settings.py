@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10, which FramePack installs often have
     import tomli as tomllib
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
 from fploopd.errors import FploopdError
@@ -64,7 +64,15 @@ class Settings:
     worker_silent_s: Annotated[float, Field(ge=5, le=86400)] = 60.0
     worker_restart_s: Annotated[float, Field(ge=10, le=86400)] = 600.0
     log_level: str = "INFO"
+    # Folders searched for LoRAs after the root's loras/ (relative ones are under the root), e.g.
+    # musubi-tuner's output folder. FPLOOPD_LORA_DIRS separates them with os.pathsep.
+    lora_dirs: tuple[Path, ...] = ()
     limits: MediaLimits = dataclasses.field(default_factory=MediaLimits)
+
+    @field_validator("lora_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: Any) -> Any:
+        return tuple(p for p in value.split(os.pathsep) if p) if isinstance(value, str) else value
 
     def devices(self) -> list[str]:
         """The devices to start a worker on; ``auto`` = every visible GPU, else the CPU."""
@@ -161,6 +169,8 @@ SETTINGS_TEMPLATE = """\
 # worker_silent_s = 60.0
 # worker_restart_s = 600.0
 # log_level = "INFO"
+# LoRAs are looked up by file name in the root's loras/ folder, then in these folders.
+# lora_dirs = ["/home/me/musubi-tuner/output"]
 
 [limits]
 # Largest media accepted; larger files fail with an error naming the limit.
