@@ -65,6 +65,9 @@ class Settings:
     worker_silent_s: Annotated[float, Field(ge=5, le=86400)] = 60.0
     worker_restart_s: Annotated[float, Field(ge=10, le=86400)] = 600.0
     log_level: str = "INFO"
+    # Folders searched for LoRAs after the root's loras/ (relative ones are under the root), e.g.
+    # musubi-tuner's output folder. FPLOOPD_LORA_DIRS separates them with os.pathsep.
+    lora_dirs: tuple[Path, ...] = ()
     limits: MediaLimits = dataclasses.field(default_factory=MediaLimits)
     # What a delivery reaches besides the outbox (fploopd.daemon.hooksettings; README "OBS and delivery hooks").
     obs: ObsSettings = dataclasses.field(default_factory=ObsSettings)
@@ -75,6 +78,11 @@ class Settings:
     def _hook_names(cls, value: tuple[HookSettings, ...]) -> tuple[HookSettings, ...]:
         named_hooks(value)  # raises when two hooks share a name
         return value
+
+    @field_validator("lora_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: Any) -> Any:
+        return tuple(p for p in value.split(os.pathsep) if p) if isinstance(value, str) else value
 
     def devices(self) -> list[str]:
         """The devices to start a worker on; ``auto`` = every visible GPU, else the CPU."""
@@ -173,6 +181,8 @@ SETTINGS_TEMPLATE = """\
 # worker_silent_s = 60.0
 # worker_restart_s = 600.0
 # log_level = "INFO"
+# LoRAs are looked up by file name in the root's loras/ folder, then in these folders.
+# lora_dirs = ["/home/me/musubi-tuner/output"]
 
 [limits]
 # Largest media accepted; larger files fail with an error naming the limit.
