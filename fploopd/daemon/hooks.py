@@ -217,10 +217,24 @@ class HookRunner:
         except Exception as exc:  # noqa: BLE001 - never lose the thread silently
             if not self.stopping:  # else the journal was closed under it: the run stays pending
                 logger.opt(exception=exc).error("hook {} for job {}: {}", run.hook, run.job_id, exc)
+                self._count_failure(run, f"{type(exc).__name__}: {exc}")
         finally:
             with self.lock:
                 self.in_flight.pop(key, None)
             self.wake.set()
+
+    def _count_failure(self, run: hookstore.HookRun, error: str) -> None:
+        """A try that broke before it could be recorded still counts, so the run backs off."""
+        hook = self.hooks.get(run.hook)
+        limit = 1 + (hook.retries if hook is not None else 0)
+        status = "failed" if run.tries + 1 >= limit else "pending"
+        next_at = time.time() + (hook.backoff(run.tries + 1) if hook is not None else 0.0)
+        try:
+            with self.lock:
+                assert self.journal is not None
+                hookstore.record_try(self.journal, run, {"ok": False, "error": error, "at": round(time.time(), 3)}, status, next_at)
+        except Exception as exc:  # noqa: BLE001 - the journal itself is in trouble: the loop reports it
+            logger.error("hook {} for job {}: cannot record the failure: {}", run.hook, run.job_id, exc)
 
     def _run_once(self, run: hookstore.HookRun) -> None:
         assert self.journal is not None
