@@ -42,7 +42,8 @@ def test_a_good_drop_is_delivered_and_temporary_names_are_left_alone(tmp_path: P
     assert result.returncode == 0, result.stderr[-3000:]
     assert outbox_jobs(root) == ["cat"]
     out = root / "outbox" / "cat"
-    assert sorted(p.name for p in out.iterdir()) == ["cat_7_1loop.mp4", "cat_7_loop_2.mp4", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["cat_7_1loop.mp4", "cat_7_loop_2.mp4", "manifest.json", "preview.webp"]
+    assert [p.name for p in (root / "progress").iterdir()] == []  # the live preview moved into the job's folder
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["pipeline"] == "loop" and manifest["seeds"] == [7] and manifest["spec"]["prompt"] == "a red ball"
     assert manifest["model"] is not None and manifest["timings"]
