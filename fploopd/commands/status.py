@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fploopd.daemon.control import daemon_view, find, job_view, open_journal, waiting_views
+    from fploopd.daemon.control import daemon_view, find, job_view, open_journal, status_views
     from fploopd.daemon.layout import Layout
     from fploopd.daemon.recover import check_root_journal
 
@@ -33,8 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if args.job:
         views = [job_view(find(journal, args.job), layout)]
     else:
-        views = [job_view(j, layout) for j in (journal.jobs() if journal is not None else [])]
-        views += waiting_views(journal)
+        views = status_views(journal, layout)
     if args.json:
         print(json.dumps(views, indent=2))
         return 0

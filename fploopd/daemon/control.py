@@ -79,6 +79,26 @@ def job_view(job: Job, layout: Layout) -> dict[str, Any]:
     }
 
 
+def status_views(journal: Journal | None, layout: Layout) -> list[dict[str, Any]]:
+    """``fploopd status --json``: every job, then the drops waiting in the inbox."""
+    views = [job_view(j, layout) for j in (journal.jobs() if journal is not None else [])]
+    return views + waiting_views(journal)
+
+
+# Bounds of a job's priority: the sidecar's ``priority`` field's.
+PRIORITY_BOUND = 100
+
+
+def set_priority(journal: Journal, key: str, priority: int) -> Job:
+    """A queued job's priority (higher runs first)."""
+    job = find(journal, key)
+    if not -PRIORITY_BOUND <= priority <= PRIORITY_BOUND:
+        raise JobError(f"priority {priority} is out of range ({-PRIORITY_BOUND} to {PRIORITY_BOUND})")
+    if job.state is not JobState.QUEUED:
+        raise JobError(f"job {job.name} is {job.state}; only a queued job's priority can change")
+    return journal.set_priority(job.id, priority)
+
+
 def settle_if_no_daemon(layout: Layout, journal: Journal) -> bool:
     """Carry out pending file moves now when no daemon holds the root; True when done here."""
     lock = RootLock(layout.lock)
