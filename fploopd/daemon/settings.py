@@ -64,6 +64,10 @@ class Settings:
     worker_silent_s: Annotated[float, Field(ge=5, le=86400)] = 60.0
     worker_restart_s: Annotated[float, Field(ge=10, le=86400)] = 600.0
     log_level: str = "INFO"
+    # The web page, JSON API and /metrics ("HOST:PORT"; off when empty). An address other than
+    # loopback needs http_token (or FPLOOPD_HTTP_TOKEN), and then every request must carry it.
+    http: Annotated[str, Field(max_length=300)] = ""
+    http_token: Annotated[str, Field(max_length=300)] = ""
     limits: MediaLimits = dataclasses.field(default_factory=MediaLimits)
 
     def devices(self) -> list[str]:
@@ -161,6 +165,11 @@ SETTINGS_TEMPLATE = """\
 # worker_silent_s = 60.0
 # worker_restart_s = 600.0
 # log_level = "INFO"
+
+# The web page, JSON API and /metrics, e.g. "127.0.0.1:8787" (off when empty; `fploopd run --http`).
+# Any address but loopback needs a token (here or in FPLOOPD_HTTP_TOKEN); every request then needs it.
+# http = ""
+# http_token = ""
 
 [limits]
 # Largest media accepted; larger files fail with an error naming the limit.
