@@ -21,6 +21,9 @@ from loguru import logger
 from fploopd.media.preview import latents_to_rgb, save_animated_webp_atomic
 
 MIN_INTERVAL_S = 1.0
+# The animation shows at most the newest this many latents (4 video frames each: 32 s at 30 fps),
+# so that rewriting it after each section stays cheap however long the job.
+MAX_FRAMES = 240
 CLOSE_TIMEOUT_S = 60.0
 
 
@@ -70,6 +73,7 @@ class LivePreview:
         try:
             for latents in sections:
                 self.frames.extend(latents_to_rgb(latents))
+            del self.frames[:-MAX_FRAMES]
             save_animated_webp_atomic(self.frames, self.path)
         except Exception as exc:  # noqa: BLE001 - a preview must never fail a job (a full disk, a gone share)
             if not self.failed:

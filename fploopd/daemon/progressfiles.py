@@ -62,8 +62,8 @@ class Track:
             self.section_key = None
         if sampling and self.section_key is None and key[1]:
             self.section_key, self.section_started = key, now
-        if sampling and p.get("step"):
-            position = (key[0], key[1], int(p["step"]))
+        if sampling and key[1]:  # step 0 is the section's start: its first step is timed from there
+            position = (key[0], key[1], int(p.get("step") or 0))
             if self.last_step is not None and self.last_step[1][:2] == position[:2] and position[2] > self.last_step[1][2]:
                 per_step = (now - self.last_step[0]) / (position[2] - self.last_step[1][2])
                 self.step_times = [*self.step_times[-(STEP_SAMPLES - 1) :], per_step]

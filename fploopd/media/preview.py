@@ -95,8 +95,8 @@ def save_png_atomic(image: Image.Image, path: Path) -> Path:
     return path
 
 
-# An animated preview's frames are enlarged (nearest) to about this many pixels on the long side.
-ANIMATION_SIDE = 192
+# An animated preview keeps its latents' size (80x80 at 640: viewers scale it up, and encoding
+# stays cheap); only small latents are enlarged (nearest) to about MIN_PREVIEW_SIDE.
 # One latent stands for four video frames: at 30 fps, 133 ms.
 LATENT_FRAME_MS = 133
 
@@ -106,7 +106,7 @@ def save_animated_webp_atomic(frames: list[np.ndarray], path: Path, *, frame_ms:
     if not frames:
         raise ValueError("an animation needs at least one frame")
     h, w = frames[0].shape[:2]
-    scale = max(1, -(-ANIMATION_SIDE // max(h, w)))
+    scale = max(1, -(-MIN_PREVIEW_SIDE // max(h, w)))
     images = [Image.fromarray(f) for f in frames]
     if scale > 1:
         images = [im.resize((w * scale, h * scale), Image.Resampling.NEAREST) for im in images]

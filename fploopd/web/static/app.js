@@ -133,8 +133,11 @@ function doneCard(job) {
   const links = el("div", { class: "links" },
     ...outs.map((o, n) => el("a", { href: api(`jobs/${encodeURIComponent(job.id)}/outputs/${n}`), target: "_blank", text: o.kind })),
     el("a", { href: api(`jobs/${encodeURIComponent(job.id)}/manifest`), target: "_blank", text: "manifest" }));
+  const when = job.finished_at ? new Date(job.finished_at).toLocaleTimeString() : "";
   const card = el("div", { class: "card done-card", "data-job": job.name }, media,
-    el("p", { class: "title", text: job.name }), bar(job), links);
+    el("p", { class: "title", text: job.name }),
+    el("div", { class: "sub", text: `${job.pipeline || ""} · seed ${(job.seeds || []).join(", ")} · ${when}` }),
+    bar(job), links);
   videos.set(key, card);
   return card;
 }
