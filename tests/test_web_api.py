@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 from pathlib import Path
 
 from daemon_util import SMALL, Daemon, drop, env, fploopd, image_bytes, jobs, make_root, status, wait_for
@@ -58,6 +59,15 @@ def test_progress_api_cancel_retry_health_and_metrics(tmp_path: Path) -> None:
         assert request(f"{base}/api/jobs/cat/progress").json()["name"] == "cat"
         assert request(f"{base}/api/jobs/cat/preview").headers["content-type"] == "image/webp"
 
+        # A second job waits in the queue: its priority is raised by the page's call and the command's.
+        drop(root, "cow", {"prompt": "a cow", **SMALL}, media=image_bytes(6))
+        wait_for(lambda: job_row(root, "cow").get("state") == "queued", 60, "cow queued")
+        assert request(f"{base}/api/jobs/cow/priority?priority=5", "POST", POST).json()["priority"] == 5
+        assert fploopd("priority", "cow", "7", root=root).returncode == 0 and job_row(root, "cow")["priority"] == 7
+        assert request(f"{base}/api/jobs/cow/priority?priority=500", "POST", POST).status == 409  # out of range
+        assert request(f"{base}/api/jobs/cat/priority?priority=1", "POST", POST).status == 409  # running: not queued
+        assert request(f"{base}/api/jobs/cow/cancel", "POST", POST).json()["state"] == "cancelled"
+
         # Cancel through the API: a POST without the page's header is refused (no cross-site forms).
         assert request(f"{base}/api/jobs/cat/cancel", "POST").status == 403
         assert request(f"{base}/api/jobs/cat/cancel", "POST", {"Origin": "http://evil.example", **POST}).status == 403
@@ -106,7 +116,7 @@ def test_progress_api_cancel_retry_health_and_metrics(tmp_path: Path) -> None:
 
         # status.json at the root: the same objects, plus the daemon.
         doc = wait_for(lambda: json.loads((root / "status.json").read_text()) if (root / "status.json").is_file() else None, 30, "status.json")
-        assert [j["name"] for j in doc["jobs"]] == ["cat"] and doc["daemon"]["pid"] == daemon.proc.pid
+        assert [j["name"] for j in doc["jobs"]] == ["cat", "cow"] and doc["daemon"]["pid"] == daemon.proc.pid
     finally:
         daemon.stop()
 
@@ -130,6 +140,19 @@ def test_a_crash_leaves_no_stale_progress_files(tmp_path: Path) -> None:
         assert (root / "outbox" / "dog" / "preview.webp").is_file()
     finally:
         daemon.stop()
+
+
+def test_a_web_server_that_cannot_run_never_stops_the_jobs(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    drop(root, "owl", {"prompt": "an owl", **SMALL}, media=image_bytes(8))
+    with socket.socket() as taken:  # someone else has the port: uvicorn cannot bind
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = fploopd("run", "--once", "--http", f"127.0.0.1:{port}", root=root, timeout=150)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the web server failed" in result.stderr
+    assert settled(root, "owl", "done") and (root / "outbox" / "owl" / "preview.webp").is_file()
 
 
 def test_tokens_and_uploads(tmp_path: Path) -> None:
