@@ -101,11 +101,15 @@ def create_app(supervisor: Supervisor, address: WebAddress) -> FastAPI:
     def page(request: Request) -> Response:
         with reading() as journal:
             jobs = control.status_views(journal, layout)
-        token = address.token if address.token and guard._same(request.query_params.get("token"), address.token) else ""
-        return templates.TemplateResponse(
-            request, "index.html", {"jobs_json": json.dumps(jobs).replace("<", "\\u003c"), "token": token or "local", "version": __version__,
-                                    "profiles": sorted(p.stem for p in layout.profiles.glob("*.json"))},
-        )
+        # The guard let this request in, so it holds the token (if one is set): the page's script
+        # sends it back in the header every POST needs. Other origins cannot read the page.
+        context = {
+            "jobs_json": json.dumps(jobs).replace("<", "\\u003c"),  # no "</script>" from a job's name
+            "token": address.token or "local",
+            "version": __version__,
+            "profiles": sorted(p.stem for p in layout.profiles.glob("*.json")),
+        }
+        return templates.TemplateResponse(request, "index.html", context)
 
     # --- the JSON API ---------------------------------------------------------------------------
 
