@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fploopd.errors import InputError
+from fploopd.lorafiles import suffix_problem
 
 Pipeline = Literal["loop", "connect", "video2loop", "i2v"]
 OutputKind = Literal["mp4", "webp", "gif", "prores", "png"]
@@ -85,8 +86,6 @@ MAX_SEED = 2**63 - 1
 # takes them from here so that this module stays free of torch.
 MAX_LORAS = 8  # per job: more is almost surely a mistake, and each costs merge time
 MAX_LORA_SCALE = 10.0  # musubi and FramePackLoop users stay within about +-2; beyond 10 is a typo
-LORA_SUFFIX = ".safetensors"
-LORA_PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 # FramePack's TeaCache threshold, what ``"teacache": true`` means.
 TEACACHE_DEFAULT_THRESHOLD = 0.15
 
@@ -109,13 +108,8 @@ class LoraSetting(BaseModel):
     @field_validator("file")
     @classmethod
     def _safetensors_only(cls, value: str) -> str:
-        suffix = "." + value.rsplit(".", 1)[-1].lower() if "." in value else ""
-        if suffix in LORA_PICKLE_SUFFIXES:
-            raise ValueError(
-                f"{value} is a pickle file; LoRAs are read only from .safetensors files (loading a pickle runs any code in it)"
-            )
-        if suffix != LORA_SUFFIX:
-            raise ValueError(f"{value} is not a {LORA_SUFFIX} file")
+        if (problem := suffix_problem(value)) is not None:
+            raise ValueError(f"{value}: {problem}")
         return value
 
 

@@ -126,3 +126,20 @@ def test_doctor_checks_the_journal_read_only(tmp_path: Path) -> None:
     code, checks = doctor(root)  # lost: the root shows it had one
     assert code == 1 and checks["journal"]["status"] == "fail" and "missing" in checks["journal"]["detail"]
     assert "fploopd journal recover" in checks["journal"]["fix"]
+
+
+def test_doctor_counts_the_loras_and_names_a_missing_lora_dir(tmp_path: Path) -> None:
+    from fploopd.daemon import doctor
+    from fploopd.daemon.rootinit import init_root
+    from fploopd.daemon.settings import Settings
+
+    init_root(tmp_path)
+    (tmp_path / "loras" / "a.safetensors").write_bytes(b"x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "b.safetensors").write_bytes(b"x")
+    settings = Settings(root=tmp_path, model="tiny", device="cpu", lora_dirs=("mine", "gone"))
+    loras = [c for c in doctor.run_checks(settings) if c.name == "loras"]
+    assert [(c.status, c.detail) for c in loras] == [
+        ("fail", f"lora_dirs: {tmp_path / 'gone'} is not a folder"),
+        ("ok", "2 LoRA file(s) in loras/, mine/, gone/"),
+    ]

@@ -277,3 +277,12 @@ def test_demo(tmp_path: Path) -> None:
     # The demo's root runs as it ran: doctor, reading its fploopd.toml, finds nothing to fix.
     doctor = fploopd("doctor", root=tmp_path / "demo")
     assert doctor.returncode == 0 and "[FAIL]" not in doctor.stdout, doctor.stdout
+
+
+def test_demo_with_the_demo_lora(tmp_path: Path) -> None:
+    result = fploopd("demo", "--lora", root=tmp_path / "demo")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "LoRA merged        demo-style.safetensors at 0.8" in result.stdout
+    manifest = json.loads((tmp_path / "demo" / "outbox" / "demo" / "manifest.json").read_text())
+    assert manifest["spec"]["loras"] == [{"file": "demo-style.safetensors", "scale": 0.8}]
+    assert [entry["name"] for entry in manifest["model"]["loras"]] == ["demo-style.safetensors"]

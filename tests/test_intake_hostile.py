@@ -516,9 +516,3 @@ def test_run_once_delivers_the_good_fails_the_hostile_and_exits(tmp_path: Path) 
     assert all(v["attempts"] == 0 for v in views)
     work = {p.name for p in (root / ".fploopd" / "work").iterdir()}
     assert work <= {v["id"] for v in views if v["state"] == "failed"}  # kept for `fploopd retry`, none unknown
-
-
-def test_a_drop_asking_for_loras_goes_to_failed_until_the_daemon_merges_them(root: Path) -> None:
-    error = reject_one(root, "styled", json.dumps({**GOOD, "loras": [{"file": "style.safetensors", "scale": 0.8}]}).encode())
-    assert error["field"] == "loras" and "does not merge LoRAs yet" in error["error"]
-    assert (root / "failed" / "styled" / "styled.png").read_bytes() == b"png"

@@ -52,3 +52,13 @@ def test_models_json_gives_a_row_per_lora(tiny_root: Path, root: Path, capsys: p
 def test_no_loras_folder_lists_nothing(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--model", "tiny", "--root", str(tmp_path)]) == 0
     assert "LoRAs" not in capsys.readouterr().out
+
+
+def test_models_lists_the_lora_dirs_of_the_settings_too(tiny_root: Path, root: Path, tmp_path: Path, capsys) -> None:
+    extra = tmp_path / "musubi-output"
+    extra.mkdir()
+    write_tiny_lora(extra / "trained.safetensors", "musubi", rank=4)
+    (root / "fploopd.toml").write_text(f"lora_dirs = [{json.dumps(str(extra))}]\n")
+    assert main(["models", "--model", "tiny", "--root", str(root), "--json"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if r["component"] == "lora"]
+    assert str(extra / "trained.safetensors") in {r["path"] for r in rows} and len(rows) == 6

@@ -149,7 +149,7 @@ def test_run_job_refuses_loras_the_caller_did_not_resolve(tiny_components: Any, 
         ({"file": "style.pt", "scale": 1.0}, "pickle"),
         ({"file": "../style.safetensors"}, "pattern"),
         ({"file": "style.safetensors", "scale": 10.5}, "less than or equal"),
-        ({"file": "style.gguf"}, "not a .safetensors"),
+        ({"file": "style.gguf"}, "only .safetensors LoRA files are accepted, not .gguf"),
     ],
 )
 def test_the_spec_field_is_bounded(entry: dict[str, Any], message: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fploopd.daemon.profiles import Profiles
-from fploopd.daemon.sidecar import companions_of_bad_sidecar, effective_spec, locate_media, read_sidecar, refuse_loras
+from fploopd.daemon.sidecar import companions_of_bad_sidecar, effective_spec, locate_media, read_sidecar
 from fploopd.errors import InputError
 
 
@@ -166,12 +166,3 @@ def test_bad_sidecar_takes_named_media_else_files_sharing_its_stem(folder: Path,
     # Never anything outside the folder, never a folder.
     (folder / "sub").mkdir()
     assert companions_of_bad_sidecar(folder / "cat.json", {"image": "../outside.png", "video": "sub"}) == [folder / "cat.png", folder / "cat_head.mp4"]
-
-
-def test_loras_are_refused_by_the_daemon_until_it_merges_them(folder: Path) -> None:
-    spec = spec_of(folder, {"prompt": "", "loras": [{"file": "style.safetensors", "scale": 0.8}]})
-    with pytest.raises(InputError) as caught:
-        refuse_loras(spec, "cat.json")
-    err = caught.value
-    assert err.field == "loras" and err.file == "cat.json" and "does not merge LoRAs yet" in err.message and "--lora" in err.message
-    refuse_loras(spec_of(folder, {"prompt": "", "loras": []}), "cat.json")  # none asked: fine

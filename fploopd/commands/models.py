@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="list the LoRA files in DIR (default: <root>/loras when it exists)",
+        help="list the LoRA files in DIR (default: <root>/loras and the lora_dirs of fploopd.toml)",
     )
     parser.set_defaults(handler=run)
 
@@ -47,16 +47,16 @@ def run(args: argparse.Namespace) -> int:
         resolve(args.model, allow_download=True, search=args.search)
     rows = describe(args.model, search=args.search)
     missing = [r for r in rows if r["status"] == "missing"]
-    folder = lora_folder(args)
-    loras = lora_rows(folder, _transformer_dir(rows)) if folder is not None else []
+    by_folder = {folder: lora_rows(folder, _transformer_dir(rows)) for folder in lora_folders(args)}
+    loras = [row for found in by_folder.values() for row in found]
     if args.json:
         print(json.dumps(rows + loras, indent=2))
         return 1 if missing else 0
     places, source = places_for(args.model, args.search)
     print(_table(rows))
-    if folder is not None:
+    for folder, found in by_folder.items():
         print(f"\nLoRAs in {folder}:")
-        print(_lora_table(loras) if loras else "  (none)")
+        print(_lora_table(found) if found else "  (none)")
     print(f"\nmodel: {source}; looked in, in order:")
     for place in places:
         print(f"  {place}")
@@ -85,13 +85,16 @@ def _table(rows: list[dict[str, Any]]) -> str:
 # --- LoRAs ------------------------------------------------------------------------------------
 
 
-def lora_folder(args: argparse.Namespace) -> Path | None:
+def lora_folders(args: argparse.Namespace) -> list[Path]:
+    """``--loras DIR``, else the folders the daemon looks in (``loras/``, then ``lora_dirs``)."""
     from fploopd.daemon.layout import Layout
+    from fploopd.daemon.loras import lora_folders as daemon_folders
+    from fploopd.daemon.settings import load_settings
 
     if args.loras is not None:
-        return Path(args.loras)
-    default = Layout(Path(args.root)).loras
-    return default if default.is_dir() else None
+        return [Path(args.loras)]
+    root = Path(args.root)
+    return [f for f in daemon_folders(load_settings(root), Layout(root)) if f.is_dir()]
 
 
 def _transformer_dir(rows: list[dict[str, Any]]) -> Path | None:

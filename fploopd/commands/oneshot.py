@@ -177,13 +177,18 @@ def given_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def lora_paths(args: argparse.Namespace, spec: JobSpec) -> list[Path]:
     """Where each of ``spec.loras`` is: the ``--lora`` paths, else (a profile's loras, by bare
-    name) in ``<root>/loras``."""
+    name) in the daemon's LoRA folders: ``<root>/loras``, then ``lora_dirs``."""
     from fploopd.daemon.layout import Layout
+    from fploopd.daemon.loras import lora_folders
+    from fploopd.daemon.settings import load_settings
+    from fploopd.lorafiles import find_lora
 
     given = getattr(args, "spec_loras", None)
     if given:
         return [path for path, _ in given]
-    return [Layout(Path(args.root)).loras / entry.file for entry in spec.loras]
+    root = Path(args.root)
+    folders = lora_folders(load_settings(root), Layout(root))
+    return [find_lora(entry.file, folders) for entry in spec.loras]
 
 
 def read_loras(args: argparse.Namespace, spec: JobSpec) -> list[tuple[LoraFile, float]]:

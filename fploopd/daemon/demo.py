@@ -56,8 +56,25 @@ def sample_image(width: int = 320, height: int = 240) -> Image.Image:
     return img.filter(ImageFilter.SMOOTH)
 
 
-def drop_demo(inbox_loop: Path) -> Path:
-    """The picture first (temporary name, then renamed), the sidecar last: the drop protocol."""
+DEMO_LORA = "demo-style.safetensors"
+DEMO_LORA_SCALE = 0.8
+
+
+def add_demo_lora(loras: Path) -> dict[str, Any]:
+    """A musubi-format LoRA for the tiny model in ``loras`` (written by the project's own test-data
+    code, deterministic); returns the sidecar's ``loras`` entry for it."""
+    from fploopd.engine.lora_testdata import write_tiny_lora
+
+    path = loras / DEMO_LORA
+    if not path.exists():
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            write_tiny_lora(tmp, "musubi", seed=1)
+    return {"file": DEMO_LORA, "scale": DEMO_LORA_SCALE}
+
+
+def drop_demo(inbox_loop: Path, extra: dict[str, Any] | None = None) -> Path:
+    """The picture first (temporary name, then renamed), the sidecar last: the drop protocol.
+    ``extra``: more sidecar fields (the demo LoRA)."""
     stem = DEMO_STEM
     n = 1
     while (inbox_loop / f"{stem}.json").exists() or (inbox_loop / f"{stem}.png").exists():
@@ -66,5 +83,5 @@ def drop_demo(inbox_loop: Path) -> Path:
     with atomic_path(inbox_loop / f"{stem}.png", suffix=".png") as tmp:
         sample_image().save(tmp, format="PNG")
     sidecar = inbox_loop / f"{stem}.json"
-    write_json_atomic(sidecar, DEMO_SIDECAR)
+    write_json_atomic(sidecar, {**DEMO_SIDECAR, **(extra or {})})
     return sidecar

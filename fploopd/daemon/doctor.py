@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fploopd.daemon.layout import PIPELINE_FOLDERS, Layout
+from fploopd.daemon.loras import lora_folders, shown_folders
 from fploopd.daemon.settings import SETTINGS_FILE, Settings
 
 GIB = 1024**3
@@ -30,7 +31,7 @@ class Check:
 def run_checks(settings: Settings) -> list[Check]:
     """``settings`` are the daemon's own (the root's fploopd.toml, FPLOOPD_* and any flags)."""
     checks: list[Check] = []
-    for group in (_settings, _python, _torch, _codecs, _models, _folders, _disk, _caches, _journal):
+    for group in (_settings, _python, _torch, _codecs, _models, _folders, _loras, _disk, _caches, _journal):
         try:
             checks.extend(group(settings))
         except Exception as exc:  # noqa: BLE001 - a broken check is itself a finding
@@ -136,6 +137,18 @@ def _folders(settings: Settings) -> Iterator[Check]:
     elif not missing:
         yield Check("folders", "ok", f"{settings.root}: inbox, outbox, failed, archive, profiles writable")
     yield from _one_file_system(layout)
+
+
+def _loras(settings: Settings) -> Iterator[Check]:
+    layout = Layout(settings.root)
+    folders = lora_folders(settings, layout)
+    for folder in folders[1:]:  # loras/ itself is one of the root's folders, checked above
+        if not folder.is_dir():
+            yield Check("loras", "fail", f"lora_dirs: {folder} is not a folder", f"create it or remove it from lora_dirs in {SETTINGS_FILE}")
+        elif not os.access(folder, os.R_OK | os.X_OK):
+            yield Check("loras", "fail", f"lora_dirs: {folder} cannot be read", "let the daemon's user read it")
+    count = sum(1 for f in folders if f.is_dir() for _ in f.glob("*.safetensors"))
+    yield Check("loras", "ok", f"{count} LoRA file(s) in {shown_folders(folders, layout.root)}")
 
 
 def _one_file_system(layout: Layout) -> Iterator[Check]:

@@ -31,10 +31,11 @@ from fploopd.daemon.claim import ClaimUndone, Drop, claim
 from fploopd.daemon.files import NotRegularFile, is_locked_for_writing, probe_readable
 from fploopd.daemon.journal import Job, Journal
 from fploopd.daemon.layout import Layout, is_temporary_name
+from fploopd.daemon.loras import locate_loras, lora_folders, shown_folders
 from fploopd.daemon.names import display, stem_problem
 from fploopd.daemon.profiles import Profiles
 from fploopd.daemon.settings import Settings
-from fploopd.daemon.sidecar import companions_of_bad_sidecar, effective_spec, locate_media, read_sidecar, refuse_loras
+from fploopd.daemon.sidecar import companions_of_bad_sidecar, effective_spec, locate_media, read_sidecar
 from fploopd.errors import InputError
 from fploopd.media.limits import human_bytes
 from fploopd.spec import JobSpec
@@ -136,6 +137,7 @@ class Intake:
         self._said: dict[Path, str] = {}  # the last "waiting" message logged per sidecar (or ignored path)
         self._since: dict[Path, float] = {}  # sidecar -> time.time() when first seen waiting
         self._settled: dict[Path, bool] = {}  # this scan's stability verdicts
+        self._elsewhere: set[Path] = set()  # files outside the inbox this scan waited on (LoRAs)
         self._claim_failures: dict[Path, _ClaimFailure] = {}
         self._folder_errors: dict[Path, str] = {}  # inbox folders that could not be listed, and why
         self._folders: set[Path] = set()  # folders named *.json, said once
@@ -151,6 +153,7 @@ class Intake:
         result = ScanResult()
         sidecars: set[Path] = set()
         seen: set[Path] = set()
+        self._elsewhere = set()
         for folder, pipeline in self.layout.inbox_folders():
             names = self._list(folder)
             # Every file's clock starts when first seen, so media settle while the sidecar does.
@@ -168,7 +171,7 @@ class Intake:
             for gone in set(memory) - sidecars:
                 del memory[gone]
         self._folders &= seen
-        self.stability.forget_except(seen)
+        self.stability.forget_except(seen | self._elsewhere)
         return result
 
     def _list(self, folder: Path) -> list[str]:
@@ -259,13 +262,18 @@ class Intake:
         try:
             raw = read_sidecar(sidecar, self.settings.max_sidecar_bytes)
             spec = effective_spec(raw, sidecar, pipeline, self.profiles)
-            refuse_loras(spec, sidecar.name)
+            folders = lora_folders(self.settings, self.layout)
+            loras = locate_loras(spec, folders, sidecar.name)
             media = locate_media(spec, sidecar)
         except InputError as exc:
             return self._rejected(sidecar, pipeline, raw, exc)
-        if media.missing:
-            return self._missing(sidecar, spec, raw, media.missing, list(media.found.values()))
-        unsettled = [p.name for p in media.found.values() if not self._is_settled(p)]
+        # (field, file, what it is): a LoRA may be on its way too, like media.
+        missing = [(fld, name, f"{fld} file {name}") for fld, name in media.missing.items()]
+        where = shown_folders(folders, self.layout.root)
+        missing += [("loras", name, f"LoRA {name} (looked for in {where})") for name in loras.missing]
+        if missing:
+            return self._missing(sidecar, spec, raw, missing, list(media.found.values()))
+        unsettled = [p.name for p in (*media.found.values(), *(f for f, _ in loras.found)) if not self._is_settled(p)]
         if unsettled:
             return _Verdict(reason=f"waiting for {', '.join(unsettled)} to settle", pipeline=spec.pipeline)
         try:
@@ -278,19 +286,18 @@ class Intake:
         return _Verdict(Drop(sidecar=sidecar, spec=spec, media=media.found), pipeline=spec.pipeline)
 
     def _missing(
-        self, sidecar: Path, spec: JobSpec, raw: dict, missing: dict[str, str], found: list[Path]
+        self, sidecar: Path, spec: JobSpec, raw: dict, missing: list[tuple[str, str, str]], found: list[Path]
     ) -> _Verdict:
-        """Wait for missing media up to the grace period, then reject naming the first missing file."""
+        """Wait for missing files up to the grace period, then reject naming the first one.
+        ``missing``: (field, file name, how to name it in a message)."""
         first = self._first_seen.setdefault(sidecar, self.clock())
-        fld, expected = next(iter(missing.items()))
+        fld, expected, what = missing[0]
         if self.clock() - first >= self.settings.grace_s:
             error = InputError(
-                f"{sidecar.name}: {fld} file {expected} is still missing after {self.settings.grace_s:g} s",
-                field=fld,
-                file=expected,
+                f"{sidecar.name}: {what} is still missing after {self.settings.grace_s:g} s", field=fld, file=expected
             )
             return self._rejected(sidecar, spec.pipeline, raw, error, found)
-        return _Verdict(reason=f"waiting for {fld} file {expected} (up to {self.settings.grace_s:g} s)", pipeline=spec.pipeline)
+        return _Verdict(reason=f"waiting for {what} (up to {self.settings.grace_s:g} s)", pipeline=spec.pipeline)
 
     def _rejected(
         self, sidecar: Path, pipeline: str | None, raw: dict | None, error: InputError, files: list[Path] | None = None
@@ -306,7 +313,10 @@ class Intake:
 
     def _is_settled(self, path: Path) -> bool:
         settled = self._settled.get(path)
-        return self.stability.settled(path) if settled is None else settled
+        if settled is None:  # a file outside the inbox folder (a LoRA): its clock runs across scans too
+            self._elsewhere.add(path)
+            return self.stability.settled(path)
+        return settled
 
     def _check_media(self, sidecar: Path, fld: str, path: Path) -> None:
         """Within the size limit, and readable now (an unreadable file fails at once, with the reason)."""

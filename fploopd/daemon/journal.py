@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -118,6 +118,7 @@ _ROW_DEFAULTS = {"failures": 0}
 OPEN_WAIT_S = 5.0
 # In operation, a writer waits this long for another one (a CLI command's short transaction).
 BUSY_TIMEOUT_S = 30.0
+CHOICES = 50  # due jobs of the top priority that claim_next's ``choose`` may pick from
 
 
 class JournalError(FploopdError):
@@ -474,21 +475,30 @@ class Journal:
             self._event(job_id, to.value, {k: v for k, v in fields.items() if k not in ("spec", "delivery", "outputs")} or None)
         return self.get(job_id)
 
-    def claim_next(self, worker: str, now: float | None = None) -> Job | None:
-        """Atomically take the next due queued job (priority, then age) and mark it running."""
+    def claim_next(
+        self, worker: str, now: float | None = None, choose: Callable[[list[Job]], Job] | None = None
+    ) -> Job | None:
+        """Atomically take the next due queued job and mark it running: the first by priority, then
+        age, or the one ``choose`` picks among the due jobs of the top priority (oldest first)."""
         now = time.time() if now is None else now
         with self.transaction():
-            row = self.db.execute(
-                "UPDATE jobs SET state = 'running', worker = ?, started_at = ?, updated_at = ?, progress = NULL"
-                " WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND next_attempt_at <= ? AND cancel_requested = 0"
+            rows = self.db.execute(
+                "SELECT * FROM jobs WHERE state = 'queued' AND next_attempt_at <= ? AND cancel_requested = 0"
                 " AND (delivery IS NULL OR delivered_at IS NOT NULL)"
-                " ORDER BY priority DESC, created_at, id LIMIT 1) AND state = 'queued' RETURNING id",
-                (worker, now, now, now),
-            ).fetchone()
-            if row is None:
+                " ORDER BY priority DESC, created_at, id LIMIT ?",
+                (now, CHOICES if choose is not None else 1),
+            ).fetchall()
+            if not rows:
                 return None
-            self._event(row["id"], "running", {"worker": worker})
-        return self.get(row["id"])
+            candidates = [Job.from_row(r) for r in rows if r["priority"] == rows[0]["priority"]]
+            job = choose(candidates) if choose is not None and len(candidates) > 1 else candidates[0]
+            self.db.execute(
+                "UPDATE jobs SET state = 'running', worker = ?, started_at = ?, updated_at = ?, progress = NULL"
+                " WHERE id = ? AND state = 'queued'",
+                (worker, now, now, job.id),
+            )
+            self._event(job.id, "running", {"worker": worker})
+        return self.get(job.id)
 
     def next_due_at(self) -> float | None:
         row = self.db.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'queued' AND cancel_requested = 0").fetchone()

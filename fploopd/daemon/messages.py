@@ -34,6 +34,7 @@ class RunJob:
     input_hashes: dict[str, str]  # media field -> sha256, as hashed at the claim (or after a retry)
     out_dir: str
     work_dir: str
+    loras: list[tuple[str, float]]  # the spec's LoRAs as files (path, scale), found at dispatch
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Done:
     outputs: list[dict[str, Any]]
     seeds: list[int]
     timings: dict[str, float]
+    model: Any  # the identity the job ran with: the models' and its LoRAs' (name, sha256, scale)
 
 
 @dataclass(frozen=True)

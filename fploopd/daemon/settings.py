@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10, which FramePack installs often have
     import tomli as tomllib
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
 from fploopd.errors import FploopdError
@@ -64,11 +64,19 @@ class Settings:
     worker_silent_s: Annotated[float, Field(ge=5, le=86400)] = 60.0
     worker_restart_s: Annotated[float, Field(ge=10, le=86400)] = 600.0
     log_level: str = "INFO"
+    # Folders searched for LoRAs after the root's loras/ (relative ones are under the root), e.g.
+    # musubi-tuner's output folder. FPLOOPD_LORA_DIRS separates them with os.pathsep.
+    lora_dirs: tuple[Path, ...] = ()
     # The web page, JSON API and /metrics ("HOST:PORT"; off when empty). An address other than
     # loopback needs http_token (or FPLOOPD_HTTP_TOKEN), and then every request must carry it.
     http: Annotated[str, Field(max_length=300)] = ""
     http_token: Annotated[str, Field(max_length=300)] = ""
     limits: MediaLimits = dataclasses.field(default_factory=MediaLimits)
+
+    @field_validator("lora_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: Any) -> Any:
+        return tuple(p for p in value.split(os.pathsep) if p) if isinstance(value, str) else value
 
     def devices(self) -> list[str]:
         """The devices to start a worker on; ``auto`` = every visible GPU, else the CPU."""
@@ -165,6 +173,8 @@ SETTINGS_TEMPLATE = """\
 # worker_silent_s = 60.0
 # worker_restart_s = 600.0
 # log_level = "INFO"
+# LoRAs are looked up by file name in the root's loras/ folder, then in these folders.
+# lora_dirs = ["/home/me/musubi-tuner/output"]
 
 # The web page, JSON API and /metrics, e.g. "127.0.0.1:8787" (off when empty; `fploopd run --http`).
 # Any address but loopback needs a token (here or in FPLOOPD_HTTP_TOKEN); every request then needs it.

@@ -68,18 +68,6 @@ def effective_spec(raw: dict[str, Any], sidecar: Path, folder_pipeline: str | No
     return validate(values, name)
 
 
-def refuse_loras(spec: JobSpec, name: str) -> None:
-    """The daemon's intake: a job asking for LoRAs is refused rather than run without them (a LoRA
-    that silently does nothing is the classic bug) until the daemon's workers merge them."""
-    if spec.loras:
-        raise InputError(
-            f"{name}: loras: the daemon does not merge LoRAs yet; run this job with a one-shot command "
-            "(fploopd loop IMAGE --lora FILE:SCALE ...) or drop it without \"loras\" (and without a profile that sets them)",
-            field="loras",
-            file=name,
-        )
-
-
 def _check_key_count(raw: dict[str, Any], name: str) -> None:
     """More keys than a spec has: say so in one short line (listing thousands of unknown keys would
     make an error.json nobody can read)."""

@@ -28,6 +28,7 @@ from fploopd.daemon.claim import Drop, adopt_orphans, recover_claims
 from fploopd.daemon.intake import Intake, Waiting, start_watching
 from fploopd.daemon.journal import IllegalTransition, Job, JobState, Journal
 from fploopd.daemon.layout import Layout
+from fploopd.daemon.loras import LoraAffinity, LoraSet, job_loras, lora_folders, lora_set
 from fploopd.daemon.metrics import DaemonMetrics
 from fploopd.daemon.names import display
 from fploopd.daemon.progressfiles import ProgressFiles
@@ -36,7 +37,7 @@ from fploopd.daemon.service import Notifier, StopFlags, Waker
 from fploopd.daemon.settings import Settings
 from fploopd.daemon.statusfiles import StatusFiles
 from fploopd.daemon.worker import worker_main
-from fploopd.errors import ErrorRecord, FploopdError
+from fploopd.errors import ErrorRecord, FploopdError, InputError
 from fploopd.pipelines.progress import progress_text
 from fploopd.spec import MEDIA_FIELD_NAMES, JobSpec
 
@@ -84,6 +85,7 @@ class WorkerHandle:
     silent: bool = False  # reported as not responding
     last_write: float = 0.0
     last_progress: dict[str, Any] = field(default_factory=dict)
+    loras: LoraSet = ()  # the LoRA set merged into its models (by its last job)
 
     @property
     def available(self) -> bool:
@@ -101,6 +103,7 @@ class Supervisor:
         check_root_journal(self.layout)  # a lost journal must not mean a fresh start
         self.journal = Journal(self.layout.journal, "supervisor", check=True)
         self.intake = Intake(settings, self.layout)
+        self.affinity = LoraAffinity()
         self.ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self.devices: list[str] = []
         self.workers: dict[str, WorkerHandle] = {}
@@ -579,7 +582,9 @@ class Supervisor:
         for w in self.workers.values():
             if not w.available:
                 continue
-            job = self.journal.claim_next(worker=f"{os.getpid()}:{w.device}")
+            job = self.journal.claim_next(
+                worker=f"{os.getpid()}:{w.device}", choose=lambda jobs, w=w: self.affinity.choose(jobs, w.loras)
+            )
             if job is None:
                 return
             with logger.contextualize(job=job.id):
@@ -592,6 +597,7 @@ class Supervisor:
                 if msg is None:
                     continue
                 w.job, w.started, w.stop_sent, w.last_progress, w.last_write = job, False, False, {}, 0.0
+                w.loras = lora_set(job.spec or {})
                 logger.info("running {} ({}) on {}, try {}", job.name, job.pipeline, w.device, job.attempts + 1)
                 self._send(w, msg)
 
@@ -609,6 +615,12 @@ class Supervisor:
             logger.error("{} failed: {}", job.name, exc.message)
             self._fail(job, exc.record())
             return None
+        try:
+            loras = job_loras(spec, lora_folders(self.settings, self.layout), job.name, self.layout.root)
+        except InputError as exc:  # deleted or replaced by a bad file since intake
+            logger.error("{} failed: {}", job.name, exc.message)
+            self._fail(job, exc.record())
+            return None
         media = [i for i in job.inputs if i["field"] in MEDIA_FIELD_NAMES]
         return m.RunJob(
             id=job.id,
@@ -619,10 +631,11 @@ class Supervisor:
             input_hashes={i["field"]: i["sha256"] for i in media if i.get("sha256")},
             out_dir=str(self.layout.out_dir(job.id)),
             work_dir=str(self.layout.checkpoint_dir(job.id)),
+            loras=[(str(path), scale) for path, scale in loras],
         )
 
     def _on_done(self, job: Job, w: WorkerHandle, result: m.Done) -> None:
-        outcomes.finished(job, self.layout, self.journal, {"outputs": result.outputs, "timings": result.timings}, w.model)
+        outcomes.finished(job, self.layout, self.journal, {"outputs": result.outputs, "timings": result.timings}, result.model)
         self.progress_files.ended(job, self.journal)
         if "total_s" in result.timings:
             self.metrics.job_done(job.pipeline or "", result.timings["total_s"])

@@ -125,6 +125,7 @@ class Worker:
                         should_stop=self._should_stop,
                         limits=self.settings.limits,
                         input_hashes=job.input_hashes,
+                        loras=[(Path(path), scale) for path, scale in job.loras],
                         on_section=preview.add,
                     )
                 finally:
@@ -152,7 +153,7 @@ class Worker:
             outputs = [output_entry(o, Path(job.out_dir)) for o in result.outputs]
             if self.exit_after:
                 self._send(m.Exiting("asked to stop"))
-            self._send(m.Done(job.id, outputs, list(result.seeds), dict(result.timings)))
+            self._send(m.Done(job.id, outputs, list(result.seeds), dict(result.timings), identity_of(components)))
             return True
 
     def _progress(self, job_id: str, p: Any) -> None:

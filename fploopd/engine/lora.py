@@ -33,13 +33,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fploopd.errors import InputError
+from fploopd.lorafiles import MAX_LORA_BYTES, LoraError, check_lora_file
 from fploopd.spec import MAX_LORA_SCALE
 
-FIELD = "loras"
-SAFETENSORS_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
-DEFAULT_MAX_BYTES = 4 * 2**30  # a full-coverage rank-128 FramePack LoRA in bf16 is about 2.4 GB
+DEFAULT_MAX_BYTES = MAX_LORA_BYTES
 DEFAULT_MAX_RANK = 512
 MAX_ABS_SCALE = MAX_LORA_SCALE  # the spec's bound: musubi and FramePackLoop users stay within about +-2
 _LIST_MAX = 12  # unmatched keys named in an error message
@@ -82,13 +79,6 @@ _UNDERSCORED_PREFIX = "lora_unet_"
 _DOTTED_PREFIXES = ("transformer.", "diffusion_model.", "base_model.model.", "model.diffusion_model.")
 # First parts of HunyuanVideo's own module names (never FramePack/diffusers ones).
 _HUNYUAN_ROOTS = ("double_blocks_", "single_blocks_", "txt_in_", "time_in_", "guidance_in_", "vector_in_", "final_layer_")
-
-
-class LoraError(InputError):
-    """A LoRA file that cannot be used: says which file and why."""
-
-    def __init__(self, file: str, problem: str) -> None:
-        super().__init__(f"LoRA {file}: {problem}", field=FIELD, file=file)
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -134,14 +124,7 @@ def load_lora(path: Path | str, *, max_bytes: int = DEFAULT_MAX_BYTES, max_rank:
     Refuses pickle files with the reason, files over ``max_bytes``, ranks over ``max_rank``, and
     tensors that are not finite floating point."""
     path = Path(path)
-    _check_suffix(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise LoraError(path.name, f"cannot be read ({exc.strerror or exc})") from None
-    if size > max_bytes:
-        raise LoraError(path.name, f"is {size / 2**20:.1f} MiB, more than the {max_bytes / 2**20:.0f} MiB allowed")
-    _check_not_pickle(path, size)
+    size = check_lora_file(path, max_bytes)
     tensors = _read_tensors(path)
     return lora_from_tensors(path.name, tensors, sha256=_sha256(path), size=size, max_rank=max_rank)
 
@@ -160,34 +143,6 @@ def lora_from_tensors(
         if rank > max_rank:
             raise LoraError(name, f"rank {rank} at {keys[mid]} is above the limit of {max_rank}")
     return LoraFile(name=name, sha256=sha256, size=size, format=fmt, groups=groups, keys=keys)
-
-
-def _check_suffix(path: Path) -> None:
-    suffix = path.suffix.lower()
-    if suffix in PICKLE_SUFFIXES:
-        raise LoraError(
-            path.name,
-            f"{suffix} files are Python pickles, and loading a pickle runs any code inside it; "
-            "only .safetensors LoRAs are accepted (convert it with a trusted tool first)",
-        )
-    if suffix != SAFETENSORS_SUFFIX:
-        raise LoraError(path.name, f"only .safetensors LoRA files are accepted, not {suffix or 'a file without suffix'}")
-
-
-def _check_not_pickle(path: Path, size: int) -> None:
-    """A renamed pickle is still a pickle: look at the first bytes, not only the name. A safetensors
-    file starts with its header's length (8 bytes, little-endian) and then the JSON header."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(9)
-    except OSError as exc:
-        raise LoraError(path.name, f"cannot be read ({exc.strerror or exc})") from None
-    header_len = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
-    if 0 < header_len <= size - 8 and head[8:9] == b"{":
-        return
-    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
-        raise LoraError(path.name, "is a Python pickle (a renamed .pt/.ckpt), which runs code when loaded; refused")
-    raise LoraError(path.name, "is not a safetensors file (its header is missing or damaged)")
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:

@@ -33,8 +33,9 @@ import torch
 from loguru import logger
 from torch import Tensor, nn
 
-from fploopd.engine.lora import FIELD, MAX_ABS_SCALE, LinearIndex, ResolvedLora, check_scale
+from fploopd.engine.lora import MAX_ABS_SCALE, LinearIndex, ResolvedLora, check_scale
 from fploopd.errors import InputError
+from fploopd.lorafiles import FIELD
 from fploopd.spec import MAX_LORAS as SPEC_MAX_LORAS
 
 MAX_LORAS = SPEC_MAX_LORAS  # per job (the spec's bound): more is almost surely a mistake
