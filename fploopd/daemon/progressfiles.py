@@ -119,21 +119,29 @@ class ProgressFiles:
             "updated_at": iso_time(time.time()),
         }
 
+    def finishing(self, job: Job) -> None:
+        """The worker made the outputs: the preview joins them as preview.webp before the job is
+        recorded done (a crash right after that keeps it; a run again replaces it)."""
+        self._move_preview(job, self.layout.out_dir(job.id), PREVIEW_FILE)
+
     def ended(self, job: Job, journal: Journal) -> None:
-        """The run is over (the journal says how): the preview goes into the folder that travels to
-        outbox/ or failed/, the JSON goes; for a job queued again both go."""
+        """The run is over (the journal says how): a failed or cancelled job's preview goes into its
+        inputs, which travel to failed/; the JSON goes; for a job queued again both go."""
         self.tracks.pop(job.id, None)
         now = journal.get(job.id)
-        folder = None
-        if now.state is JobState.DONE:
-            folder = self.layout.out_dir(job.id)
-        elif now.state in (JobState.FAILED, JobState.CANCELLED) and now.delivered_at is None:
+        if now.state in (JobState.FAILED, JobState.CANCELLED) and now.delivered_at is None:
             folder = self.layout.inputs_dir(job.id)
+            self._move_preview(job, folder, preview_name(folder))
+        try:
+            self._remove(job.name)
+        except OSError as exc:
+            logger.warning("cannot remove the progress files of {}: {}", job.name, exc)
+
+    def _move_preview(self, job: Job, folder: Path, name: str) -> None:
         webp = self.layout.progress_webp(job.name)
         try:
-            if folder is not None and folder.is_dir() and webp.is_file():
-                os.replace(webp, folder / preview_name(folder))
-            self._remove(job.name)
+            if folder.is_dir() and webp.is_file():
+                os.replace(webp, folder / name)
         except OSError as exc:
             logger.warning("cannot move the live preview of {}: {}", job.name, exc)
 

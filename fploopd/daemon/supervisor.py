@@ -635,6 +635,7 @@ class Supervisor:
         )
 
     def _on_done(self, job: Job, w: WorkerHandle, result: m.Done) -> None:
+        self.progress_files.finishing(job)
         outcomes.finished(job, self.layout, self.journal, {"outputs": result.outputs, "timings": result.timings}, result.model)
         self.progress_files.ended(job, self.journal)
         if "total_s" in result.timings:
