@@ -68,6 +68,10 @@ class Settings:
     # Folders searched for LoRAs after the root's loras/ (relative ones are under the root), e.g.
     # musubi-tuner's output folder. FPLOOPD_LORA_DIRS separates them with os.pathsep.
     lora_dirs: tuple[Path, ...] = ()
+    # The web page, JSON API and /metrics ("HOST:PORT"; off when empty). An address other than
+    # loopback needs http_token (or FPLOOPD_HTTP_TOKEN), and then every request must carry it.
+    http: Annotated[str, Field(max_length=300)] = ""
+    http_token: Annotated[str, Field(max_length=300)] = ""
     limits: MediaLimits = dataclasses.field(default_factory=MediaLimits)
     # What a delivery reaches besides the outbox (fploopd.daemon.hooksettings; README "OBS and delivery hooks").
     obs: ObsSettings = dataclasses.field(default_factory=ObsSettings)
@@ -183,6 +187,11 @@ SETTINGS_TEMPLATE = """\
 # log_level = "INFO"
 # LoRAs are looked up by file name in the root's loras/ folder, then in these folders.
 # lora_dirs = ["/home/me/musubi-tuner/output"]
+
+# The web page, JSON API and /metrics, e.g. "127.0.0.1:8787" (off when empty; `fploopd run --http`).
+# Any address but loopback needs a token (here or in FPLOOPD_HTTP_TOKEN); every request then needs it.
+# http = ""
+# http_token = ""
 
 [limits]
 # Largest media accepted; larger files fail with an error naming the limit.
