@@ -370,7 +370,9 @@ def place_tier(components: Components, tier: TierChoice, *, use_stream: bool | N
     # would quantise a bf16 transformer that need not fit: place_blocks does it block by block).
     acc = optimize(components.transformer, device=dev, fp8=False, weights=components.weights)
     # The transformer runs every step: resident blocks in place, the others streamed from pinned
-    # memory, the next ones prefetched while the current computes.
+    # memory, the next ones prefetched while the current computes. An earlier layout's streamer goes
+    # first: its host copies are freed block by block as the new ones are made (one set at a time).
+    components.streamer = None
     components.streamer = place_blocks(
         components.transformer, dev, weights=acc.weights, fp8_granularity="row" if tier.fp8 else None,
         resident=(tier.resident_doubles, tier.resident_singles),
