@@ -56,8 +56,10 @@ def test_streamed_tiers_keep_as_many_blocks_as_fit_and_fewer_with_less_memory() 
         blocks = c.resident_doubles * FULL_SIZE.double_fp8 + c.resident_singles * FULL_SIZE.single_fp8
         assert need_bytes("fp8-streamed", FULL_SIZE) + blocks <= c.usable
         assert f"{c.resident_doubles}/20 double" in c.reason
-    assert not choose_tier(24 * GiB, HOPPER).compiled_decode  # tiled decode where room is short
-    assert choose_tier(48 * GiB, HOPPER).compiled_decode
+    c24, c48 = choose_tier(24 * GiB, HOPPER), choose_tier(48 * GiB, HOPPER)
+    assert not c24.untiled_decode and c24.vae_resident  # tiled decode where room is short
+    assert c48.untiled_decode and c48.vae_resident
+    assert not any(c.vae_resident or c.untiled_decode for c in kept)  # streamed tiers spend the room on blocks
 
 
 @pytest.mark.parametrize("capability", [AMPERE, TURING, None])
@@ -157,7 +159,8 @@ def tiny_tier(c: Components, tier: str, keep: float) -> TierChoice:
     """``tier`` laid out for the tiny model, ``keep`` of each stack's blocks resident."""
     t = c.transformer
     d, s = len(t.transformer_blocks), len(t.single_transformer_blocks)
-    return TierChoice(tier, "test", 0, 0, round(keep * d), round(keep * s), compiled_decode=False)
+    return TierChoice(tier, "test", 0, 0, round(keep * d), round(keep * s), untiled_decode=False,
+                      vae_resident=tier == "fp8-resident")
 
 
 def forward(c: Components) -> torch.Tensor:

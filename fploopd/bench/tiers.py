@@ -107,7 +107,7 @@ def run_tiers(bench: Bench) -> None:
         if cuda and budget:
             torch.cuda.set_per_process_memory_fraction(min(1.0, budget * GiB / total), index)
         try:
-            key = (choice.fp8, choice.compiled_decode, choice.streamed, choice.tier)
+            key = (choice.fp8, choice.untiled_decode, choice.streamed, choice.tier)
             if key not in warmed:  # compiles and first-use costs out of the timed job
                 time_job(dev, comps, warm_spec, image)
                 warmed.add(key)
@@ -129,7 +129,7 @@ def run_tiers(bench: Bench) -> None:
             name, Measurement([wall], peak), tier=choice.tier, budget_gib=budget, reason=choice.reason,
             vs_unlimited_bf16=(wall / base) if base else None, peak_reserved_gib=peak_reserved,
             within_budget=(peak_reserved <= budget) if (budget and peak_reserved is not None) else None,
-            resident_blocks=[choice.resident_doubles, choice.resident_singles], compiled_decode=choice.compiled_decode,
+            resident_blocks=[choice.resident_doubles, choice.resident_singles], untiled_decode=choice.untiled_decode,
             streamed_gb_per_forward=streamed / 1e9, copy_s_per_job=copy_here, copy_s_per_job_pcie4=copy_pcie4,
             pcie4_estimate_s=(wall + max(0.0, copy_pcie4 - (copy_here or 0.0))) if streamed else wall,
             note=f"loop job, main 1 + connection 1, {spec.steps} steps, {spec.resolution} bucket ({frames} frames)",
@@ -148,7 +148,7 @@ def _in_proportion(choice: Any, comps: Any) -> Any:
         choice,
         resident_doubles=round(choice.resident_doubles * d / FULL_SIZE.doubles),
         resident_singles=round(choice.resident_singles * s / FULL_SIZE.singles),
-        compiled_decode=False,
+        untiled_decode=False,
     )
 
 

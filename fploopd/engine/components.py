@@ -167,14 +167,14 @@ class Components:
         """Have ``modules`` on the device for a phase; in low mode move them back to the CPU after.
 
         A no-op in high mode, on CPU, and for group-offloaded models (their hooks do the moving).
-        Nesting is fine: only the call that moved a module moves it back. A tier with room for the
-        compiled decode keeps the VAE resident.
+        Nesting is fine: only the call that moved a module moves it back. A tier with room for it
+        keeps the VAE resident.
         """
         if self.vram != "low" or self.device.type == "cpu":
             yield
             return
         hooked = {id(getattr(self, n)) for n in self.offloaded}
-        if self.tier is not None and self.tier.compiled_decode:
+        if self.tier is not None and self.tier.vae_resident:
             hooked.add(id(self.vae))
         moved = [m for m in modules if id(m) not in hooked and _module_device(m) != self.device]
         for m in moved:
@@ -355,7 +355,7 @@ def place(components: Components, *, use_stream: bool | None = None) -> None:
 
 
 # ``vram = "low"`` without a chosen tier: every block streamed in bf16, the VAE tiled.
-ALL_STREAMED = TierChoice("bf16-streamed", "every block streamed", 0, 0, compiled_decode=False)
+ALL_STREAMED = TierChoice("bf16-streamed", "every block streamed", 0, 0, untiled_decode=False, vae_resident=False)
 
 
 def place_tier(components: Components, tier: TierChoice, *, use_stream: bool | None = None) -> None:
@@ -368,7 +368,8 @@ def place_tier(components: Components, tier: TierChoice, *, use_stream: bool | N
     components.tier, components.vram = tier, "low"
     # Attention kernel and compile as in bf16-resident, decided before the blocks move (FP8 here
     # would quantise a bf16 transformer that need not fit: place_blocks does it block by block).
-    acc = optimize(components.transformer, device=dev, fp8=False, weights=components.weights)
+    acc = optimize(components.transformer, device=dev, fp8=False, weights=components.weights,
+                   attention=components.accel.get("attention", "auto"))  # an earlier placement's timed choice
     # The transformer runs every step: resident blocks in place, the others streamed from pinned
     # memory, the next ones prefetched while the current computes. An earlier layout's streamer goes
     # first: its host copies are freed block by block as the new ones are made (one set at a time).
@@ -393,19 +394,19 @@ def place_tier(components: Components, tier: TierChoice, *, use_stream: bool | N
         components.text_encoder.to("cpu")
         _group_offload(components.text_encoder, dev, use_stream=stream, low_cpu_mem_usage=True)
     components.offloaded = frozenset(GROUP_OFFLOADED)
-    if tier.compiled_decode:  # room for the untiled compiled decode: the VAE stays on the GPU
-        components.vae.to(dev)
-        components.vae.disable_tiling()
-        components.vae.disable_slicing()
-        components.vae_accel = components.vae_accel or VaeAccel(components.vae)
-        components.accel["vae"] = components.vae_accel.apply(dev, compile=components.compile_vae)
+    # The decoder compiled as in bf16-resident (on a GPU, with compile_vae); tiled where the
+    # untiled decode has no room: the tiles are a few fixed shapes, compiled once each.
+    vae = components.vae
+    vae.to(dev if tier.vae_resident else "cpu")
+    if tier.untiled_decode:
+        vae.disable_tiling()
+        vae.disable_slicing()
     else:
-        (components.vae_accel or VaeAccel(components.vae)).restore()
-        components.vae_accel = None
-        components.vae.to("cpu")
-        components.vae.enable_tiling()
-        components.vae.enable_slicing()
-        components.accel["vae"] = {"compile": False, "tiled": True}
+        vae.enable_tiling()
+        vae.enable_slicing()
+    components.vae_accel = components.vae_accel or VaeAccel(vae)
+    components.accel["vae"] = {**components.vae_accel.apply(dev, compile=components.compile_vae),
+                               "tiled": not tier.untiled_decode, "resident": tier.vae_resident}
     if dev.type == "cuda":
         torch.cuda.empty_cache()
 

@@ -160,7 +160,8 @@ class TierChoice:
     need: int  # bytes the tier needs at the least (streamed: with no block resident)
     resident_doubles: int = 0  # streamed tiers: blocks kept on the GPU (the rest stream)
     resident_singles: int = 0
-    compiled_decode: bool = True  # untiled compiled VAE decode (else the stock tiled one)
+    untiled_decode: bool = True  # room for the untiled VAE decode (else tiled; compiled either way on a GPU)
+    vae_resident: bool = True  # the VAE (0.5 GB) stays on the GPU (else it visits to encode and decode)
 
     @property
     def fp8(self) -> bool:
@@ -250,18 +251,19 @@ def _layout(tier: str, sizes: ModelSizes, usable: int, reason: str, *, upgrade: 
     fp8-resident (a named tier keeps its name)."""
     need = need_bytes(tier, sizes)
     if tier == "bf16-resident":
-        return TierChoice(tier, reason, usable, need, sizes.doubles, sizes.singles, compiled_decode=True)
+        return TierChoice(tier, reason, usable, need, sizes.doubles, sizes.singles, untiled_decode=True)
     spare = usable - need
     fp8 = tier in FP8_TIERS
     if tier == "fp8-resident":
         return TierChoice(tier, reason, usable, need, sizes.doubles, sizes.singles,
-                          compiled_decode=spare >= sizes.untiled_decode)
+                          untiled_decode=spare >= sizes.untiled_decode, vae_resident=spare >= sizes.vae)
     d_bytes, s_bytes = (sizes.double_fp8, sizes.single_fp8) if fp8 else (sizes.double_bf16, sizes.single_bf16)
     doubles, singles = resident_blocks(max(0, spare), d_bytes, sizes.doubles, s_bytes, sizes.singles)
     if doubles == sizes.doubles and singles == sizes.singles and fp8 and upgrade:
         return _layout("fp8-resident", sizes, usable, reason)
     kept = f"{doubles}/{sizes.doubles} double and {singles}/{sizes.singles} single blocks stay on the GPU"
-    return TierChoice(tier, f"{reason}; {kept}", usable, need, doubles, singles, compiled_decode=False)
+    return TierChoice(tier, f"{reason}; {kept}", usable, need, doubles, singles, untiled_decode=False,
+                      vae_resident=False)
 
 
 def resident_blocks(spare: int, double: int, doubles: int, single: int, singles: int) -> tuple[int, int]:
