@@ -394,19 +394,22 @@ def place_tier(components: Components, tier: TierChoice, *, use_stream: bool | N
         components.text_encoder.to("cpu")
         _group_offload(components.text_encoder, dev, use_stream=stream, low_cpu_mem_usage=True)
     components.offloaded = frozenset(GROUP_OFFLOADED)
-    # The decoder compiled as in bf16-resident (on a GPU, with compile_vae); tiled where the
-    # untiled decode has no room: the tiles are a few fixed shapes, compiled once each.
+    # Untiled where there is room, with the decoder compiled as in bf16-resident; else the stock
+    # tiled decode. (Measured on an H100 at 24 GiB, tiers.24gib: the compiled decoder over the tiles
+    # made the loop job 72.1 s against 55.3 s with the stock tiled decode.)
     vae = components.vae
     vae.to(dev if tier.vae_resident else "cpu")
+    components.vae_accel = components.vae_accel or VaeAccel(vae)
     if tier.untiled_decode:
         vae.disable_tiling()
         vae.disable_slicing()
+        components.accel["vae"] = components.vae_accel.apply(dev, compile=components.compile_vae)
     else:
+        components.vae_accel.restore()
         vae.enable_tiling()
         vae.enable_slicing()
-    components.vae_accel = components.vae_accel or VaeAccel(vae)
-    components.accel["vae"] = {**components.vae_accel.apply(dev, compile=components.compile_vae),
-                               "tiled": not tier.untiled_decode, "resident": tier.vae_resident}
+        components.accel["vae"] = {"compile": False}
+    components.accel["vae"].update(tiled=not tier.untiled_decode, resident=tier.vae_resident)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
 
