@@ -177,6 +177,10 @@ class Components:
         if self.tier is not None and self.tier.vae_resident:
             hooked.add(id(self.vae))
         moved = [m for m in modules if id(m) not in hooked and _module_device(m) != self.device]
+        if self.device.type == "cuda":
+            # The streamed blocks' buffers stay cached in block-sized pieces: give them back, so
+            # that a phase's larger tensors (a decode's) find room under a tight budget.
+            torch.cuda.empty_cache()
         for m in moved:
             m.to(self.device)
         try:
@@ -249,6 +253,7 @@ def model_sizes(models: dict[str, Any]) -> ModelSizes:
         small_encoders=_module_bytes(models["text_encoder_2"]) + _module_bytes(models["image_encoder"]),
         vae=_module_bytes(models["vae"]),
         work=FULL_SIZE.work,
+        decode_work=FULL_SIZE.decode_work,
         untiled_decode=FULL_SIZE.untiled_decode,
     )
 

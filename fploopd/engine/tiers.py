@@ -62,7 +62,8 @@ class ModelSizes:
     text_encoder_visit: int  # its largest group on the GPU at once (the embedding table)
     small_encoders: int  # CLIP text + SigLIP, moved in whole to encode
     vae: int
-    work: int  # activations of a section at the 640 bucket, the tiled decode, the encoders' work
+    work: int  # activations of a section at the 640 bucket (beside the streamed blocks in flight)
+    decode_work: int  # the stock tiled VAE decode of a 640 section (the VAE itself aside)
     untiled_decode: int  # extra for the compiled untiled VAE decode
 
     def blocks(self, fp8: bool) -> int:
@@ -74,10 +75,12 @@ class ModelSizes:
         """Every model resident at its run dtype (``bf16-resident``)."""
         return self.blocks(False) + self.transformer_rest + self.text_encoder + self.small_encoders + self.vae
 
-    def visiting(self) -> int:
-        """On the GPU besides the blocks outside ``bf16-resident``: the transformer's rest, the
-        largest visitor (a Llama group or CLIP + SigLIP or the VAE) and the working memory."""
-        return self.transformer_rest + max(self.text_encoder_visit, self.small_encoders, self.vae) + self.work
+    def visiting(self, in_flight: int = 0) -> int:
+        """On the GPU besides the resident blocks outside ``bf16-resident``: the transformer's rest
+        and the largest phase: a Llama group, CLIP + SigLIP, sampling (``in_flight`` streamed blocks
+        and the activations) or the tiled decode (the VAE and its working memory)."""
+        phases = (self.text_encoder_visit, self.small_encoders, in_flight + self.work, self.vae + self.decode_work)
+        return self.transformer_rest + max(phases)
 
 
 # FramePack's full-size set (counted on the meta device, tests/test_tiers.py checks it): HunyuanVideo
@@ -95,6 +98,9 @@ FULL_SIZE = ModelSizes(
     small_encoders=int(0.9 * GB) + int(0.25 * GB),
     vae=int(0.5 * GB),
     work=int(1.5 * GiB),  # the low mode peaked at 5.07 GiB with 3.6 GB of it weights (docs/benchmarks.md)
+    # Measured on an H100 (docs/bench-h100-tiers-*.json): peaks 3.8-4.3 GiB above the resident
+    # weights at 24 and 16 GiB, the decode's phase; a 12 GiB budget planned without it ran out.
+    decode_work=4 * GiB,
     untiled_decode=10 * GiB,
 )
 
@@ -191,7 +197,7 @@ def need_bytes(tier: str, sizes: ModelSizes) -> int:
     if tier == "fp8-resident":
         return sizes.blocks(True) + sizes.visiting()
     largest = max(sizes.double_fp8, sizes.single_fp8) if fp8 else max(sizes.double_bf16, sizes.single_bf16)
-    return STREAM_IN_FLIGHT * largest + sizes.visiting()
+    return sizes.visiting(STREAM_IN_FLIGHT * largest)
 
 
 def choose_tier(
