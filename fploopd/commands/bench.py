@@ -73,6 +73,9 @@ def _budgets(text: str) -> tuple[float | None, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fploopd.engine.cuda_env import prefer_expandable_segments
+
+    prefer_expandable_segments()  # as a worker runs (the tier table was measured with it)
     import torch
 
     from fploopd.bench.report import table

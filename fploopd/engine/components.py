@@ -35,6 +35,7 @@ import torch
 from loguru import logger
 
 from fploopd.engine.accel import optimize
+from fploopd.engine.cuda_env import prefer_expandable_segments
 from fploopd.engine.forward import TransformerRunner
 from fploopd.engine.fp8 import fp8_supported
 from fploopd.engine.layout import COMPONENTS
@@ -288,6 +289,7 @@ def load_components(
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     parse_vram(vram)  # a bad value fails before minutes of loading
+    prefer_expandable_segments()  # one-shot commands: before the first CUDA allocation
     transformer_path = paths.transformer if variant == "i2v" else paths.transformer_f1
     if transformer_path is None:
         raise ModelError(
