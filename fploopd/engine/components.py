@@ -37,7 +37,7 @@ from loguru import logger
 from fploopd.engine.accel import optimize
 from fploopd.engine.cuda_env import prefer_expandable_segments
 from fploopd.engine.forward import TransformerRunner
-from fploopd.engine.fp8 import fp8_supported
+from fploopd.engine.fp8 import block_fp8_linears, fp8_supported
 from fploopd.engine.layout import COMPONENTS
 from fploopd.engine.loaders import hf_loader, quiet_progress
 from fploopd.engine.lora import LoraFile, ResolvedLora, check_scale, load_lora, resolve_lora
@@ -231,8 +231,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def model_sizes(models: dict[str, Any]) -> ModelSizes:
     """What the tiers place, counted on the loaded modules (the working memory is the full-size
     figure at the 640 bucket: activations depend on the video size, not on the weights)."""
-    from fploopd.engine.fp8 import block_fp8_linears
-
     t = models["transformer"]
 
     def fp8_bytes(block: torch.nn.Module) -> int:
