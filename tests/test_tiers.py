@@ -221,3 +221,16 @@ def test_lora_merges_reach_the_fp8_copies_resident_and_streamed(tiny_root: Path,
         assert not torch.equal(base, merged)  # the FP8 copies were made again from the merged weights
         assert torch.equal(outs[tier][2], base)  # and back to the base exactly
     assert all(torch.equal(a, b) for a, b in zip(outs["fp8-resident"], outs["fp8-streamed"]))
+
+
+def test_doctor_says_which_tier_and_why(tmp_path: Path) -> None:
+    from fploopd.daemon.doctor import vram_tier_check
+
+    auto = load_settings(tmp_path, env={})
+    old_card = vram_tier_check("cuda:0", 7 * GiB, AMPERE, auto)
+    assert old_card.status == "ok" and old_card.detail.startswith("bf16-streamed: ")
+    assert "no FP8 tensor cores" in old_card.detail
+    card_24 = vram_tier_check("cuda:0", 23 * GiB, ADA, auto)
+    assert card_24.status == "ok" and card_24.detail.startswith("fp8-resident: 23.0 GiB free")
+    forced = vram_tier_check("cuda:1", 8 * GiB, HOPPER, load_settings(tmp_path, {"vram": "high"}, env={}))
+    assert forced.status == "warn" and "run out of memory" in forced.detail and forced.fix
