@@ -18,10 +18,9 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10, which FramePack installs often have
     import tomli as tomllib
 
-from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
-from fploopd.engine.tiers import normalize_vram
 from fploopd.errors import FploopdError
 from fploopd.media.limits import MediaLimits
 
@@ -44,7 +43,7 @@ class Settings:
     device: str = "auto"
     # "auto", a tier (engine/tiers.py: bf16-resident, fp8-resident, fp8-streamed, bf16-streamed; high
     # and low name the first and last), or a GiB budget such as 12: auto within it.
-    vram: Annotated[str, BeforeValidator(normalize_vram)] = "auto"
+    vram: str = "auto"
     fp8: bool = False
     compile_vae: bool = True
     allow_download: bool = False
@@ -78,6 +77,13 @@ class Settings:
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             return [f"cuda:{i}" for i in range(count)] or ["cpu"]
         return ["cuda:0" if d == "cuda" else d for d in wanted]
+
+    @field_validator("vram", mode="before")
+    @classmethod
+    def _vram(cls, value: Any) -> str:
+        from fploopd.engine.tiers import normalize_vram  # torch-free; ValueError names the accepted forms
+
+        return normalize_vram(value)
 
     def backoff_s(self, attempts: int) -> float:
         """Delay before attempt ``attempts + 1``: base, 2x base, 4x base, ... capped."""
