@@ -48,6 +48,15 @@ def add_root_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _vram(value: str) -> str:
+    from fploopd.engine.tiers import normalize_vram
+
+    try:
+        return normalize_vram(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -57,9 +66,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or a comma list (default: auto)")
     parser.add_argument(
         "--vram",
-        choices=("auto", "high", "low"),
+        type=_vram,
         default="auto",
-        help="keep every model resident (high) or offload between uses (low); auto decides from free memory",
+        help="auto (the fastest tier that fits the free memory), a tier (bf16-resident, fp8-resident, "
+        "fp8-streamed, bf16-streamed; high / low), or a budget in GiB such as 12",
     )
     parser.add_argument(
         "--fp8",

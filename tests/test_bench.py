@@ -71,3 +71,35 @@ def test_python_m_fploopd_bench_runs_without_pyav(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["errors"] == {} and "forward.baseline" in doc["results"]
+
+
+def test_bench_tiers_stage_schema(tmp_path: Path) -> None:
+    """``--stages tiers`` on the CPU: each budget's tier as the full-size weights would get it on an
+    FP8 GPU, laid out on the tiny model in proportion, and a loop job through it."""
+    from fploopd.engine.tiers import TIERS
+
+    out = tmp_path / "tiers.json"
+    argv = ["bench", "--model", "tiny", "--device", "cpu", "--stages", "tiers", "--tier-budgets", "unlimited,24,8",
+            "--out", str(out)]
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == {}
+    results = doc["results"]
+    assert set(results) == {"tiers.h2d_copy", "tiers.unlimited", "tiers.24gib", "tiers.8gib"}
+    assert results["tiers.h2d_copy"]["pcie4_gb_s"] > 0
+    expected = {"tiers.unlimited": "bf16-resident", "tiers.24gib": "fp8-resident", "tiers.8gib": "fp8-streamed"}
+    for name, tier in expected.items():
+        row = results[name]
+        assert KEYS <= set(row) and all(_number_or_null(row[k]) for k in KEYS), name
+        assert row["tier"] == tier and tier in TIERS and row["median_s"] > 0, name
+        assert _number_or_null(row["vs_unlimited_bf16"]) and row["vs_unlimited_bf16"] > 0, name
+        assert row["reason"] and len(row["resident_blocks"]) == 2, name
+    assert results["tiers.unlimited"]["vs_unlimited_bf16"] == 1.0 and results["tiers.unlimited"]["budget_gib"] is None
+    assert results["tiers.8gib"]["streamed_gb_per_forward"] > 0 and results["tiers.8gib"]["copy_s_per_job_pcie4"] > 0
+    assert results["tiers.24gib"]["streamed_gb_per_forward"] == 0
+
+
+def test_bench_rejects_bad_tier_budgets(tmp_path: Path) -> None:
+    out = str(tmp_path / "x.json")
+    assert main(["bench", "--model", "tiny", "--device", "cpu", "--stages", "tiers", "--tier-budgets", "big", "--out", out]) == 2
+    assert main(["bench", "--model", "tiny", "--device", "cpu", "--stages", "tiers", "--tier-budgets", "0", "--out", out]) == 2

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fploopd.engine import components as comp
-from fploopd.engine.components import GiB, choose_vram, load_components, model_identity, resolve_device
+from fploopd.engine.components import load_components, model_identity, resolve_device
 from fploopd.engine.encode import PROMPT_TEMPLATE
 from fploopd.engine.sources import component_dir, resolve
 from fploopd.errors import FploopdError, ModelError
@@ -98,26 +98,6 @@ def test_every_model_runs_a_forward(tiny_components: Any) -> None:
     assert torch.isfinite(out).all() and out.float().std() > 0.01
     for t in (hidden, pooled, embeds):
         assert torch.isfinite(t).all() and t.std() > 0.01
-
-
-def test_choose_vram() -> None:
-    full = comp.FULL_SIZE_RESIDENT_BYTES
-    assert 40 * GiB < full < 42 * GiB
-    assert choose_vram(80 * GiB, 80 * GiB, "auto") == "high"  # an H100 to itself
-    assert choose_vram(70 * GiB, 80 * GiB, "auto") == "high"
-    assert choose_vram(50 * GiB, 80 * GiB, "auto") == "low"  # weights fit, activations and VAE decode may not
-    assert choose_vram(46 * GiB, 48 * GiB, "auto") == "low"
-    assert choose_vram(7 * GiB, 8 * GiB, "auto") == "low"
-    threshold = comp.high_vram_threshold()
-    assert 60 * 10**9 < threshold < 62 * 10**9  # FramePack's "more than 60 GB free"
-    assert choose_vram(threshold, 80 * GiB, "auto") == "high" and choose_vram(threshold - 1, 80 * GiB, "auto") == "low"
-    assert choose_vram(80 * GiB, 80 * GiB, "low") == "low"
-    assert choose_vram(10 * GiB, 48 * GiB, "high") == "high"  # the user's call, if the weights can fit at all
-    with pytest.raises(ModelError, match="--vram high needs at least"):
-        choose_vram(8 * GiB, 8 * GiB, "high")
-    assert choose_vram(7 * GiB, 8 * GiB, "auto", resident_bytes=50 * 2**20) == "high"  # the tiny family
-    with pytest.raises(ValueError, match="vram must be one of"):
-        choose_vram(1, 1, "medium")
 
 
 def test_identity_is_stable_and_tracks_the_files(tiny_root: Path, tiny_components: Any, tmp_path: Path) -> None:

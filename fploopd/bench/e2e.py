@@ -47,52 +47,77 @@ def run_e2e(bench: Bench) -> None:
 
     Full size: main 1, connection 1, 25 steps, 640 bucket, with what ``load_components`` applies
     on a GPU (``components.accelerate``). Tiny: the tiny family from disk, a few steps at 64 px."""
-    import numpy as np
-    from PIL import Image
-
-    from fploopd.engine.components import accelerate
-    from fploopd.pipelines import run_job
-    from fploopd.spec import JobSpec
-
     dev, full = bench.device, bench.cfg.size == "full"
-    if full:
-        bench._ensure_transformer()
-        bench._ensure_vae()
-        weights = bench.weights()
-        weights.unfuse()
-        weights.remove_fp8()
-        bench.st.fused, bench.st.fp8_granularity = False, None
-        comps = models.components("full", dev, bench.st.transformer, bench.st.vae)
-        if dev.type == "cuda":  # what a daemon worker applies (load_components, high mode)
-            comps.compile_vae = True
-            accelerate(comps, weights=weights, vae_accel=bench.vae_accel())
-        spec = JobSpec(prompt="a lighthouse in a storm, waves crashing", pipeline="loop", resolution=640,
-                       main_sections=1, connection_sections=1, steps=25, loop_count=3, seed=31337)  # fmt: skip
-    else:
-        comps = models.components("tiny", dev)
-        spec = JobSpec(prompt="a lighthouse", pipeline="loop", resolution=64, window=4, main_sections=1,
-                       connection_sections=1, steps=2, loop_count=3, seed=31337)  # fmt: skip
-    y, x = np.mgrid[0:640, 0:640]
-    image = np.stack([x % 256, y % 256, (x + y) // 5 % 256], axis=-1).astype(np.uint8)
+    comps = worker_components(bench)
+    spec, image = loop_spec(full), job_image()
     note = f"main 1 + connection 1, {spec.steps} steps, {spec.resolution} bucket, 1-loop + 3-loop mp4"
     # First job of a worker (compiles the blocks), then a second: what every later job costs.
     for name, what in (("e2e.loop_job_first", "includes compiling"), ("e2e.loop_job", "models warm")):
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "in.png"
-            Image.fromarray(image).save(src)
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
-            t0 = time.perf_counter()
-            result = run_job(spec, {"image": src}, Path(tmp) / "out", name="bench", seeds=[31337],
-                             components=comps, work_dir=Path(tmp) / "work")  # fmt: skip
-            sync(dev)
-            wall = time.perf_counter() - t0
-        frames = next(o.frames for o in result.outputs if o.kind == "1loop")
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        wall, frames = time_job(dev, comps, spec, image)
         bench.record(name, Measurement([wall], peak_gib(dev)), note=f"{note} ({frames} frames); {what}")
     if full and dev.type == "cuda":
         _low_vram_job(bench, comps, spec, image, note)
     comps = None
     free(dev)
+
+def worker_components(bench: Bench) -> Any:
+    """The whole model set placed as a worker with room for everything places it (bf16-resident:
+    ``components.accelerate``, compiled decoder), or the tiny family from disk."""
+    from fploopd.engine.components import accelerate
+
+    dev = bench.device
+    if bench.cfg.size != "full":
+        return models.components("tiny", dev)
+    bench._ensure_transformer()
+    bench._ensure_vae()
+    weights = bench.weights()
+    weights.unfuse()
+    weights.remove_fp8()
+    bench.st.fused, bench.st.fp8_granularity = False, None
+    comps = models.components("full", dev, bench.st.transformer, bench.st.vae)
+    if dev.type == "cuda":
+        comps.compile_vae = True
+        accelerate(comps, weights=weights, vae_accel=bench.vae_accel())
+    return comps
+
+
+def loop_spec(full: bool, steps: int | None = None) -> Any:
+    """The bench's loop job: full size main 1, connection 1, 25 steps, 640 bucket; tiny: a few steps at 64 px."""
+    from fploopd.spec import JobSpec
+
+    if full:
+        return JobSpec(prompt="a lighthouse in a storm, waves crashing", pipeline="loop", resolution=640,
+                       main_sections=1, connection_sections=1, steps=steps or 25, loop_count=3, seed=31337)  # fmt: skip
+    return JobSpec(prompt="a lighthouse", pipeline="loop", resolution=64, window=4, main_sections=1,
+                   connection_sections=1, steps=steps or 2, loop_count=3, seed=31337)  # fmt: skip
+
+
+def job_image() -> Any:
+    import numpy as np
+
+    y, x = np.mgrid[0:640, 0:640]
+    return np.stack([x % 256, y % 256, (x + y) // 5 % 256], axis=-1).astype(np.uint8)
+
+
+def time_job(dev: torch.device, comps: Any, spec: Any, image: Any) -> tuple[float, int]:
+    """One loop job through ``run_job``, image file in, mp4 files out: its wall time and the
+    1-loop's frame count."""
+    from PIL import Image
+
+    from fploopd.pipelines import run_job
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in.png"
+        Image.fromarray(image).save(src)
+        t0 = time.perf_counter()
+        result = run_job(spec, {"image": src}, Path(tmp) / "out", name="bench", seeds=[31337],
+                         components=comps, work_dir=Path(tmp) / "work")  # fmt: skip
+        sync(dev)
+        wall = time.perf_counter() - t0
+    return wall, next(o.frames for o in result.outputs if o.kind == "1loop")
+
 
 def _low_vram_job(bench: Bench, comps: Any, spec: Any, image: Any, note: str) -> None:
     """The same job the way an 8 GiB card runs it: ``place`` in low mode (transformer blocks

@@ -17,7 +17,9 @@ after every stage so an interrupted run keeps what it measured):
 - ``lowvram``: our section with the blocks streamed from pinned host memory, the process held to
   8 GiB of GPU memory, as a ratio to our high-VRAM section;
 - ``e2e``: a loop job (main 1, connection 1) through the pipelines (``bench.e2e``), in a child
-  process when other stages ran first.
+  process when other stages ran first;
+- ``tiers`` (only when named: about 10 minutes at full size): the loop job under each VRAM budget
+  in the tier it gets (``bench.tiers``); run it alone, in a process of its own.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ from fploopd.bench.timing import (
 )
 from fploopd.spec import TEACACHE_DEFAULT_THRESHOLD
 
-STAGES = ("text", "transformer", "vae", "section", "lora", "lowvram", "e2e")
+STAGES = ("text", "transformer", "vae", "section", "lora", "lowvram", "e2e", "tiers")
+DEFAULT_STAGES = STAGES[:-1]  # "all": every stage but tiers
 LORA_RANK = 32
 # A prompt of about FramePack's length: the Llama runs over the template and 256 padded tokens either way.
 BENCH_PROMPT = (
@@ -69,7 +72,8 @@ class BenchConfig:
     warmup: int = 2
     quick: bool = False
     steps: int = 25
-    stages: tuple[str, ...] = STAGES
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    tier_budgets: tuple[float | None, ...] = (None, 48, 24, 16, 12, 8, 6)  # GiB; None: unlimited
     attention: str = "auto"
     compile: bool | None = None
     fp8: bool | None = None  # None: measure FP8 where the GPU supports it
@@ -183,6 +187,7 @@ class Bench:
             "lora": self.stage_lora,
             "lowvram": self.stage_lowvram,
             "e2e": self.stage_e2e,
+            "tiers": self.stage_tiers,
         }
         for name in STAGES:
             if name not in self.cfg.stages:
@@ -666,6 +671,14 @@ class Bench:
             run_e2e_apart(self)  # a worker's first job needs a fresh process
         else:
             run_e2e(self)
+
+
+    def stage_tiers(self) -> None:
+        from fploopd.bench.tiers import run_tiers
+
+        if set(self.cfg.stages) - {"tiers"}:
+            self.notes.append("tiers ran after other stages in one process: their compiled graphs and memory stayed")
+        run_tiers(self)
 
 
 def _compiled_graphs() -> int:

@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--section-repeats", type=int, default=1, help="timed 25-step sections per variant (default 1)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps of the section figure (default 25)")
     p.add_argument("--quick", action="store_true", help="one warm-up and one timed run of everything")
-    p.add_argument("--stages", default="all", help="comma list of text,transformer,vae,section,lora,lowvram,e2e (default all)")
+    p.add_argument("--stages", default="all", help="comma list of text,transformer,vae,section,lora,lowvram,e2e,tiers "
+                   "(default all: every stage but tiers)")
     p.add_argument("--attention", default="auto", help="attention kernel for our runner (default: timed choice)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--no-fp8", action="store_true", help="skip the FP8 variants")
@@ -35,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(e.g. max-autotune-no-cudagraphs; slow to compile)")
     p.add_argument("--teacache", type=float, default=TEACACHE_DEFAULT_THRESHOLD, help="TeaCache threshold of the TeaCache section figure")
     p.add_argument("--low-vram-gib", type=float, default=8.0, help="GPU memory limit of the low-VRAM figure")
+    p.add_argument("--tier-budgets", default="all", help="the tiers stage's budgets, largest first: a comma list of "
+                   "GiB and 'unlimited' (default all: unlimited,48,24,16,12,8,6)")
     p.set_defaults(handler=run)
 
 
@@ -56,11 +59,27 @@ def _command_line(args: argparse.Namespace, defaults: dict[str, object]) -> str:
     return shlex.join(words)
 
 
+def _budgets(text: str) -> tuple[float | None, ...]:
+    from fploopd.bench.tiers import parse_budgets
+    from fploopd.errors import InputError
+
+    try:
+        budgets = parse_budgets(text)
+    except ValueError:
+        raise InputError(f"--tier-budgets takes GiB numbers and 'unlimited', not {text!r}", field="--tier-budgets") from None
+    if not budgets or any(b is not None and b <= 0 for b in budgets):
+        raise InputError(f"--tier-budgets needs positive GiB numbers, not {text!r}", field="--tier-budgets")
+    return budgets
+
+
 def run(args: argparse.Namespace) -> int:
+    from fploopd.engine.cuda_env import prefer_expandable_segments
+
+    prefer_expandable_segments()  # as a worker runs (the tier table was measured with it)
     import torch
 
     from fploopd.bench.report import table
-    from fploopd.bench.run import STAGES, BenchConfig, run_bench
+    from fploopd.bench.run import DEFAULT_STAGES, STAGES, BenchConfig, run_bench
     from fploopd.errors import InputError
 
     device = args.device
@@ -68,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("no CUDA device is available", field="--device")
-    stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    stages = DEFAULT_STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(",") if s.strip())
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise InputError(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}", field="--stages")
@@ -90,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         low_vram_gib=args.low_vram_gib,
         section_repeats=args.section_repeats,
         compile_mode=args.compile_mode,
+        tier_budgets=_budgets(args.tier_budgets),
         command=_command_line(args, p_defaults()),
     )
     doc = run_bench(cfg)

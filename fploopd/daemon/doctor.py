@@ -79,8 +79,23 @@ def _torch(settings: Settings) -> Iterator[Check]:
             f"cuda:{i}",
             "warn" if low else "ok",
             f"{name}, {free / GIB:.1f} of {total / GIB:.1f} GiB free",
-            "FramePack needs about 6 GiB with vram = \"low\"" if low else "",
+            "FramePack needs about 6 GiB with vram = \"fp8-streamed\" or \"bf16-streamed\"" if low else "",
         )
+        yield vram_tier_check(f"cuda:{i}", free, torch.cuda.get_device_capability(i), settings)
+
+
+def vram_tier_check(device: str, free: int, capability: tuple[int, int], settings: Settings) -> Check:
+    """The tier a worker on ``device`` would take now (for the full-size weights) and why."""
+    from fploopd.engine.tiers import choose_tier
+
+    choice = choose_tier(free, capability, settings.vram, prefer_fp8=settings.fp8)
+    risky = "run out of memory" in choice.reason
+    return Check(
+        f"vram tier {device}",
+        "warn" if risky else "ok",
+        choice.summary(),
+        "close other programs on this GPU, or set vram to a smaller tier or to auto" if risky else "",
+    )
 
 
 def _codecs(settings: Settings) -> Iterator[Check]:

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,7 +42,9 @@ class Settings:
     model: str = "auto"
     # "auto", "cpu", "cuda", "cuda:1" or a comma list: one worker process per entry.
     device: str = "auto"
-    vram: Literal["auto", "high", "low"] = "auto"
+    # "auto", a tier (engine/tiers.py: bf16-resident, fp8-resident, fp8-streamed, bf16-streamed; high
+    # and low name the first and last), or a GiB budget such as 12: auto within it.
+    vram: str = "auto"
     fp8: bool = False
     compile_vae: bool = True
     allow_download: bool = False
@@ -98,6 +100,13 @@ class Settings:
             return [f"cuda:{i}" for i in range(count)] or ["cpu"]
         return ["cuda:0" if d == "cuda" else d for d in wanted]
 
+    @field_validator("vram", mode="before")
+    @classmethod
+    def _vram(cls, value: Any) -> str:
+        from fploopd.engine.tiers import normalize_vram  # torch-free; ValueError names the accepted forms
+
+        return normalize_vram(value)
+
     def backoff_s(self, attempts: int) -> float:
         """Delay before attempt ``attempts + 1``: base, 2x base, 4x base, ... capped."""
         if attempts <= 0:
@@ -151,7 +160,11 @@ SETTINGS_TEMPLATE = """\
 # model = "auto"
 # "auto" (every GPU, else the CPU), "cpu", "cuda", "cuda:1", or "cuda:0,cuda:1" (one worker per GPU).
 # device = "auto"
-# Keep every model on the GPU ("high") or offload between uses ("low"); "auto" decides.
+# Where the models live on the GPU. "auto" picks the fastest tier that fits the free memory:
+# "bf16-resident" (about 61 GB free), "fp8-resident" (about 19 GB), "fp8-streamed" (about 6 GB:
+# FP8 blocks partly streamed from host memory), "bf16-streamed" (GPUs without FP8, before Ada).
+# Name a tier to force it ("high" and "low" are bf16-resident and bf16-streamed), or give a
+# budget in GiB (vram = 12) to leave the rest of the card to other programs.
 # vram = "auto"
 # FP8 matmuls in the transformer on GPUs that have them (about 1.2x faster, slightly lossy).
 # fp8 = false

@@ -213,6 +213,9 @@ def use_compile_cache(layout: Layout) -> None:
     before torch or flash-attn-4 are imported: torch.compile's (measured on an H200, a restarted
     worker's first loop job drops from 120 s to 53 s) and FlashAttention 4's (about 1 s a kernel;
     its entries are written atomically and a bad one is recompiled)."""
+    from fploopd.engine.cuda_env import prefer_expandable_segments
+
+    prefer_expandable_segments()  # before CUDA starts: the streamed tiers need it under tight budgets
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(layout.compile_cache))
     os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
     os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(layout.attention_cache))

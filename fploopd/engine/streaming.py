@@ -1,110 +1,261 @@
-"""Low-VRAM mode: the transformer's block weights live in pinned host memory and stream to the GPU
-one block ahead of use on a side stream (``BlockStreamer``, the runner's ``offloader``)."""
+"""The transformer's blocks outside the ``bf16-resident`` tier (``tiers``): FP8 copies of their
+linears made block by block on the GPU, and blocks that stream from pinned host memory one block
+ahead of use on a side stream (``BlockStreamer``, the runner's ``offloader``).
+
+``place_blocks`` lays the blocks out for a tier: each block either stays on the GPU or streams; with
+FP8 its linears' bf16 weights stay on the host (the master copies that LoRA merges write into) and
+their e4m3 copies, in ``weights.PreparedWeights``, are what stays or streams. Everything else of the
+transformer (embedders, refiner, output: about 0.8 GB at full size) is on the GPU.
+
+On the CPU the same code runs without a side stream or pinned memory, so that the layouts are
+tested without a GPU.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from loguru import logger
 from torch import Tensor, nn
 
-from fploopd.engine.weights import STACKS, PreparedWeights
+from fploopd.engine.fp8 import Fp8Weight, block_fp8_linears, quantize_weight
+from fploopd.engine.tiers import spread
+from fploopd.engine.weights import STACKS, BlockWeights, PreparedWeights
+
+
+@dataclass
+class _Slot:
+    """One tensor a streamed block needs on the GPU while it runs: its host copy and how to put a
+    tensor (the GPU copy, or the host copy back) where the block function reads it."""
+
+    host: Tensor
+    assign: Callable[[Tensor], None]
+    current: Callable[[], Tensor]  # what the block reads now
 
 
 class BlockStreamer:
-    """Keeps the weights of the transformer blocks in pinned host memory and copies each block to
-    the GPU on a side stream ``prefetch`` blocks ahead of its use; a block's GPU copy is released
-    as soon as it has run. At most ``prefetch + 2`` blocks are resident (~0.7 GB each at full size).
+    """Copies each streamed block's tensors to the GPU on a side stream ``prefetch`` streamed blocks
+    ahead of its use; a block's GPU copies are released as soon as it has run. At most
+    ``prefetch + 2`` streamed blocks are on the GPU at once (~0.7 GB each in bf16 at full size, 0.45 GB
+    with FP8 linears). Blocks never ``add``-ed stay where they are (resident) and are run in place."""
 
-    The rest of the transformer (embedders, refiner, output) stays on the GPU (~0.8 GB)."""
-
-    def __init__(self, stacks: Sequence[nn.ModuleList], device: torch.device | str, prefetch: int = 2) -> None:
+    def __init__(self, device: torch.device | str, prefetch: int = 2) -> None:
         self.device = torch.device(device)
         self.prefetch = max(1, prefetch)
-        self.stream = torch.cuda.Stream(self.device)
-        self._host: dict[int, list[tuple[nn.Parameter | Tensor, Tensor]]] = {}
-        for stack in stacks:
-            for block in stack:
-                self._host[id(block)] = [(p, _pinned_copy(p.data)) for p in _tensors(block)]
-                for p, host in self._host[id(block)]:
-                    p.data = host
-        torch.cuda.empty_cache()
-        self.bytes_per_pass = sum(h.numel() * h.element_size() for v in self._host.values() for _, h in v)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._slots: dict[int, list[_Slot]] = {}
+        self._fp8: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}  # host FP8 copies by block and linear
+        self.bytes_per_pass = 0
 
-    def _load(self, block: nn.Module) -> torch.cuda.Event:
+    def streams(self, block: nn.Module) -> bool:
+        return id(block) in self._slots
+
+    @property
+    def blocks(self) -> int:
+        return len(self._slots)
+
+    def add(self, block: nn.Module, tensors: Sequence[Tensor], fp8: dict[str, Fp8Weight] | None = None) -> None:
+        """Stream ``block``: ``tensors`` (its parameters and buffers that the block functions read)
+        and its FP8 weights ``fp8`` (a ``BlockWeights.fp8``, updated in place) move to pinned host
+        memory and come to the GPU only while the block runs."""
+        slots = [_Slot(self._host_copy(t.data), *_param_access(t)) for t in tensors]
+        hosts: dict[str, tuple[Tensor, Tensor]] = {}
+        for name, (w8, scale) in (fp8 or {}).items():
+            hw, hs = self._host_copy(w8), self._host_copy(scale)
+            hosts[name] = (hw, hs)
+            slots += [_Slot(hw, *_fp8_access(fp8, name, 0)), _Slot(hs, *_fp8_access(fp8, name, 1))]
+        for slot in slots:
+            slot.assign(slot.host)
+        self._slots[id(block)] = slots
+        self._fp8[id(block)] = hosts
+        self.bytes_per_pass += sum(s.host.numel() * s.host.element_size() for s in slots)
+
+    def update_fp8(self, block: nn.Module, name: str, q: Fp8Weight) -> None:
+        """New FP8 values for a streamed block's linear (after a LoRA merge), written into its host copy."""
+        hw, hs = self._fp8[id(block)][name]
+        hw.copy_(q[0])
+        hs.copy_(q[1])
+
+    def _host_copy(self, t: Tensor) -> Tensor:
+        pin = self.device.type == "cuda"
+        host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
+        host.copy_(t, non_blocking=False)
+        return host
+
+    def _load(self, block: nn.Module) -> torch.cuda.Event | None:
+        if self.stream is None:  # CPU: a plain copy, nothing to overlap
+            for slot in self._slots[id(block)]:
+                slot.assign(slot.host.clone())
+            return None
         with torch.cuda.stream(self.stream):
-            for p, host in self._host[id(block)]:
-                p.data = host.to(self.device, non_blocking=True)
+            for slot in self._slots[id(block)]:
+                slot.assign(slot.host.to(self.device, non_blocking=True))
             event = torch.cuda.Event()
             event.record(self.stream)
         return event
 
-    def _release(self, block: nn.Module, compute: torch.cuda.Stream) -> None:
-        for p, host in self._host[id(block)]:
-            p.data.record_stream(compute)  # memory returns to the pool only once compute is past it
-            p.data = host
+    def _release(self, block: nn.Module, gpu: list[Tensor], compute: torch.cuda.Stream | None) -> None:
+        if compute is not None:
+            for t in gpu:
+                t.record_stream(compute)  # memory returns to the pool only once compute is past it
+        for slot in self._slots[id(block)]:
+            slot.assign(slot.host)
 
     def run(self, blocks: Sequence[nn.Module], fn: Callable[[nn.Module, Any], Any], state: Any) -> Any:
-        compute = torch.cuda.current_stream(self.device)
-        n = len(blocks)
-        ready: dict[int, torch.cuda.Event] = {}
+        cuda = self.stream is not None
+        compute = torch.cuda.current_stream(self.device) if cuda else None
+        upcoming = deque(i for i, b in enumerate(blocks) if self.streams(b))
+        ready: dict[int, torch.cuda.Event | None] = {}
         done: deque[torch.cuda.Event] = deque()
         for i, block in enumerate(blocks):
-            for j in range(i, min(n, i + 1 + self.prefetch)):
-                if j not in ready:
-                    ready[j] = self._load(blocks[j])
-            compute.wait_event(ready.pop(i))
+            # Keep the copy stream ``prefetch`` streamed blocks ahead, across resident ones.
+            while upcoming and len(ready) <= self.prefetch:
+                j = upcoming.popleft()
+                ready[j] = self._load(blocks[j])
+            if not self.streams(block):
+                state = fn(block, state)
+                continue
+            event = ready.pop(i)
+            if compute is not None and event is not None:
+                compute.wait_event(event)
+            gpu = [slot.current() for slot in self._slots[id(block)]]  # tied to compute on release
             state = fn(block, state)
-            finished = torch.cuda.Event()
-            finished.record(compute)
-            self._release(block, compute)
-            done.append(finished)
+            if compute is not None:
+                finished = torch.cuda.Event()
+                finished.record(compute)
+                done.append(finished)
+            self._release(block, gpu, compute)
             if len(done) > self.prefetch:
                 done.popleft().synchronize()  # back-pressure: keep the host from running ahead
         return state
 
     def restore(self) -> None:
-        """Put every block back on the GPU (leaving low-VRAM mode)."""
-        for params in self._host.values():
-            for p, host in params:
-                p.data = host.to(self.device)
+        """Put every streamed block back on the GPU for good (leaving a streamed tier)."""
+        for slots in self._slots.values():
+            for slot in slots:
+                slot.assign(slot.host.to(self.device))
+        self._slots.clear()
+        self._fp8.clear()
+
+
+def _param_access(t: Tensor) -> tuple[Callable[[Tensor], None], Callable[[], Tensor]]:
+    def assign(value: Tensor) -> None:
+        t.data = value
+
+    return assign, lambda: t.data
+
+
+def _fp8_access(fp8: dict[str, Fp8Weight], name: str, index: int) -> tuple[Callable[[Tensor], None], Callable[[], Tensor]]:
+    def assign(value: Tensor) -> None:
+        pair = list(fp8[name])
+        pair[index] = value
+        fp8[name] = (pair[0], pair[1])
+
+    return assign, lambda: fp8[name][index]
 
 
 def _tensors(module: nn.Module) -> list[Tensor]:
     return [*module.parameters(), *module.buffers()]
 
 
-def _pinned_copy(t: Tensor) -> Tensor:
-    host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
-    host.copy_(t, non_blocking=False)
-    return host
+def _stacks(transformer: nn.Module) -> list[nn.ModuleList]:
+    return [getattr(transformer, s) for s in STACKS]
 
 
-def enable_low_vram(
-    transformer: nn.Module, device: torch.device | str, prefetch: int = 2, weights: PreparedWeights | None = None
-) -> BlockStreamer:
-    """Blocks to pinned host memory (streamed per use), everything else of ``transformer`` on
-    ``device``. ``weights``: what was prepared for the transformer, dropped first (fused and FP8
-    weights would stay resident; the streamed blocks run their plain linears)."""
+@torch.no_grad()
+def place_blocks(
+    transformer: nn.Module,
+    device: torch.device | str,
+    *,
+    weights: PreparedWeights,
+    fp8_granularity: str | None,
+    resident: tuple[int, int],
+    prefetch: int = 2,
+) -> BlockStreamer | None:
+    """Lay the blocks out for a tier: ``resident`` (double, single) blocks stay on ``device``,
+    spread evenly through each stack, the rest stream; ``fp8_granularity`` (None: bf16): FP8
+    copies of the linears are made on ``device`` block by block (a full bf16 transformer need never
+    fit) and their bf16 weights go to (or stay in) host memory. Returns the streamer, or None when
+    every block stays. The rest of the transformer moves to ``device``."""
     device = torch.device(device)
     t0 = time.perf_counter()
-    if weights is not None:
-        weights.unfuse()
-        weights.remove_fp8()
-    streamer = BlockStreamer([getattr(transformer, s) for s in STACKS], device, prefetch)
+    weights.unfuse()  # fused projections would stay resident beside the streamed blocks
+    weights.remove_fp8()
+    stacks = _stacks(transformer)
+    masks = [spread(resident[0], len(stacks[0])), spread(resident[1], len(stacks[1]))]
+    streamer = BlockStreamer(device, prefetch) if not all(all(m) for m in masks) else None
+    for stack, mask in zip(stacks, masks):
+        for block, keep in zip(stack, mask):
+            _place_block(block, weights.of(block), device, fp8_granularity, None if keep else streamer)
+    weights.fp8_granularity = fp8_granularity
     for name, child in transformer.named_children():
         if name not in STACKS:
             child.to(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    kept = sum(sum(m) for m in masks)
     logger.info(
-        "low-VRAM mode: {:.1f} GB of block weights in pinned host memory ({:.1f} s)",
-        streamer.bytes_per_pass / 1e9,
+        "transformer blocks: {} of {} on the GPU{}, {}{} ({:.1f} s)",
+        kept, sum(len(m) for m in masks), f", {streamer.blocks} streamed" if streamer else "",
+        f"FP8 ({fp8_granularity}) linears" if fp8_granularity else "bf16",
+        f", {streamer.bytes_per_pass / 1e9:.1f} GB per forward from pinned host memory" if streamer else "",
         time.perf_counter() - t0,
     )
     return streamer
 
 
-__all__ = ["BlockStreamer", "enable_low_vram"]
+def _place_block(
+    block: nn.Module, bw: BlockWeights, device: torch.device, granularity: str | None, streamer: BlockStreamer | None
+) -> None:
+    masters: set[int] = set()
+    if granularity is not None:
+        for name, lin in block_fp8_linears(block):
+            host = lin.weight.data if lin.weight.device.type == "cpu" else lin.weight.data.to("cpu")
+            bw.fp8[name] = quantize_weight(lin.weight.data.to(device), granularity)
+            lin.weight.data = host  # the bf16 master: LoRA merges write here, FP8 is made from it
+            masters.add(id(lin.weight))
+    rest = [t for t in _tensors(block) if id(t) not in masters]
+    if streamer is None:
+        for t in rest:
+            t.data = t.data.to(device)
+    else:
+        streamer.add(block, rest, bw.fp8 if granularity is not None else None)
+
+
+@torch.no_grad()
+def refresh_fp8(transformer: nn.Module, device: torch.device | str, weights: PreparedWeights,
+                streamer: BlockStreamer | None) -> None:
+    """FP8 copies made again from the host bf16 masters (after a LoRA merge rewrote them), into
+    the same places: resident blocks' on the GPU, streamed blocks' host copies in place."""
+    granularity = weights.fp8_granularity
+    if granularity is None:
+        return
+    device = torch.device(device)
+    for stack in _stacks(transformer):
+        for block in stack:
+            bw = weights.of(block)
+            for name, lin in block_fp8_linears(block):
+                q = quantize_weight(lin.weight.data.to(device), granularity)
+                if streamer is not None and streamer.streams(block):
+                    streamer.update_fp8(block, name, q)
+                else:
+                    bw.fp8[name] = q
+
+
+def enable_low_vram(
+    transformer: nn.Module, device: torch.device | str, prefetch: int = 2, weights: PreparedWeights | None = None
+) -> BlockStreamer:
+    """Every block streamed in bf16 (the ``bf16-streamed`` tier with no block kept): the former
+    low-VRAM mode, kept for the bench's ``lowvram`` stage."""
+    streamer = place_blocks(transformer, device, weights=weights or PreparedWeights(transformer),
+                            fp8_granularity=None, resident=(0, 0), prefetch=prefetch)
+    assert streamer is not None
+    return streamer
+
+
+__all__ = ["BlockStreamer", "enable_low_vram", "place_blocks", "refresh_fp8"]

@@ -1,0 +1,236 @@
+"""VRAM tiers: the choice (a pure function of free bytes, compute capability and the request, with
+fake device properties) and each tier's placement on the tiny model on the CPU, where the streamer
+runs without a side stream: a streamed tier computes exactly what the resident tier of its dtype
+computes, FP8 drifts within its known bounds, and LoRA merges reach the FP8 copies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from fploopd.daemon.settings import SettingsError, load_settings
+from fploopd.engine.components import Components, load_components, model_sizes, place_tier
+from fploopd.engine.lora_testdata import write_tiny_lora
+from fploopd.engine.sources import resolve
+from fploopd.engine.tiers import (
+    FULL_SIZE,
+    TIERS,
+    TierChoice,
+    choose_tier,
+    need_bytes,
+    normalize_vram,
+    parse_vram,
+    resident_blocks,
+    spread,
+)
+from tests.test_components import transformer_inputs
+
+GiB = 2**30
+HOPPER, ADA, AMPERE, TURING = (9, 0), (8, 9), (8, 6), (7, 5)
+
+
+# --- the choice --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("free_gib", "tier"),
+    [(80, "bf16-resident"), (64, "bf16-resident"), (48, "fp8-resident"), (24, "fp8-resident"),
+     (16, "fp8-streamed"), (12, "fp8-streamed"), (8, "fp8-streamed"), (6, "fp8-streamed")],
+)
+def test_auto_picks_the_fastest_tier_that_fits_on_an_fp8_card(free_gib: int, tier: str) -> None:
+    choice = choose_tier(free_gib * GiB, HOPPER)
+    assert choice.tier == tier, choice.reason
+    assert choice.usable < free_gib * GiB  # a margin is kept back
+    assert "run out of memory" not in choice.reason
+    assert f"{free_gib:.1f} GiB free" in choice.reason
+
+
+def test_streamed_tiers_keep_as_many_blocks_as_fit_and_fewer_with_less_memory() -> None:
+    kept = [choose_tier(g * GiB, HOPPER) for g in (6, 8, 12, 16)]
+    counts = [(c.resident_doubles, c.resident_singles) for c in kept]
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+    for c in kept:  # what stays plus the streaming buffers fits what was planned with
+        blocks = c.resident_doubles * FULL_SIZE.double_fp8 + c.resident_singles * FULL_SIZE.single_fp8
+        assert need_bytes("fp8-streamed", FULL_SIZE) + blocks <= c.usable
+        assert f"{c.resident_doubles}/20 double" in c.reason
+    c24, c48 = choose_tier(24 * GiB, HOPPER), choose_tier(48 * GiB, HOPPER)
+    assert not c24.untiled_decode and c24.vae_resident  # tiled decode where room is short
+    assert c48.untiled_decode and c48.vae_resident
+    assert not any(c.vae_resident or c.untiled_decode for c in kept)  # streamed tiers spend the room on blocks
+
+
+@pytest.mark.parametrize("capability", [AMPERE, TURING, None])
+def test_no_fp8_tiers_without_fp8_tensor_cores_and_it_says_so(capability: Any) -> None:
+    for free_gib, tier in ((80, "bf16-resident"), (24, "bf16-streamed"), (8, "bf16-streamed")):
+        choice = choose_tier(free_gib * GiB, capability)
+        assert choice.tier == tier and not choice.fp8
+        if tier != "bf16-resident":
+            assert "no FP8 tensor cores" in choice.reason
+    asked = choose_tier(24 * GiB, capability, "fp8-resident")
+    assert asked.tier == "bf16-streamed" and "fp8-resident asked for" in asked.reason
+    assert choose_tier(24 * GiB, ADA).tier == "fp8-resident"  # Ada has them
+
+
+def test_a_budget_caps_the_choice_and_a_named_tier_is_kept() -> None:
+    capped = choose_tier(80 * GiB, HOPPER, "12")
+    assert capped.tier == "fp8-streamed"
+    assert "a 12.0 GiB budget (80.0 GiB free)" in capped.reason
+    assert (capped.resident_doubles, capped.resident_singles) == (
+        choose_tier(12 * GiB, HOPPER).resident_doubles, choose_tier(12 * GiB, HOPPER).resident_singles)
+    assert choose_tier(8 * GiB, HOPPER, "64GiB").tier == "fp8-streamed"  # the budget never adds memory
+    named = choose_tier(80 * GiB, HOPPER, "fp8-streamed")
+    assert named.tier == "fp8-streamed" and "asked for" in named.reason
+    assert (named.resident_doubles, named.resident_singles) == (20, 40)  # every block fits: none streams
+    low = choose_tier(80 * GiB, HOPPER, "low")
+    assert low.tier == "bf16-streamed"
+    risky = choose_tier(8 * GiB, HOPPER, "bf16-resident")
+    assert risky.tier == "bf16-resident" and "may run out of memory" in risky.reason
+    assert choose_tier(60 * GiB, HOPPER, prefer_fp8=True).tier == "fp8-resident"  # the fp8 setting
+
+
+def test_parse_vram_forms_and_errors() -> None:
+    assert parse_vram("auto").tier is None and parse_vram("auto").budget is None
+    assert parse_vram("high").tier == "bf16-resident" and parse_vram("LOW").tier == "bf16-streamed"
+    for tier in TIERS:
+        assert normalize_vram(tier) == tier
+    assert parse_vram(12).budget == parse_vram("12").budget == parse_vram("12GiB").budget == 12 * GiB
+    assert normalize_vram(7.5) == "7.5GiB" and normalize_vram("7.5 gib") == "7.5GiB"
+    for bad in ("medium", "0", -3, "12TB", True, "nan"):
+        with pytest.raises(ValueError, match="vram"):
+            parse_vram(bad)
+
+
+def test_spread_and_resident_blocks() -> None:
+    assert spread(0, 4) == [False] * 4 and spread(4, 4) == [True] * 4
+    marks = spread(3, 12)
+    assert sum(marks) == 3 and marks.index(True) >= 3  # spread out, not bunched at the start
+    assert resident_blocks(0, 10, 20, 5, 40) == (0, 0)
+    d, s = resident_blocks(10**9, 10, 20, 5, 40)
+    assert (d, s) == (20, 40)
+    d, s = resident_blocks(250, 10, 20, 5, 40)  # 250 of the 400 bytes: the same fraction of each stack
+    assert d == 12 and s == 26 and d * 10 + s * 5 <= 250
+
+
+def test_full_size_constants_match_the_architecture() -> None:
+    """FULL_SIZE counted again on the meta device (no memory): the choice's numbers are the model's."""
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    from fploopd.bench.models import FULL_TRANSFORMER
+    from fploopd.engine.fp8 import block_fp8_linears
+
+    with torch.device("meta"):
+        t = HunyuanVideoFramepackTransformer3DModel(**FULL_TRANSFORMER).to(torch.bfloat16)
+
+    def size(m: torch.nn.Module) -> int:
+        return sum(p.numel() * p.element_size() for p in [*m.parameters(), *m.buffers()])
+
+    def fp8(m: torch.nn.Module) -> int:
+        return size(m) - sum(lin.weight.numel() for _, lin in block_fp8_linears(m))
+
+    assert (len(t.transformer_blocks), len(t.single_transformer_blocks)) == (FULL_SIZE.doubles, FULL_SIZE.singles)
+    assert size(t.transformer_blocks[0]) == FULL_SIZE.double_bf16 and fp8(t.transformer_blocks[0]) == FULL_SIZE.double_fp8
+    assert size(t.single_transformer_blocks[0]) == FULL_SIZE.single_bf16
+    assert fp8(t.single_transformer_blocks[0]) == FULL_SIZE.single_fp8
+    blocks = sum(size(b) for b in [*t.transformer_blocks, *t.single_transformer_blocks])
+    assert size(t) - blocks == FULL_SIZE.transformer_rest
+
+
+def test_settings_take_a_tier_or_a_budget(tmp_path: Path) -> None:
+    assert load_settings(tmp_path, env={}).vram == "auto"
+    assert load_settings(tmp_path, env={"FPLOOPD_VRAM": "12"}).vram == "12GiB"
+    assert load_settings(tmp_path, {"vram": "high"}, env={}).vram == "bf16-resident"
+    (tmp_path / "fploopd.toml").write_text('vram = 16\n')
+    assert load_settings(tmp_path, env={}).vram == "16GiB"
+    (tmp_path / "fploopd.toml").write_text('vram = "fp8-streamed"\n')
+    assert load_settings(tmp_path, env={}).vram == "fp8-streamed"
+    (tmp_path / "fploopd.toml").write_text('vram = "medium"\n')
+    with pytest.raises(SettingsError, match="vram") as err:
+        load_settings(tmp_path, env={})
+    assert err.value.record().field == "vram"
+
+
+# --- placements on the tiny model (CPU) --------------------------------------------------------------
+
+
+def tiny_tier(c: Components, tier: str, keep: float) -> TierChoice:
+    """``tier`` laid out for the tiny model, ``keep`` of each stack's blocks resident."""
+    t = c.transformer
+    d, s = len(t.transformer_blocks), len(t.single_transformer_blocks)
+    return TierChoice(tier, "test", 0, 0, round(keep * d), round(keep * s), untiled_decode=False,
+                      vae_resident=tier == "fp8-resident")
+
+
+def forward(c: Components) -> torch.Tensor:
+    kwargs = {k: v for k, v in transformer_inputs(c).items() if k != "return_dict"}
+    with torch.no_grad():
+        return c.runner()(**kwargs).float()
+
+
+@pytest.fixture
+def fresh(tiny_root: Path) -> Components:
+    return load_components(resolve("tiny"), device="cpu")
+
+
+def test_model_sizes_of_the_tiny_family(tiny_components: Any) -> None:
+    sizes = model_sizes({n: getattr(tiny_components, n) for n in ("transformer", "text_encoder", "text_encoder_2", "vae", "image_encoder")})
+    assert 0 < sizes.double_fp8 < sizes.double_bf16 and 0 < sizes.single_fp8 < sizes.single_bf16
+    assert sizes.doubles == len(tiny_components.transformer.transformer_blocks)
+    assert 0 < sizes.text_encoder_visit < sizes.text_encoder
+    assert choose_tier(8 * GiB, HOPPER, "auto", sizes).tier == "bf16-resident"  # tiny fits anywhere
+
+
+def test_streamed_tiers_compute_what_the_resident_tier_of_their_dtype_computes(tiny_root: Path) -> None:
+    outs: dict[str, torch.Tensor] = {}
+    for tier, keep in (("bf16-streamed", 0.0), ("bf16-streamed", 0.5), ("fp8-resident", 1.0),
+                       ("fp8-streamed", 0.5), ("fp8-streamed", 0.0)):
+        c = load_components(resolve("tiny"), device="cpu")
+        if not outs:
+            outs["bf16"] = forward(c)
+        place_tier(c, tiny_tier(c, tier, keep))
+        blocks = len(c.transformer.transformer_blocks) + len(c.transformer.single_transformer_blocks)
+        streamed = c.streamer.blocks if c.streamer else 0
+        assert streamed == blocks - (c.tier.resident_doubles + c.tier.resident_singles)
+        assert c.runner_options.fp8 == c.fp8 == c.tier.fp8 and c.identity.get("fp8", False) == c.tier.fp8
+        assert c.vae.use_tiling and c.offloaded == frozenset({"text_encoder"})
+        outs[f"{tier}:{keep}"] = forward(c)
+        if c.streamer is not None:  # between runs a streamed block's tensors are its host copies
+            block = next(b for b in c.transformer.single_transformer_blocks if c.streamer.streams(b))
+            assert all(p.data.data_ptr() in {s.host.data_ptr() for s in c.streamer._slots[id(block)]}
+                       for p in block.norm.parameters())
+    bf16, fp8 = outs["bf16"], outs["fp8-resident:1.0"]
+    assert torch.equal(outs["bf16-streamed:0.0"], bf16) and torch.equal(outs["bf16-streamed:0.5"], bf16)
+    assert torch.equal(outs["fp8-streamed:0.5"], fp8) and torch.equal(outs["fp8-streamed:0.0"], fp8)
+    drift = ((fp8 - bf16).norm() / bf16.norm()).item()
+    assert 0 < drift < 0.1, drift  # FP8 moves the output, within its known drift
+
+
+def test_lora_merges_reach_the_fp8_copies_resident_and_streamed(tiny_root: Path, tmp_path: Path) -> None:
+    lora = write_tiny_lora(tmp_path / "a.safetensors", "musubi", seed=1)
+    outs: dict[str, list[torch.Tensor]] = {}
+    for tier, keep in (("fp8-resident", 1.0), ("fp8-streamed", 0.5)):
+        c = load_components(resolve("tiny"), device="cpu")
+        place_tier(c, tiny_tier(c, tier, keep))
+        base = forward(c)
+        c.apply_loras([(lora, 0.8)])
+        merged = forward(c)
+        c.apply_loras([])
+        outs[tier] = [base, merged, forward(c)]
+        assert not torch.equal(base, merged)  # the FP8 copies were made again from the merged weights
+        assert torch.equal(outs[tier][2], base)  # and back to the base exactly
+    assert all(torch.equal(a, b) for a, b in zip(outs["fp8-resident"], outs["fp8-streamed"]))
+
+
+def test_doctor_says_which_tier_and_why(tmp_path: Path) -> None:
+    from fploopd.daemon.doctor import vram_tier_check
+
+    auto = load_settings(tmp_path, env={})
+    old_card = vram_tier_check("cuda:0", 7 * GiB, AMPERE, auto)
+    assert old_card.status == "ok" and old_card.detail.startswith("bf16-streamed: ")
+    assert "no FP8 tensor cores" in old_card.detail
+    card_24 = vram_tier_check("cuda:0", 23 * GiB, ADA, auto)
+    assert card_24.status == "ok" and card_24.detail.startswith("fp8-resident: 23.0 GiB free")
+    forced = vram_tier_check("cuda:1", 8 * GiB, HOPPER, load_settings(tmp_path, {"vram": "high"}, env={}))
+    assert forced.status == "warn" and "run out of memory" in forced.detail and forced.fix
