@@ -91,3 +91,26 @@ def _gid(name: str) -> int:
     import grp
 
     return grp.getgrnam(name).gr_gid
+
+
+_shared: PgServer | None = None
+
+
+def shared() -> PgServer:
+    """One server for the whole test session (started on first use, stopped at exit)."""
+    global _shared
+    if _shared is None:
+        import atexit
+
+        _shared = PgServer()
+        atexit.register(_shared.close)
+    return _shared
+
+
+def rows(url: str, sql: str) -> list[dict]:
+    """Rows of a query, read directly (the tests' polling)."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        return list(conn.execute(sql))

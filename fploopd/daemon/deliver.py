@@ -73,7 +73,17 @@ def plan_retry(layout: Layout, job: Job) -> DeliveryPlan:
 
 
 def settle(job: Job, layout: Layout, journal: Journal, tick: Callable[[], None] | None = None) -> None:
-    """Carry out ``job.delivery`` (idempotent), then record that it is done."""
+    """Carry out ``job.delivery`` (idempotent), then record that it is done. With several hosts,
+    one at a time under the job's delivery lock; a host that finds it held leaves it to the holder."""
+    with journal.delivery_lock(job.id) as mine:
+        if not mine:
+            return
+        if journal.multi_host:
+            job = journal.get(job.id)  # another host may have finished it since it was read
+        _settle(job, layout, journal, tick)
+
+
+def _settle(job: Job, layout: Layout, journal: Journal, tick: Callable[[], None] | None = None) -> None:
     plan = job.delivery
     if plan is None or job.delivered_at is not None:
         return

@@ -171,6 +171,11 @@ class JournalError(FploopdError):
     kind = "journal"
 
 
+class JournalAway(JournalError):
+    """The journal's database (PostgreSQL) cannot be reached just now: the daemon takes no new work,
+    keeps what it runs, and reconnects with backoff."""
+
+
 def recover_advice(path: Path) -> str:
     root = path.parent.parent  # <root>/.fploopd/journal.sqlite3
     return (

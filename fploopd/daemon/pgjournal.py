@@ -21,7 +21,7 @@ import psycopg
 import psycopg.errors
 from loguru import logger
 
-from fploopd.daemon.journal import SCHEMA_VERSION, Journal, JournalError
+from fploopd.daemon.journal import SCHEMA_VERSION, Journal, JournalAway, JournalError
 
 CONNECT_TIMEOUT_S = 5
 RECONNECT_FIRST_S = 0.5
@@ -117,10 +117,6 @@ CREATE INDEX IF NOT EXISTS hook_runs_due ON hook_runs (status, next_at)
 """
 # The versions of this schema: 4 is the first on PostgreSQL (the SQLite journal's version 4).
 MIGRATIONS: dict[int, list[str]] = {}
-
-
-class JournalAway(JournalError):
-    """The journal's database cannot be reached just now; the daemon goes on and reconnects."""
 
 
 def redact(url: str) -> str:
