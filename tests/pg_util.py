@@ -37,7 +37,9 @@ def _as_owner() -> list[str]:
 
 
 class PgServer:
-    def __init__(self) -> None:
+    def __init__(self, fsync: bool = False) -> None:
+        """``fsync``: as a real server would (off for the tests' speed: nothing here must survive a power cut)."""
+        self.fsync = fsync
         programs = bindir()
         if programs is None:
             pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does it)")
@@ -57,7 +59,9 @@ class PgServer:
         return result
 
     def start(self) -> None:
-        options = f"-c listen_addresses='' -c unix_socket_directories={self.base} -c fsync=off -c max_connections=200"
+        options = f"-c listen_addresses='' -c unix_socket_directories={self.base} -c max_connections=200"
+        if not self.fsync:
+            options += " -c fsync=off"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.base / "server.log"), "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
