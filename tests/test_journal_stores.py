@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pg_util
 import pytest
-from daemon_util import env, fploopd, make_root
+from daemon_util import env, fploopd, make_root, wait_for
 
+from fploopd.daemon.claim import Drop, claim_record, finish_stale_claims, first_move
 from fploopd.daemon.journal import IllegalTransition, JobState, Journal, LeaseLost
 from fploopd.daemon.journalcheck import fs_type, is_network
+from fploopd.daemon.layout import Layout
 from fploopd.daemon.pgjournal import PgJournal
+from fploopd.errors import InputError
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -115,3 +118,25 @@ def test_the_file_system_under_a_path_is_found_in_mountinfo() -> None:
     assert fs_type(Path("/mnt/share/local/root"), MOUNTINFO) == "ext4"  # the longest mount point wins
     assert fs_type(Path("/mnt/shared"), MOUNTINFO) == "ext4"  # a prefix of a name is not a parent
     assert is_network("nfs4") and is_network("cifs") and is_network("fuse.sshfs") and not is_network("ext4")
+
+
+def test_a_claim_left_halfway_by_a_dead_host_is_finished_by_another(tmp_path: Path, pg_server: pg_util.PgServer) -> None:
+    url = pg_server.new_database()
+    root = make_root(tmp_path, journal=url)
+    layout = Layout(root)
+    sidecar, media = root / "inbox" / "loop" / "half.json", root / "inbox" / "loop" / "half.png"
+    sidecar.write_text("{not json")
+    media.write_bytes(b"the picture")
+    host_a = PgJournal(url, "a", host="a", lease_s=0.5)
+    drop = Drop(sidecar=sidecar, error=InputError("half.json is not JSON", file="half.json"), extra=(media,), pipeline="loop")
+    record = claim_record(drop, layout, "halfjob")
+    host_a.open_claim("halfjob", "half", record)
+    first_move(record, layout, host_a, "halfjob")  # the sidecar moved; then host a dies
+    host_a.close()
+    host_b = PgJournal(url, "b", host="b", lease_s=0.5)
+    (job,) = wait_for(lambda: finish_stale_claims(layout, host_b), 10, "the stale claim taken over")
+    assert job.state is JobState.FAILED and sorted(i["name"] for i in job.inputs) == ["half.json", "half.png"]
+    assert host_b.open_claims() == [] and not sidecar.exists() and not media.exists()
+    assert (layout.inputs_dir("halfjob") / "half.png").read_bytes() == b"the picture"
+    assert finish_stale_claims(layout, host_b) == []
+    host_b.close()

@@ -109,7 +109,7 @@ def _settle(job: Job, layout: Layout, journal: Journal, tick: Callable[[], None]
             crashpoint(f"deliver:after_move{i + 1}")
         _adopt_owner(layout, plan)
         if plan.cleanup:
-            _remove_checkpoints(layout, job.id)
+            remove_checkpoints(layout, job.id)
         inputs = rehash(layout, job, tick) if plan.rehash else None
         journal.mark_delivered(job.id, outcomes, inputs=inputs)
         if job.state is JobState.DONE:
@@ -140,7 +140,7 @@ def rehash(layout: Layout, job: Job, tick: Callable[[], None] | None = None) -> 
     ]
 
 
-def _remove_checkpoints(layout: Layout, job_id: str) -> None:
+def remove_checkpoints(layout: Layout, job_id: str) -> None:
     """The job is delivered: its checkpoints are no longer needed. Only the daemon's own files go."""
     job_dir = layout.job_dir(job_id)
     if layout.inputs_dir(job_id).exists() or layout.out_dir(job_id).exists():

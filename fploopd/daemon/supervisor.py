@@ -567,6 +567,7 @@ class Supervisor:
         if now.state is JobState.DONE and now.delivered_at is not None:
             # Delivered by the host that took it over: what this run wrote after is a stray copy.
             shutil.rmtree(self.layout.out_dir(job.id), ignore_errors=True)
+            deliver.remove_checkpoints(self.layout, job.id)
 
     def _on_progress(self, w: WorkerHandle, job: Job, p: dict[str, Any]) -> None:
         now = time.monotonic()
