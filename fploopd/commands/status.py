@@ -78,7 +78,7 @@ def _daemon_lines(daemon: dict[str, Any] | None) -> str:
     if "hosts" in daemon:  # several hosts on one journal
         return "\n".join(_daemon_lines({k: v for k, v in d.items() if k != "hosts"}) for d in daemon["hosts"].values())
     where = f" on {daemon['host']}" if daemon.get("host") else ""
-    lines = [f"daemon{where}: running (pid {daemon['pid']})" + (f"; paused: {daemon['paused']}" if daemon.get("paused") else "")]
+    lines = [f"daemon: running (pid {daemon['pid']}){where}" + (f"; paused: {daemon['paused']}" if daemon.get("paused") else "")]
     for device, w in sorted(daemon["workers"].items()):
         text = f"  worker {device}: {w['state']}"
         if w.get("silent_s"):
