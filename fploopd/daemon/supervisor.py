@@ -216,7 +216,7 @@ class Supervisor:
         self.followup.close()
         with contextlib.suppress(Exception):  # a full disk: status then finds a stale heartbeat instead
             self.journal.set_waiting([])
-            self.journal.set_daemon("supervisor", {**self._supervisor_state(), "stopped": True})
+            self.journal.set_daemon(self._daemon_key("supervisor"), {**self._supervisor_state(), "stopped": True})
         self.journal.close()
 
     # --- the loop -----------------------------------------------------------------------------
@@ -380,6 +380,10 @@ class Supervisor:
             **({"host": self.settings.host} if self.journal.multi_host else {}),
         }
 
+    def _daemon_key(self, key: str) -> str:
+        """Several hosts share the journal: each publishes its own state (``supervisor@gpu1``)."""
+        return f"{key}@{self.settings.host}" if self.journal.multi_host else key
+
     def _workers_state(self) -> dict[str, dict[str, Any]]:
         now = time.monotonic()
         out: dict[str, dict[str, Any]] = {}
@@ -410,9 +414,8 @@ class Supervisor:
             return
         if self.published is None or waiting != self.published[1]:  # the table is rewritten only on change
             self.journal.set_waiting(waiting)
-        here = f"@{self.settings.host}" if self.journal.multi_host else ""  # several hosts: one entry each
-        self.journal.set_daemon(f"workers{here}", workers)
-        self.journal.set_daemon(f"supervisor{here}", self._supervisor_state())
+        self.journal.set_daemon(self._daemon_key("workers"), workers)
+        self.journal.set_daemon(self._daemon_key("supervisor"), self._supervisor_state())
         self.published, self.next_publish = snapshot, now + PUBLISH_S
 
     # --- intake -------------------------------------------------------------------------------
