@@ -25,6 +25,7 @@ COMMANDS = (
     "submit",
     "retry",
     "cancel",
+    "priority",
     "generate",
     "loop",
     "connect",

@@ -42,7 +42,8 @@ def test_a_good_drop_is_delivered_and_temporary_names_are_left_alone(tmp_path: P
     assert result.returncode == 0, result.stderr[-3000:]
     assert outbox_jobs(root) == ["cat"]
     out = root / "outbox" / "cat"
-    assert sorted(p.name for p in out.iterdir()) == ["cat_7_1loop.mp4", "cat_7_loop_2.mp4", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["cat_7_1loop.mp4", "cat_7_loop_2.mp4", "manifest.json", "preview.webp"]
+    assert [p.name for p in (root / "progress").iterdir()] == []  # the live preview moved into the job's folder
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["pipeline"] == "loop" and manifest["seeds"] == [7] and manifest["spec"]["prompt"] == "a red ball"
     assert manifest["model"] is not None and manifest["timings"]
@@ -229,7 +230,9 @@ def test_a_killed_worker_is_replaced_and_failed_jobs_can_be_retried(tmp_path: Pa
         assert "died" in view["error"]["error"] and "signal 9" in view["error"]["error"]
         daemon.worker().kill()  # attempt 2 of 2: failed, its files go to failed/
         wait_for(lambda: [j for j in jobs(root) if j["state"] == "failed" and j["delivered_at"]], 60, "the failure")
-        assert sorted(p.name for p in (root / "failed" / "w").iterdir()) == ["error.json", "w.json", "w.png"]
+        # The last try's live preview comes along when it had finished a section before the kill.
+        kept = sorted(p.name for p in (root / "failed" / "w").iterdir())
+        assert [n for n in kept if n != "preview.webp"] == ["error.json", "w.json", "w.png"], kept
         error = json.loads((root / "failed" / "w" / "error.json").read_text())
         assert error["kind"] == "error" and "giving up" in error["error"]
         assert daemon.proc.poll() is None  # the supervisor lives on
@@ -241,6 +244,7 @@ def test_a_killed_worker_is_replaced_and_failed_jobs_can_be_retried(tmp_path: Pa
         # attempts counts every earlier try; the retry gave it a fresh budget of failures.
         assert view["state"] == "done" and view["attempts"] == 2 and view["failures"] == 0 and not (root / "failed" / "w").exists()
         assert assert_each_input_once(root, dropped) == {"w.json": "archive/w/w.json", "w.png": "archive/w/w.png"}
+        assert sorted(p.name for p in (root / "archive" / "w").iterdir()) == ["w.json", "w.png"]  # the preview is no input
     finally:
         assert daemon.stop() == 0
 

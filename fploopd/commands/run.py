@@ -15,6 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None, help="this machine's name in a shared journal (default: its host name)")
     p.add_argument("--once", action="store_true", help="process what is in the inbox now (waiting for it to settle), then exit")
     p.add_argument("--poll", action="store_true", default=None, help="poll the inbox (SMB/NFS shares send no events)")
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="also serve the web page, the JSON API and /metrics (e.g. 127.0.0.1:8787); "
+        "any address but loopback needs http_token or FPLOOPD_HTTP_TOKEN",
+    )
     # None = not given, so fploopd.toml and FPLOOPD_* decide.
     p.set_defaults(handler=run, model=None, device=None, vram=None, fp8=None, journal=None, host=None)
 
@@ -22,8 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def settings_from(args: argparse.Namespace, **extra: object):
     from fploopd.daemon.settings import load_settings
 
-    flags = {"model": args.model, "device": args.device, "vram": args.vram, "fp8": args.fp8, "poll": getattr(args, "poll", None),
-             "journal": getattr(args, "journal", None), "host": getattr(args, "host", None), **extra}
+    flags = {
+        "model": args.model, "device": args.device, "vram": args.vram, "fp8": args.fp8, "poll": getattr(args, "poll", None),
+        "http": getattr(args, "http", None), "journal": getattr(args, "journal", None), "host": getattr(args, "host", None),
+        **extra,
+    }
     return load_settings(args.root.absolute(), flags)
 
 
@@ -40,5 +49,11 @@ def run(args: argparse.Namespace) -> int:
     from fploopd.daemon.supervisor import run_daemon
 
     settings = settings_from(args)
+    started = None
+    if settings.http:
+        from fploopd.web.server import serve_in_thread, web_address
+
+        address = web_address(settings)  # refuses a non-loopback address without a token, before anything starts
+        started = lambda supervisor: serve_in_thread(supervisor, address)
     configure_daemon_logging(args, settings)
-    return run_daemon(settings, once=args.once)
+    return run_daemon(settings, once=args.once, started=started)

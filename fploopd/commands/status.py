@@ -24,8 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fploopd.daemon.control import daemon_view, find, job_view, open_journal, waiting_views
-    from fploopd.daemon.hookstore import runs_of
+    from fploopd.daemon.control import daemon_view, find, job_status, open_journal, status_views
     from fploopd.daemon.layout import Layout
     from fploopd.daemon.recover import check_root_journal
     from fploopd.daemon.stores import is_postgres, journal_url
@@ -35,14 +34,10 @@ def run(args: argparse.Namespace) -> int:
     if not is_postgres(url):
         check_root_journal(layout)  # a lost journal is said, not shown as "no jobs yet"
     journal = open_journal(layout, readonly=True, url=url)
-    def view(job: Any) -> dict[str, Any]:  # a journal.Job, with its hook runs
-        return job_view(job, layout, [r.view() for r in runs_of(journal, job.id)])
-
     if args.job:
-        views = [view(find(journal, args.job))]
+        views = [job_status(journal, find(journal, args.job), layout)]
     else:
-        views = [view(j) for j in (journal.jobs() if journal is not None else [])]
-        views += waiting_views(journal)
+        views = status_views(journal, layout)
     if args.json:
         print(json.dumps(views, indent=2))
         return 0

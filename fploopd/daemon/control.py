@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fploopd.daemon import deliver
+from fploopd.daemon.hookstore import runs_of
 from fploopd.daemon.journal import TERMINAL, IllegalTransition, Job, JobState, Journal
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.outcomes import cancel_queued
@@ -83,6 +84,31 @@ def job_view(job: Job, layout: Layout, hooks: list[dict[str, Any]] | None = None
         "finished_at": iso_time(job.finished_at),
         "hooks": hooks or [],
     }
+
+
+def job_status(journal: Journal, job: Job, layout: Layout) -> dict[str, Any]:
+    """A job as ``fploopd status --json`` shows it: ``job_view`` with its delivery hook runs."""
+    return job_view(job, layout, [r.view() for r in runs_of(journal, job.id)])
+
+
+def status_views(journal: Journal | None, layout: Layout) -> list[dict[str, Any]]:
+    """``fploopd status --json``: every job, then the drops waiting in the inbox."""
+    views = [job_status(journal, j, layout) for j in journal.jobs()] if journal is not None else []
+    return views + waiting_views(journal)
+
+
+# Bounds of a job's priority: the sidecar's ``priority`` field's.
+PRIORITY_BOUND = 100
+
+
+def set_priority(journal: Journal, key: str, priority: int) -> Job:
+    """A queued job's priority (higher runs first)."""
+    job = find(journal, key)
+    if not -PRIORITY_BOUND <= priority <= PRIORITY_BOUND:
+        raise JobError(f"priority {priority} is out of range ({-PRIORITY_BOUND} to {PRIORITY_BOUND})")
+    if job.state is not JobState.QUEUED:
+        raise JobError(f"job {job.name} is {job.state}; only a queued job's priority can change")
+    return journal.set_priority(job.id, priority)
 
 
 def settle_if_no_daemon(layout: Layout, journal: Journal) -> bool:

@@ -29,6 +29,9 @@ from fploopd.fsutil import adopt_owner, fsync_dir, write_json_atomic
 from fploopd.pipelines.manifest import build_manifest, write_manifest
 
 ERROR_FILE = "error.json"
+# A failed job's last live preview, beside its inputs (fploopd.daemon.progressfiles puts it there).
+PREVIEW_FILE = "preview.webp"
+PREVIEW_FALLBACK = "fploopd-preview.webp"  # when a user's own file is called preview.webp
 
 
 def _free(folder: Path, name: str, job_id: str) -> Path:
@@ -64,9 +67,17 @@ def plan_retry(layout: Layout, job: Job) -> DeliveryPlan:
     inputs = layout.inputs_dir(job.id)
     where = layout.abs(job.delivery.delivered_to("failed") or job.delivery.moves[0].dst)
     error_name = Path(job.delivery.write.path).name
-    keep = layout.job_dir(job.id) / "errors" / f"{time.strftime('%Y%m%dT%H%M%S')}-{error_name}"
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    keep = layout.job_dir(job.id) / "errors" / f"{stamp}-{error_name}"
+    # The last try's live preview (progressfiles) goes with the old error, not among the inputs.
+    users = {i["name"] for i in job.inputs}
+    previews = [n for n in (PREVIEW_FILE, PREVIEW_FALLBACK) if n not in users and os.path.isfile(where / n)]
     return DeliveryPlan(
-        moves=(Move(layout.rel(where), layout.rel(inputs)), Move(layout.rel(inputs / error_name), layout.rel(keep))),
+        moves=(
+            Move(layout.rel(where), layout.rel(inputs)),
+            Move(layout.rel(inputs / error_name), layout.rel(keep)),
+            *(Move(layout.rel(inputs / n), layout.rel(keep.with_name(f"{stamp}-{n}"))) for n in previews),
+        ),
         cleanup=False,
         rehash=True,  # the user may have fixed the files in failed/: record what will be used
     )

@@ -729,6 +729,16 @@ class Journal:
             (_dump(progress), time.time(), job_id, *(() if fence is None else (fence,))),
         )
 
+    def set_priority(self, job_id: str, priority: int) -> Job:
+        """A queued job's priority (higher runs first); a job that left the queue keeps its own."""
+        with self.transaction():
+            cur = self.db.execute(
+                "UPDATE jobs SET priority = ?, updated_at = ? WHERE id = ? AND state = 'queued'", (priority, time.time(), job_id)
+            )
+            if cur.rowcount:
+                self._event(job_id, "priority", priority)
+        return self.get(job_id)
+
     def request_cancel(self, job_id: str) -> Job:
         """Queued: cancelled at once. Running: flagged; the worker stops at the next step."""
         with self.transaction():

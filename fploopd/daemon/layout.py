@@ -51,6 +51,27 @@ class Layout:
         return self.root / "loras"
 
     @property
+    def progress(self) -> Path:
+        """While a job runs: ``<job-name>.webp`` (latent preview) and ``<job-name>.json`` (progress)."""
+        return self.root / "progress"
+
+    def progress_webp(self, name: str) -> Path:
+        return self.progress / f"{name}.webp"
+
+    def progress_json(self, name: str) -> Path:
+        return self.progress / f"{name}.json"
+
+    @property
+    def status_json(self) -> Path:
+        """The queue as ``status --json`` objects plus the daemon, for people who only see the share."""
+        return self.root / "status.json"
+
+    @property
+    def status_html(self) -> Path:
+        """A self-refreshing page of ``status_json`` that reads nothing but itself."""
+        return self.root / "status.html"
+
+    @property
     def state(self) -> Path:
         return self.root / ".fploopd"
 
@@ -102,7 +123,7 @@ class Layout:
 
     def user_folders(self) -> list[Path]:
         """The folders of docs/design.md §2 that users see: inbox/ (and its pipeline folders), outbox/, ..."""
-        return [self.inbox, *(self.inbox / p for p in PIPELINE_FOLDERS), self.outbox, self.failed, self.archive, self.profiles, self.loras]
+        return [self.inbox, *(self.inbox / p for p in PIPELINE_FOLDERS), self.outbox, self.failed, self.archive, self.profiles, self.loras, self.progress]
 
     def inbox_folders(self) -> list[tuple[Path, str | None]]:
         """Folders to scan, each with the pipeline it preselects (None: the sidecar says)."""

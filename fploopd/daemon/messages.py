@@ -64,7 +64,9 @@ class Fatal:
 
 @dataclass(frozen=True)
 class Beat:
-    pass
+    # On a GPU: memory in use and the peak since the worker started, in bytes
+    # ({"allocated", "reserved", "peak"}); None on the CPU.
+    gpu: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)

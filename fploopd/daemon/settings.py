@@ -69,6 +69,10 @@ class Settings:
     # Folders searched for LoRAs after the root's loras/ (relative ones are under the root), e.g.
     # musubi-tuner's output folder. FPLOOPD_LORA_DIRS separates them with os.pathsep.
     lora_dirs: tuple[Path, ...] = ()
+    # The web page, JSON API and /metrics ("HOST:PORT"; off when empty). An address other than
+    # loopback needs http_token (or FPLOOPD_HTTP_TOKEN), and then every request must carry it.
+    http: Annotated[str, Field(max_length=300)] = ""
+    http_token: Annotated[str, Field(max_length=300)] = ""
     # Several hosts on one shared root: "postgresql://..." (README "Several GPU machines"); "" = the
     # root's own SQLite journal (one host). ``host`` names this machine in the journal; a job it runs
     # is held under a lease of lease_s, renewed while it works, taken over by another host when not.
@@ -198,6 +202,10 @@ SETTINGS_TEMPLATE = """\
 # LoRAs are looked up by file name in the root's loras/ folder, then in these folders.
 # lora_dirs = ["/home/me/musubi-tuner/output"]
 
+# The web page, JSON API and /metrics, e.g. "127.0.0.1:8787" (off when empty; `fploopd run --http`).
+# Any address but loopback needs a token (here or in FPLOOPD_HTTP_TOKEN); every request then needs it.
+# http = ""
+# http_token = ""
 # Several GPU machines on one shared root: every host's daemon uses one PostgreSQL journal
 # (also FPLOOPD_JOURNAL or --journal). A host that stops renewing its jobs' leases for lease_s
 # loses them to another host, which resumes them from their checkpoints.

@@ -39,9 +39,13 @@ def _free_stem(folder: Path, stem: str, names: list[str]) -> str:
 
 
 def submit(
-    layout: Layout, files: list[Path], *, pipeline: str | None, name: str | None, fields: dict[str, Any]
+    layout: Layout, files: list[Path], *, pipeline: str | None, name: str | None, fields: dict[str, Any], check: bool = True
 ) -> tuple[Path, dict[str, Any]]:
-    """Copy ``files`` into the inbox and write the sidecar; returns the sidecar path and content."""
+    """Copy ``files`` into the inbox and write the sidecar; returns the sidecar path and content.
+
+    ``check=False`` writes a drop whose sidecar does not validate all the same (the web page does,
+    after telling the user why): intake then fails it like any bad drop, into failed/<name>/ with
+    its media and error.json, so nothing uploaded is lost."""
     for f in files:
         if not f.is_file():
             raise InputError(f"{f} is not a file", file=str(f))
@@ -59,7 +63,8 @@ def submit(
         content["pipeline"] = pipeline
     content.update({fld: f"{stem}{suffixes[fld]}" for fld in wanted})
     # Validate now, so the user hears about a mistake before anything is copied.
-    effective_spec(content, sidecar, pipeline if folder != layout.inbox else None, Profiles(layout.profiles))
+    if check:
+        effective_spec(content, sidecar, pipeline if folder != layout.inbox else None, Profiles(layout.profiles))
     for fld, src in zip(wanted, files):
         with atomic_path(folder / content[fld]) as part:  # a hidden .part name: ignored until renamed
             shutil.copyfile(src, part)

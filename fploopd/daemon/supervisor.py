@@ -31,10 +31,13 @@ from fploopd.daemon.intake import Intake, Waiting, start_watching
 from fploopd.daemon.journal import IllegalTransition, Job, JobState, JournalAway, LeaseLost
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.loras import LoraAffinity, LoraSet, job_loras, lora_folders, lora_set
+from fploopd.daemon.metrics import DaemonMetrics
 from fploopd.daemon.names import display
+from fploopd.daemon.progressfiles import ProgressFiles
 from fploopd.daemon.recover import check_root_journal
 from fploopd.daemon.service import Notifier, StopFlags, Waker
 from fploopd.daemon.settings import Settings
+from fploopd.daemon.statusfiles import StatusFiles
 from fploopd.daemon.stores import is_postgres, open_store
 from fploopd.daemon.worker import worker_main
 from fploopd.errors import ErrorRecord, FploopdError, InputError
@@ -131,6 +134,12 @@ class Supervisor:
         self.last_error: str | None = None
         self.stopping = False
         self.exit_code: int | None = None
+        self.metrics = DaemonMetrics(self.layout)
+        self.progress_files = ProgressFiles(self.layout, self.metrics.section_done)
+        self.status_files = StatusFiles(self.layout, settings.journal)
+        # For /healthz, read by the web thread: (monotonic time of the last tick, devices whose
+        # worker is ready and alive). Replaced whole each tick, never changed in place.
+        self.health: tuple[float, tuple[str, ...]] = (time.monotonic(), ())
 
     # --- start and stop -----------------------------------------------------------------------
 
@@ -152,6 +161,7 @@ class Supervisor:
             "polling" if self.settings.poll else "native events",
         )
         self._publish(force=True)
+        self.status_files.start()
         self.notifier.ready(f"watching {self.layout.inbox}")
 
     def _check_model(self) -> None:
@@ -177,6 +187,7 @@ class Supervisor:
                 outcomes.interrupted(job, self.layout, self.journal, "interrupted: the daemon stopped while it ran")
         adopt_orphans(self.layout, self.journal)
         self._settle()
+        self.progress_files.sweep(self.journal)  # a crash's leftovers: no job runs yet
 
     def request_stop(self) -> None:
         """A stop from another thread (the Windows service): the same as a signal."""
@@ -217,6 +228,8 @@ class Supervisor:
         with contextlib.suppress(Exception):  # a full disk: status then finds a stale heartbeat instead
             self.journal.set_waiting([])
             self.journal.set_daemon(self._daemon_key("supervisor"), {**self._supervisor_state(), "stopped": True})
+        if self.status_files.thread.is_alive():
+            self.status_files.stop()  # a last page that says the daemon stopped
         self.journal.close()
 
     # --- the loop -----------------------------------------------------------------------------
@@ -309,6 +322,8 @@ class Supervisor:
         self.notifier.status(self._status_text())
         self._decide_exit()
         self.last_error = None
+        alive = tuple(d for d, w in self.workers.items() if w.ready and not w.silent and w.process.is_alive())
+        self.health = (time.monotonic(), alive)
         if self.exit_code is None:
             self._wait()
 
@@ -508,6 +523,7 @@ class Supervisor:
             w.silent = False
             logger.warning("the worker on {} responds again", w.device)
         if isinstance(msg, m.Beat):
+            self.metrics.gpu(w.device, msg.gpu)
             return
         if isinstance(msg, m.Ready):
             w.ready, w.model = True, msg.model
@@ -585,6 +601,7 @@ class Supervisor:
         if moved_on or now - w.last_write >= PROGRESS_WRITE_S:
             w.last_write = now
             self.journal.set_progress(job.id, p, job.fence if self.journal.multi_host else None)
+        self.progress_files.update(job, p)
 
     def _watch_workers(self, now: float) -> None:
         """A worker that stops reporting (frozen, hung in a driver) is reported, then replaced."""
@@ -628,6 +645,7 @@ class Supervisor:
                 delay = min(MAX_RESTART_DELAY_S, 0.5 * 2 ** (deaths - 1)) if deaths > 1 else 0.0
             if code != 0 or w.fatal is not None:
                 logger.info("restarting the worker on {} in {:.0f} s", device, delay)
+                self.metrics.worker_restarted(device)
             self.restart_at[device] = time.monotonic() + delay
 
     def _job_lost(self, w: WorkerHandle, code: int | None) -> None:
@@ -710,7 +728,11 @@ class Supervisor:
         )
 
     def _on_done(self, job: Job, w: WorkerHandle, result: m.Done) -> None:
+        self.progress_files.finishing(job)
         outcomes.finished(job, self.layout, self.journal, {"outputs": result.outputs, "timings": result.timings}, result.model)
+        self.progress_files.ended(job, self.journal)
+        if "total_s" in result.timings:
+            self.metrics.job_done(job.pipeline or "", result.timings["total_s"])
         self._settle()
 
     def _on_failed(self, job: Job, error: ErrorRecord, input_fault: bool) -> None:
@@ -722,14 +744,17 @@ class Supervisor:
 
     def _on_stopped(self, job: Job) -> None:
         outcomes.stopped(job, self.layout, self.journal)
+        self.progress_files.ended(job, self.journal)
         self._settle()
 
     def _fail(self, job: Job, error: ErrorRecord) -> None:
         outcomes.failed(job, self.layout, self.journal, error)
+        self.progress_files.ended(job, self.journal)
         self._settle()
 
     def _retry_or_fail(self, job: Job, error: ErrorRecord, backoff: bool = True) -> None:
         outcomes.retry_or_fail(job, self.layout, self.journal, self.settings, error, backoff)
+        self.progress_files.ended(job, self.journal)
         self._settle()
 
     # --- cancels ------------------------------------------------------------------------------

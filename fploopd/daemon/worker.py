@@ -25,6 +25,7 @@ from loguru import logger
 from fploopd.daemon import messages as m
 from fploopd.daemon.crash import crashpoint, failpoint, step_delay
 from fploopd.daemon.layout import Layout
+from fploopd.daemon.livepreview import LivePreview
 from fploopd.daemon.settings import Settings
 from fploopd.errors import Cancelled, ErrorRecord, FploopdError, InputError, ModelError
 
@@ -98,7 +99,7 @@ class Worker:
     def _heartbeat(self) -> None:
         while True:
             time.sleep(m.HEARTBEAT_S)
-            self._send(m.Beat())
+            self._send(m.Beat(gpu_memory(self.device)))
 
     def _run(self, job: m.RunJob, components: Any) -> bool:
         """Run one job and report its outcome; False when the process should be replaced."""
@@ -110,20 +111,25 @@ class Worker:
         with logger.contextualize(job=job.id):
             try:
                 failpoint(f"run:{job.name}")
-                result = run_job(
-                    job.spec,
-                    {k: Path(v) for k, v in job.inputs.items()},
-                    Path(job.out_dir),
-                    name=job.name,
-                    seeds=job.seeds,
-                    components=components,
-                    work_dir=Path(job.work_dir),
-                    progress=lambda p: self._progress(job.id, p),
-                    should_stop=self._should_stop,
-                    limits=self.settings.limits,
-                    input_hashes=job.input_hashes,
-                    loras=[(Path(path), scale) for path, scale in job.loras],
-                )
+                preview = LivePreview(Layout(self.settings.root).progress_webp(job.name))
+                try:
+                    result = run_job(
+                        job.spec,
+                        {k: Path(v) for k, v in job.inputs.items()},
+                        Path(job.out_dir),
+                        name=job.name,
+                        seeds=job.seeds,
+                        components=components,
+                        work_dir=Path(job.work_dir),
+                        progress=lambda p: self._progress(job.id, p),
+                        should_stop=self._should_stop,
+                        limits=self.settings.limits,
+                        input_hashes=job.input_hashes,
+                        loras=[(Path(path), scale) for path, scale in job.loras],
+                        on_section=preview.add,
+                    )
+                finally:
+                    preview.close()  # complete before the job's end is reported: the supervisor moves it
             except Cancelled:
                 logger.info("stopped at a step boundary; the checkpoint stays")
                 if self.exit_after:
@@ -174,6 +180,22 @@ class Worker:
                 self.conn.send(msg)
         except (BrokenPipeError, ConnectionResetError, OSError):
             os._exit(0)  # the supervisor is gone; nothing to report to
+
+
+def gpu_memory(device: str) -> dict[str, int] | None:
+    """The CUDA caching allocator's counters for ``device`` (host-side reads: no device sync);
+    None on the CPU or before torch has touched the GPU."""
+    torch = sys.modules.get("torch")
+    if not device.startswith("cuda") or torch is None or not torch.cuda.is_initialized():
+        return None
+    try:
+        return {
+            "allocated": int(torch.cuda.memory_allocated(device)),
+            "reserved": int(torch.cuda.memory_reserved(device)),
+            "peak": int(torch.cuda.max_memory_allocated(device)),
+        }
+    except Exception:  # noqa: BLE001 - a heartbeat must never fail
+        return None
 
 
 def _die_with_parent() -> None:

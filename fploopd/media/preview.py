@@ -93,3 +93,26 @@ def save_png_atomic(image: Image.Image, path: Path) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         image.save(tmp, format="PNG")
     return path
+
+
+# An animated preview keeps its latents' size (80x80 at 640: viewers scale it up, and encoding
+# stays cheap); only small latents are enlarged (nearest) to about MIN_PREVIEW_SIDE.
+# One latent stands for four video frames: at 30 fps, 133 ms.
+LATENT_FRAME_MS = 133
+
+
+def save_animated_webp_atomic(frames: list[np.ndarray], path: Path, *, frame_ms: int = LATENT_FRAME_MS) -> Path:
+    """uint8 (h, w, 3) frames as a looping animated WebP, replaced atomically (lossy, small)."""
+    if not frames:
+        raise ValueError("an animation needs at least one frame")
+    h, w = frames[0].shape[:2]
+    scale = max(1, -(-MIN_PREVIEW_SIDE // max(h, w)))
+    images = [Image.fromarray(f) for f in frames]
+    if scale > 1:
+        images = [im.resize((w * scale, h * scale), Image.Resampling.NEAREST) for im in images]
+    path = Path(path)
+    with atomic_path(path, suffix=".webp") as tmp:
+        images[0].save(
+            tmp, format="WEBP", save_all=True, append_images=images[1:], duration=frame_ms, loop=0, quality=70, method=0
+        )
+    return path

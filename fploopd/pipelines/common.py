@@ -95,7 +95,7 @@ class SectionSampler:
     def __call__(
         self, context: SectionContext, generator: torch.Generator, section: int, sections: int
     ) -> torch.Tensor:
-        return sample_section(
+        latents = sample_section(
             self.model,
             self.cond,
             context,
@@ -106,6 +106,8 @@ class SectionSampler:
             device=self.components.device,
             on_step=self.reporter.step_hook(section, sections, self.settings.steps),
         )
+        self.reporter.section_done(section, sections, latents)
+        return latents
 
 
 SectionStep = Callable[[int, torch.Tensor, torch.Generator], torch.Tensor]

@@ -13,7 +13,7 @@ from fploopd.engine.sections import Checkpoint, fingerprint
 from fploopd.errors import InputError
 from fploopd.fsutil import sha256_file
 from fploopd.media.limits import MediaLimits
-from fploopd.pipelines.progress import Progress, Reporter
+from fploopd.pipelines.progress import Progress, Reporter, SectionSink
 from fploopd.pipelines.writers import Destination
 from fploopd.spec import JobSpec
 
@@ -33,9 +33,10 @@ class JobContext:
     should_stop: Callable[[], bool] | None = None
     limits: MediaLimits = field(default_factory=MediaLimits)
     known_hashes: dict[str, str] | None = None  # the caller hashed the inputs already
+    on_section: SectionSink | None = None  # each sampled section's latents, for a live preview
 
     def reporter(self, generation: int, generations: int) -> Reporter:
-        return Reporter(self.progress, self.should_stop, generation, generations)
+        return Reporter(self.progress, self.should_stop, generation, generations, self.on_section)
 
     @property
     def destination(self) -> Destination:

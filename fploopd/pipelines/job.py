@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 from fploopd.media.limits import MediaLimits
-from fploopd.pipelines.progress import Progress
+from fploopd.pipelines.progress import Progress, SectionSink
 from fploopd.pipelines.results import JobResult
 from fploopd.spec import JobSpec
 
@@ -35,6 +35,7 @@ def run_job(
     limits: MediaLimits | None = None,
     input_hashes: dict[str, str] | None = None,
     loras: JobLoras = (),
+    on_section: SectionSink | None = None,
 ) -> JobResult:
     """Run every generation of ``spec`` and write its outputs into ``out_dir``.
 
@@ -49,6 +50,8 @@ def run_job(
     transformer before the first step (the set merged for an earlier job is switched exactly);
     ``components.identity`` then names each LoRA's name, sha256 and scale, and so do the section
     checkpoints' key, latent files and manifests.
+    ``on_section(section, sections, generation, latents)`` receives each sampled section's latents
+    (on the CPU already: no extra device sync), for a live preview.
     """
     # Here, not at the top: the runners import torch and the model code, which the daemon's
     # supervisor (it imports this package for pick_seeds) never needs.
@@ -73,6 +76,7 @@ def run_job(
         should_stop=should_stop,
         limits=limits or MediaLimits(),
         known_hashes=input_hashes,
+        on_section=on_section,
     )
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fploopd.errors import Cancelled
+
+# Receives each sampled section's latents (section, sections, generation, latents (1, 16, T, h, w) on
+# the CPU), for a live preview; it must not keep the caller waiting.
+SectionSink = Callable[[int, int, int, Any], None]
 
 # The encoders a job runs once before sampling: the VAE (image or video sides), the text encoders,
 # SigLIP. ``Reporter.encoded(k)`` counts them.
@@ -62,6 +67,7 @@ class Reporter:
     should_stop: Callable[[], bool] | None = None
     generation: int = 1
     generations: int = 1
+    on_section: SectionSink | None = None
 
     def phase(self, name: str, section: int = 0, sections: int = 0) -> None:
         self.check_stop()
@@ -79,6 +85,11 @@ class Reporter:
 
     def encoded(self, done: int) -> None:
         self.count("encode", done, ENCODERS, "encoders")
+
+    def section_done(self, section: int, sections: int, latents: Any) -> None:
+        """A section's latents are sampled (already on the CPU): hand them to the preview, if any."""
+        if self.on_section is not None:
+            self.on_section(section, sections, self.generation, latents)
 
     def check_stop(self) -> None:
         if self.should_stop is not None and self.should_stop():
