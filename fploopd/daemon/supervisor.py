@@ -134,7 +134,7 @@ class Supervisor:
         self.last_error: str | None = None
         self.stopping = False
         self.exit_code: int | None = None
-        self.metrics = DaemonMetrics(self.layout)
+        self.metrics = DaemonMetrics(self.layout, settings.journal)
         self.progress_files = ProgressFiles(self.layout, self.metrics.section_done)
         self.status_files = StatusFiles(self.layout, settings.journal)
         # For /healthz, read by the web thread: (monotonic time of the last tick, devices whose
