@@ -126,7 +126,7 @@ def first_move(record: dict[str, Any], layout: Layout, journal: Journal, job_id:
     if journal.multi_host and not os.path.lexists(src) and not os.path.lexists(dst):
         # Another host's claim of this drop ended between our scan and our claim: it is theirs.
         journal.drop_claim(job_id)
-        raise ClaimTaken(f"{move['src']} was claimed by another host", file=move["src"])
+        raise ClaimTaken(f"{display(move['src'])} was claimed by another host", file=display(move["src"]))
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         move_once(src, dst)

@@ -470,7 +470,8 @@ class Journal:
         """Record a claim (its job and the moves it will make) before the first move. The first
         move's source (the sidecar) is a unique key: raises ClaimTaken when another host's claim of
         the same drop is in flight, and NameTaken when another claim took ``name`` just now."""
-        sidecar = record["moves"][0]["src"] if record.get("moves") else None
+        # As JSON text: a file name that is not UTF-8 (surrogate escapes) is stored exactly, as in ``record``.
+        sidecar = _dump(record["moves"][0]["src"]) if record.get("moves") else None
         now = time.time()
         try:
             with self.transaction():
