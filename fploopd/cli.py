@@ -57,6 +57,15 @@ def _vram(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_journal_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--journal",
+        default=None,
+        help="the journal: a postgresql://... URL shared by several hosts (default: $FPLOOPD_JOURNAL, "
+        "fploopd.toml's journal, else the root's own SQLite file)",
+    )
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",

@@ -33,3 +33,11 @@ def tiny_components(tiny_root: Path) -> Any:
     from fploopd.engine.sources import resolve
 
     return load_components(resolve("tiny"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Any:
+    """A throwaway PostgreSQL server (tests/pg_util.py); each test makes its own database in it."""
+    import pg_util
+
+    return pg_util.shared()

@@ -28,6 +28,8 @@ from fploopd.daemon.rootinit import init_root
 
 PY = sys.executable
 FAKE = os.environ.get("FPLOOPD_TEST_FAKE_PIPELINE") == "1"
+# FPLOOPD_TEST_JOURNAL=pg: every root made here gets a fresh PostgreSQL journal (tests/pg_util.py).
+PG = os.environ.get("FPLOOPD_TEST_JOURNAL") == "pg"
 FAKE_DIR = Path(__file__).parent / "fakepipe"
 # Tiny jobs: 3 sections of window 2 at resolution 128 (a loop needs main_sections x window >= 4).
 SMALL: dict[str, Any] = {"resolution": 128, "window": 2, "steps": 2, "main_sections": 2, "connection_sections": 1, "loop_count": 2}
@@ -49,6 +51,10 @@ TEST_SETTINGS: dict[str, Any] = {
 def make_root(tmp_path: Path, **settings: Any) -> Path:
     root = tmp_path / "root"
     init_root(root)
+    if PG and "journal" not in settings:
+        import pg_util
+
+        settings = {"journal": pg_util.shared().new_database(), **settings}
     values = {**TEST_SETTINGS, **settings}
     lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     (root / "fploopd.toml").write_text("\n".join(lines) + "\n")
@@ -176,6 +182,15 @@ def status_is_true(root: Path) -> list[dict[str, Any]]:
 
 def jobs(root: Path) -> list[dict[str, Any]]:
     """The journal's rows, read directly (fast, for polling)."""
+    url = journal_of(root)
+    if url:
+        import pg_util
+
+        try:
+            rows = pg_util.rows(url, "SELECT * FROM jobs ORDER BY created_at")
+        except Exception:  # noqa: BLE001 - the schema is not there yet
+            return []
+        return [_decoded(r) for r in rows]
     path = root / ".fploopd" / "journal.sqlite3"
     if not path.exists():
         return []
@@ -187,11 +202,21 @@ def jobs(root: Path) -> list[dict[str, Any]]:
         return []  # the schema is not there yet
     finally:
         db.close()
-    for r in rows:
-        for key in ("progress", "error", "outputs", "inputs", "delivery", "seeds", "spec"):
-            if r[key] is not None:
-                r[key] = json.loads(r[key])
-    return rows
+    return [_decoded(r) for r in rows]
+
+
+def _decoded(r: dict[str, Any]) -> dict[str, Any]:
+    for key in ("progress", "error", "outputs", "inputs", "delivery", "seeds", "spec"):
+        if r[key] is not None:
+            r[key] = json.loads(r[key])
+    return r
+
+
+def journal_of(root: Path) -> str:
+    """The root's PostgreSQL journal URL, or "" for its SQLite file."""
+    from fploopd.daemon.stores import journal_url
+
+    return journal_url(root)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition", interval: float = 0.05) -> Any:

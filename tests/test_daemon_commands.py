@@ -107,7 +107,7 @@ def test_doctor_checks_that_claims_and_deliveries_can_rename(tmp_path: Path) -> 
 
 
 def test_doctor_checks_the_journal_read_only(tmp_path: Path) -> None:
-    root = make_root(tmp_path)
+    root = make_root(tmp_path, journal="")  # the SQLite file (also under FPLOOPD_TEST_JOURNAL=pg)
     code, checks = doctor(root)
     assert checks["journal"]["status"] == "ok" and "no journal yet" in checks["journal"]["detail"]
     journal = root / ".fploopd" / "journal.sqlite3"

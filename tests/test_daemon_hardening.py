@@ -145,7 +145,7 @@ def test_a_frozen_worker_is_reported_then_replaced(tmp_path: Path) -> None:
 
 
 def test_a_spec_this_version_cannot_read_fails_the_job_without_restarting_the_worker(tmp_path: Path) -> None:
-    root = make_root(tmp_path)
+    root = make_root(tmp_path, journal="")  # edits the SQLite file itself
     drop(root, "old", {"prompt": "", **FAST}, media=image_bytes(6))
     drop(root, "new", {"prompt": "", **FAST, "priority": -1}, media=image_bytes(7))
     daemon = Daemon(root, "--model", "/nonexistent-weights")  # claims the drops; no worker can run them

@@ -83,7 +83,7 @@ def test_one_lock_per_root(tmp_path: Path) -> None:
 
 
 def test_deleting_the_lock_file_does_not_let_a_second_daemon_in(tmp_path: Path) -> None:
-    root = make_root(tmp_path)
+    root = make_root(tmp_path, journal="")  # one daemon per root: the single-host lock
     lock_file = root / ".fploopd" / "daemon.lock"
     daemon = Daemon(root)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fploopd.daemon import hookstore
-from fploopd.daemon.journal import Journal
+from fploopd.daemon.journal import SCHEMA_VERSION, Journal
 from fploopd.daemon.settings import Settings, SettingsError, load_settings
 
 
@@ -66,7 +66,7 @@ def test_a_journal_from_before_hooks_does_not_fire_them_for_old_deliveries(tmp_p
     journal.close()
 
     journal = Journal(path, "test")  # the migration to 3
-    assert journal.db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert journal.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # migrated through 3
     assert hookstore.unplanned(journal) == []
     journal.open_claim("new", "new", {"moves": []})
     journal.close_claim("new", name="new", pipeline="loop", spec={"prompt": ""}, seeds=[1], inputs=[])

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from fploopd.cli import add_model_options, add_root_option
+from fploopd.cli import add_journal_option, add_model_options, add_root_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check GPU, codecs, model sources, folders and permissions")
     add_root_option(p)
     add_model_options(p)
+    add_journal_option(p)
     p.add_argument("--json", action="store_true", help="the checks as a JSON list")
-    p.set_defaults(handler=run, model=None, device=None, vram=None, fp8=None)
+    p.set_defaults(handler=run, model=None, device=None, vram=None, fp8=None, journal=None)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from fploopd.cli import add_model_options, add_root_option
+from fploopd.cli import add_journal_option, add_model_options, add_root_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the daemon: watch the inbox, make the videos, deliver them")
     add_root_option(p)
     add_model_options(p)
+    add_journal_option(p)
+    p.add_argument("--host", default=None, help="this machine's name in a shared journal (default: its host name)")
     p.add_argument("--once", action="store_true", help="process what is in the inbox now (waiting for it to settle), then exit")
     p.add_argument("--poll", action="store_true", default=None, help="poll the inbox (SMB/NFS shares send no events)")
     p.add_argument(
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "any address but loopback needs http_token or FPLOOPD_HTTP_TOKEN",
     )
     # None = not given, so fploopd.toml and FPLOOPD_* decide.
-    p.set_defaults(handler=run, model=None, device=None, vram=None, fp8=None)
+    p.set_defaults(handler=run, model=None, device=None, vram=None, fp8=None, journal=None, host=None)
 
 
 def settings_from(args: argparse.Namespace, **extra: object):
@@ -28,7 +30,8 @@ def settings_from(args: argparse.Namespace, **extra: object):
 
     flags = {
         "model": args.model, "device": args.device, "vram": args.vram, "fp8": args.fp8, "poll": getattr(args, "poll", None),
-        "http": getattr(args, "http", None), **extra,
+        "http": getattr(args, "http", None), "journal": getattr(args, "journal", None), "host": getattr(args, "host", None),
+        **extra,
     }
     return load_settings(args.root.absolute(), flags)
 

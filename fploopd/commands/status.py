@@ -6,12 +6,13 @@ import argparse
 import json
 from typing import Any
 
-from fploopd.cli import add_root_option
+from fploopd.cli import add_journal_option, add_root_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="jobs from the journal, drops waiting in the inbox, the daemon's workers")
     add_root_option(p)
+    add_journal_option(p)
     p.add_argument(
         "--json",
         action="store_true",
@@ -26,10 +27,13 @@ def run(args: argparse.Namespace) -> int:
     from fploopd.daemon.control import daemon_view, find, job_status, open_journal, status_views
     from fploopd.daemon.layout import Layout
     from fploopd.daemon.recover import check_root_journal
+    from fploopd.daemon.stores import is_postgres, journal_url
 
     layout = Layout(args.root.absolute())
-    check_root_journal(layout)  # a lost journal is said, not shown as "no jobs yet"
-    journal = open_journal(layout, readonly=True)
+    url = journal_url(layout.root, args.journal)
+    if not is_postgres(url):
+        check_root_journal(layout)  # a lost journal is said, not shown as "no jobs yet"
+    journal = open_journal(layout, readonly=True, url=url)
     if args.job:
         views = [job_status(journal, find(journal, args.job), layout)]
     else:
@@ -66,7 +70,10 @@ def _hook_line(name: str, h: dict[str, Any]) -> str:
 def _daemon_lines(daemon: dict[str, Any] | None) -> str:
     if daemon is None:
         return "daemon: not running"
-    lines = [f"daemon: running (pid {daemon['pid']})" + (f"; paused: {daemon['paused']}" if daemon.get("paused") else "")]
+    if "hosts" in daemon:  # several hosts on one journal
+        return "\n".join(_daemon_lines({k: v for k, v in d.items() if k != "hosts"}) for d in daemon["hosts"].values())
+    where = f" on {daemon['host']}" if daemon.get("host") else ""
+    lines = [f"daemon: running (pid {daemon['pid']}){where}" + (f"; paused: {daemon['paused']}" if daemon.get("paused") else "")]
     for device, w in sorted(daemon["workers"].items()):
         text = f"  worker {device}: {w['state']}"
         if w.get("silent_s"):

@@ -22,7 +22,7 @@ from loguru import logger
 from fploopd.daemon import deliver
 from fploopd.daemon.crash import crashpoint
 from fploopd.daemon.files import input_record, move_once
-from fploopd.daemon.journal import Job, Journal
+from fploopd.daemon.journal import ClaimTaken, Job, Journal, NameTaken
 from fploopd.daemon.layout import LATEST_FOLDER, Layout
 from fploopd.daemon.names import display, job_name_for
 from fploopd.errors import ErrorRecord, FploopdError, InputError
@@ -30,6 +30,7 @@ from fploopd.pipelines.seeds import pick_seeds
 from fploopd.spec import MEDIA_FIELD_NAMES, JobSpec
 
 MAX_NAME_SUFFIX = 100_000
+NAME_TRIES = 20
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,19 @@ def claim(drop: Drop, layout: Layout, journal: Journal, tick: Callable[[], None]
     phantom job. A failure after the first move leaves the claim recorded; recovery finishes it.
     """
     job_id = new_job_id()
-    try:
-        name = unique_name(job_name_for(drop.sidecar.stem), layout, journal)
-    except FploopdError as exc:
-        raise ClaimUndone(None, exc.message) from exc
     record = claim_record(drop, layout, job_id)
-    journal.open_claim(job_id, name, record)
+    for _ in range(NAME_TRIES):  # several hosts: another claim may take the free name first
+        try:
+            name = unique_name(job_name_for(drop.sidecar.stem), layout, journal)
+        except FploopdError as exc:
+            raise ClaimUndone(None, exc.message) from exc
+        try:
+            journal.open_claim(job_id, name, record)  # raises ClaimTaken: another host claims this drop
+            break
+        except NameTaken:
+            continue
+    else:
+        raise ClaimUndone(None, f"no free job name for {drop.sidecar.stem!r} after {NAME_TRIES} tries")
     crashpoint("claim:after_journal")
     first_move(record, layout, journal, job_id)
     job = complete_claim(job_id, name, record, layout, journal, tick)
@@ -115,6 +123,10 @@ def first_move(record: dict[str, Any], layout: Layout, journal: Journal, job_id:
     """Make the work dir and move the sidecar there; undo the claim (and raise ClaimUndone) if that fails."""
     move = record["moves"][0]
     src, dst = layout.abs(move["src"]), layout.abs(move["dst"])
+    if journal.multi_host and not os.path.lexists(src) and not os.path.lexists(dst):
+        # Another host's claim of this drop ended between our scan and our claim: it is theirs.
+        journal.drop_claim(job_id)
+        raise ClaimTaken(f"{display(move['src'])} was claimed by another host", file=display(move["src"]))
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         move_once(src, dst)
@@ -215,11 +227,22 @@ def complete_claim(
 
 
 def recover_claims(layout: Layout, journal: Journal) -> list[Job]:
-    """Finish the claims a crash interrupted (start-up)."""
+    """Finish the claims a crash interrupted (start-up): all of them on one host; with several
+    hosts, this host's own (others' are finished once their lease runs out: ``finish_stale_claims``)."""
     jobs = []
-    for job_id, name, record in journal.open_claims():
+    for job_id, name, record in journal.open_claims(journal.host if journal.multi_host else None):
         with logger.contextualize(job=job_id):
             logger.warning("finishing the claim of {} interrupted by a crash", name)
+            jobs.append(complete_claim(job_id, name, record, layout, journal))
+    return jobs
+
+
+def finish_stale_claims(layout: Layout, journal: Journal) -> list[Job]:
+    """Several hosts: finish the claims of a host that died halfway through them."""
+    jobs = []
+    for job_id, name, record in journal.take_stale_claims():
+        with logger.contextualize(job=job_id):
+            logger.warning("finishing the claim of {} that another host left halfway", name)
             jobs.append(complete_claim(job_id, name, record, layout, journal))
     return jobs
 
@@ -237,6 +260,8 @@ def adopt_orphans(layout: Layout, journal: Journal) -> list[Job]:
     for entry in sorted(layout.work.iterdir()):
         if entry.name in known or not entry.is_dir():
             continue
+        if journal.multi_host and journal.known(entry.name):
+            continue  # another host's claim made it after the first read
         inputs_dir, out_dir = layout.inputs_dir(entry.name), layout.out_dir(entry.name)
         if not inputs_dir.is_dir() and not out_dir.is_dir():
             continue  # only checkpoints: nothing of the user's

@@ -14,6 +14,7 @@ from fploopd.daemon.journal import TERMINAL, IllegalTransition, Job, JobState, J
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.outcomes import cancel_queued
 from fploopd.daemon.service import RootLock
+from fploopd.daemon.stores import is_postgres, open_store
 from fploopd.errors import FploopdError
 from fploopd.pipelines.manifest import iso_time
 
@@ -22,9 +23,12 @@ class JobError(FploopdError):
     kind = "usage"
 
 
-def open_journal(layout: Layout, who: str = "cli", *, readonly: bool = False) -> Journal | None:
+def open_journal(layout: Layout, who: str = "cli", *, readonly: bool = False, url: str = "") -> Journal | None:
     """The root's journal, or None when it has none yet (nothing was ever dropped). ``readonly``
-    (for looking: status) writes nothing, so it works on a full disk."""
+    (for looking: status) writes nothing, so it works on a full disk. ``url``: a PostgreSQL
+    journal shared by several hosts (``stores.journal_url``)."""
+    if is_postgres(url):
+        return open_store(layout, url, who, readonly=readonly)
     if not layout.journal.exists():
         return None
     return Journal.open_readonly(layout.journal, who) if readonly else Journal(layout.journal, who)
@@ -109,6 +113,9 @@ def set_priority(journal: Journal, key: str, priority: int) -> Job:
 
 def settle_if_no_daemon(layout: Layout, journal: Journal) -> bool:
     """Carry out pending file moves now when no daemon holds the root; True when done here."""
+    if journal.multi_host:  # several hosts: each delivery under its own lock, whoever holds the root
+        deliver.settle_all(layout, journal)
+        return True
     lock = RootLock(layout.lock)
     if not lock.acquire():
         return False
@@ -162,6 +169,14 @@ DAEMON_GONE_AFTER_S = 30.0
 def daemon_view(journal: Journal | None) -> dict[str, Any] | None:
     """The running daemon's own state (pid, paused, workers), or None when no daemon is running."""
     state = journal.daemon_state() if journal is not None else {}
+    hosts = {k.split("@", 1)[1]: v for k, v in state.items() if k.startswith("supervisor@")}
+    if hosts:  # several hosts: each publishes its own
+        alive = {
+            h: {**v, "workers": state.get(f"workers@{h}") or {}}
+            for h, v in sorted(hosts.items())
+            if not v.get("stopped") and time.time() - v.get("beat_at", 0) <= DAEMON_GONE_AFTER_S
+        }
+        return {**next(iter(alive.values())), "hosts": alive} if alive else None
     supervisor = state.get("supervisor")
     if not supervisor or supervisor.get("stopped") or time.time() - supervisor.get("beat_at", 0) > DAEMON_GONE_AFTER_S:
         return None

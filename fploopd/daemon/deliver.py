@@ -84,7 +84,17 @@ def plan_retry(layout: Layout, job: Job) -> DeliveryPlan:
 
 
 def settle(job: Job, layout: Layout, journal: Journal, tick: Callable[[], None] | None = None) -> None:
-    """Carry out ``job.delivery`` (idempotent), then record that it is done."""
+    """Carry out ``job.delivery`` (idempotent), then record that it is done. With several hosts,
+    one at a time under the job's delivery lock; a host that finds it held leaves it to the holder."""
+    with journal.delivery_lock(job.id) as mine:
+        if not mine:
+            return
+        if journal.multi_host:
+            job = journal.get(job.id)  # another host may have finished it since it was read
+        _settle(job, layout, journal, tick)
+
+
+def _settle(job: Job, layout: Layout, journal: Journal, tick: Callable[[], None] | None = None) -> None:
     plan = job.delivery
     if plan is None or job.delivered_at is not None:
         return
@@ -110,7 +120,7 @@ def settle(job: Job, layout: Layout, journal: Journal, tick: Callable[[], None] 
             crashpoint(f"deliver:after_move{i + 1}")
         _adopt_owner(layout, plan)
         if plan.cleanup:
-            _remove_checkpoints(layout, job.id)
+            remove_checkpoints(layout, job.id)
         inputs = rehash(layout, job, tick) if plan.rehash else None
         journal.mark_delivered(job.id, outcomes, inputs=inputs)
         if job.state is JobState.DONE:
@@ -141,7 +151,7 @@ def rehash(layout: Layout, job: Job, tick: Callable[[], None] | None = None) -> 
     ]
 
 
-def _remove_checkpoints(layout: Layout, job_id: str) -> None:
+def remove_checkpoints(layout: Layout, job_id: str) -> None:
     """The job is delivered: its checkpoints are no longer needed. Only the daemon's own files go."""
     job_dir = layout.job_dir(job_id)
     if layout.inputs_dir(job_id).exists() or layout.out_dir(job_id).exists():

@@ -224,6 +224,10 @@ def _journal(settings: Settings) -> Iterator[Check]:
     from fploopd.daemon.recover import check_root_journal
 
     layout = Layout(settings.root)
+    if settings.journal:
+        yield from _postgres(settings)
+        return
+    yield from _sqlite_place(layout)
     try:
         check_root_journal(layout)
     except JournalError as exc:
@@ -241,6 +245,55 @@ def _journal(settings: Settings) -> Iterator[Check]:
         yield Check("daemon", "ok", "no daemon is running on this root")
     else:
         yield Check("daemon", "ok", f"a daemon is running on this root (pid {lock.holder()})")
+
+
+def _sqlite_place(layout: Layout) -> Iterator[Check]:
+    """SQLite's locks and WAL do not work on a network share: several hosts need PostgreSQL."""
+    from fploopd.daemon.journalcheck import fs_type, is_network
+
+    kind = fs_type(layout.state if layout.state.exists() else layout.root)
+    if is_network(kind):
+        yield Check(
+            "journal place", "fail",
+            f"the root {layout.root} is on a network file system ({kind}): the SQLite journal in .fploopd/ must not live there "
+            "(its locking and WAL do not work over NFS/SMB, and two hosts would corrupt it)",
+            'give every host the same PostgreSQL journal (journal = "postgresql://..." in fploopd.toml; README '
+            '"Several GPU machines"), or keep the root on a local disk',
+        )
+
+
+def _postgres(settings: Settings) -> Iterator[Check]:
+    """A PostgreSQL journal: reachable, this fploopd's schema, clocks close enough for the leases."""
+    from fploopd.daemon.journal import SCHEMA_VERSION, JournalError
+    from fploopd.daemon.journalcheck import SKEW_WARN_FRACTION, postgres_facts
+
+    try:
+        facts = postgres_facts(settings.journal, settings.host)
+    except JournalError as exc:
+        yield Check("journal", "fail", exc.message, "start PostgreSQL, or fix the URL (host, port, user, database) in journal")
+        return
+    yield Check("journal", "ok", f"{facts['where']} (PostgreSQL {facts['server_version']}), this host is {settings.host}")
+    schema = facts["schema"]
+    if schema is None:
+        yield Check("journal schema", "ok", "no fploopd schema yet (the first `fploopd run` creates it)")
+    elif schema == SCHEMA_VERSION:
+        yield Check("journal schema", "ok", f"version {schema}")
+    else:
+        newer = schema > SCHEMA_VERSION
+        yield Check(
+            "journal schema", "fail" if newer else "ok",
+            f"version {schema}; this fploopd uses {SCHEMA_VERSION}" + ("" if newer else " (upgraded at the next `fploopd run`)"),
+            "update fploopd on this host to the version the other hosts run" if newer else "",
+        )
+    skew, limit = facts["skew_s"], settings.lease_s * SKEW_WARN_FRACTION
+    yield Check(
+        "clock skew", "ok" if abs(skew) <= limit else "fail",
+        f"the database's clock is {skew:+.3f} s from this host's (round trip {facts['round_trip_s'] * 1000:.1f} ms); "
+        f"leases of {settings.lease_s:g} s allow {limit:.1f} s",
+        "" if abs(skew) <= limit else "run NTP (chrony, systemd-timesyncd) on every host and on the database server",
+    )
+    if facts["hosts"]:
+        yield Check("hosts", "ok", "hosts that ran on this journal: " + ", ".join(facts["hosts"]))
 
 
 def _journal_health(layout: Layout) -> Iterator[Check]:

@@ -32,7 +32,7 @@ class FollowUp:
         self.layout = layout
         self.hooks = named_hooks(settings.hooks)
         self.obs_inputs = settings.obs.inputs
-        self.runner = HookRunner(layout, self.hooks)
+        self.runner = HookRunner(layout, self.hooks, settings.journal)
         self.obs = ObsUpdater(settings.obs) if settings.obs.enabled else None
         self.retry_at: dict[str, float] = {}  # jobs whose follow-up failed (a full disk): not before then
         self.shown: dict[str, float] = {}  # channel -> delivery time of the loop its slot and OBS show

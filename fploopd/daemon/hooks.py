@@ -151,9 +151,10 @@ def post(hook: HookSettings, body: bytes, key: str, state: str) -> Outcome:
 class HookRunner:
     """Runs the journal's due hook runs, each in its own thread, and records every try."""
 
-    def __init__(self, layout: Layout, hooks: dict[str, HookSettings]) -> None:
+    def __init__(self, layout: Layout, hooks: dict[str, HookSettings], journal_url: str = "") -> None:
         self.layout = layout
         self.hooks = hooks
+        self.journal_url = journal_url  # "" = the root's SQLite journal
         self.journal: Journal | None = None
         self.lock = threading.Lock()  # one sqlite connection, used by several threads
         self.wake = threading.Event()
@@ -184,7 +185,9 @@ class HookRunner:
         while not self.stopping:
             try:
                 if self.journal is None:  # opened here: a journal busy for a moment must not stop the daemon's start
-                    self.journal = Journal(self.layout.journal, "hooks")
+                    from fploopd.daemon.stores import open_store
+
+                    self.journal = open_store(self.layout, self.journal_url, "hooks")
                 timeout = self._start_due()
             except Exception as exc:  # noqa: BLE001 - a busy or full journal: look again soon
                 logger.error("hooks: cannot read the journal: {}", exc)

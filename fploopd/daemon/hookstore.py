@@ -66,12 +66,12 @@ def plan_round(journal: Journal, job: Job, hooks: list[str]) -> None:
     now, key = time.time(), idempotency_key(job)
     with journal.transaction() as db:
         db.execute(
-            "INSERT OR IGNORE INTO hook_rounds (job_id, delivered_at, state, planned_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO hook_rounds (job_id, delivered_at, state, planned_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (job.id, job.delivered_at, job.state.value, now),
         )
         db.executemany(
-            "INSERT OR IGNORE INTO hook_runs (job_id, hook, delivered_at, state, key, status, tries, next_at,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            "INSERT INTO hook_runs (job_id, hook, delivered_at, state, key, status, tries, next_at,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(job.id, hook, job.delivered_at, job.state.value, key, now, now, now) for hook in hooks],
         )
         if hooks:

@@ -29,7 +29,7 @@ from watchdog.observers.polling import PollingObserver
 
 from fploopd.daemon.claim import ClaimUndone, Drop, claim
 from fploopd.daemon.files import NotRegularFile, is_locked_for_writing, probe_readable
-from fploopd.daemon.journal import Job, Journal
+from fploopd.daemon.journal import ClaimTaken, Job, Journal, JournalError
 from fploopd.daemon.layout import Layout, is_temporary_name
 from fploopd.daemon.loras import locate_loras, lora_folders, shown_folders
 from fploopd.daemon.names import display, stem_problem
@@ -353,7 +353,10 @@ class Intake:
         except ClaimUndone as exc:
             self._claim_failed(drop.sidecar, exc.reason)
             return None
-        except sqlite3.Error:
+        except ClaimTaken as exc:
+            logger.debug("{}: {}", shown, exc.message)
+            return None
+        except (sqlite3.Error, JournalError):
             raise
         except Exception as exc:  # noqa: BLE001 - a claim must not stop the loop
             # Some files moved: the claim stays recorded and recovery finishes it at the next start.

@@ -54,7 +54,9 @@ TRANSITIONS = {
 # 1: jobs, events, claims. 2: jobs.failures (the retry budget, apart from attempts), the drops
 # waiting in the inbox and the daemon's own state (both for `fploopd status`). 3: delivery hooks
 # (hook_rounds: the deliveries whose follow-ups were planned; hook_runs: each hook's run of one).
-SCHEMA_VERSION = 3
+# 4: several hosts (fploopd.daemon.pgjournal): jobs.host, lease_until and fence (the attempt number
+# that fences a lost lease), claims.sidecar (a drop is claimed once), host and lease_until.
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -137,11 +139,24 @@ UNPLANNED_DELIVERIES = (
 )
 # Columns added after version 1, for journals made by an older fploopd (CREATE TABLE IF NOT EXISTS
 # leaves an existing table as it was).
-_ADDED_COLUMNS = {("jobs", "failures"): "INTEGER NOT NULL DEFAULT 0"}
+_ADDED_COLUMNS = {
+    ("jobs", "failures"): "INTEGER NOT NULL DEFAULT 0",
+    ("jobs", "host"): "TEXT",
+    ("jobs", "lease_until"): "REAL",
+    ("jobs", "fence"): "INTEGER NOT NULL DEFAULT 0",
+    ("claims", "sidecar"): "TEXT",
+    ("claims", "host"): "TEXT",
+    ("claims", "lease_until"): "REAL",
+}
+# After the added columns exist.
+_INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS claims_sidecar ON claims (sidecar)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS claims_name ON claims (name COLLATE NOCASE)",
+)
 
 _JSON_COLUMNS = ("spec", "seeds", "inputs", "progress", "error", "outputs", "delivery")
 # What an older journal's rows lack, as read (read-only opening never adds the columns).
-_ROW_DEFAULTS = {"failures": 0}
+_ROW_DEFAULTS = {"failures": 0, "host": None, "lease_until": None, "fence": 0}
 
 # At open, a journal another process keeps locked is reported after this long instead of waited on.
 OPEN_WAIT_S = 5.0
@@ -154,6 +169,11 @@ class JournalError(FploopdError):
     """The journal cannot be used: missing while the root shows it had one, damaged, or locked."""
 
     kind = "journal"
+
+
+class JournalAway(JournalError):
+    """The journal's database (PostgreSQL) cannot be reached just now: the daemon takes no new work,
+    keeps what it runs, and reconnects with backoff."""
 
 
 def recover_advice(path: Path) -> str:
@@ -190,6 +210,21 @@ class IllegalTransition(RuntimeError):
     pass
 
 
+class LeaseLost(IllegalTransition):
+    """The job is no longer this host's to change: its lease expired and it was requeued or taken
+    by another host (its fence moved on). What this host made of it is discarded."""
+
+
+class NameTaken(Exception):
+    """Another claim took this job name a moment ago (several hosts): pick the next free one."""
+
+
+class ClaimTaken(FploopdError):
+    """Another host claimed this drop first (decided in the journal before any file moved)."""
+
+    kind = "claim"
+
+
 @dataclass(frozen=True)
 class Job:
     id: str
@@ -214,6 +249,9 @@ class Job:
     updated_at: float
     started_at: float | None
     finished_at: float | None
+    host: str | None = None  # the host that holds it while running
+    lease_until: float | None = None  # until when, unless renewed
+    fence: int = 0  # the attempt number, counting every claim: transitions of a run are conditional on it
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -248,8 +286,28 @@ def _columns(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 class Journal:
-    def __init__(self, path: Path, who: str, *, check: bool = False, readonly: bool = False) -> None:
+    """The journal on SQLite (one host). ``fploopd.daemon.pgjournal.PgJournal`` is the same journal
+    on PostgreSQL (several hosts): the SQL here is written for both (``?`` placeholders, ON CONFLICT,
+    no SQLite-only functions), and what differs sits in the attributes and methods it overrides."""
+
+    multi_host = False  # several daemons share the journal: leases, fencing and claim races matter
+    _NAME_IS = "name = ?"  # the name column compares case-insensitively (COLLATE NOCASE)
+    _LOCK_ROW = ""  # a transaction's read of a row it will change (BEGIN IMMEDIATE locks them all)
+    _SKIP_LOCKED = ""  # claim_next's read of the queue
+    _DUPLICATE: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)  # a unique key refused a row
+
+    def __init__(
+        self,
+        path: Path,
+        who: str,
+        *,
+        check: bool = False,
+        readonly: bool = False,
+        host: str | None = None,
+        lease_s: float = 60.0,
+    ) -> None:
         """``who`` tags the events this connection writes (``supervisor``, ``cli``); the pid is added.
+        ``host`` names this machine in what it claims (with a lease of ``lease_s``, renewed by ``renew``).
 
         ``check`` runs ``PRAGMA quick_check`` first (the supervisor, at start). ``readonly`` opens
         without writing anything (``open_readonly``). Raises JournalError for a damaged, locked or
@@ -258,6 +316,8 @@ class Journal:
         self.path = path
         self.who = f"{who}:{os.getpid()}"
         self.readonly = readonly
+        self.host = host
+        self.lease_s = lease_s
         if not readonly:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.db = self._connect_readonly() if readonly else self._connect()
@@ -269,13 +329,16 @@ class Journal:
                 self._migrate()
             # Operation: wait as long as before for a writer (opening waited only OPEN_WAIT_S).
             self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self.tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            self.tables = self._table_names()
         except sqlite3.Error as exc:
             self.db.close()
             raise open_error(path, exc) from None
         except JournalError:
             self.db.close()
             raise
+
+    def _table_names(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     @classmethod
     def open_readonly(cls, path: Path, who: str) -> Journal:
@@ -337,6 +400,8 @@ class Journal:
                 if statement.strip():
                     self.db.execute(statement)  # IF NOT EXISTS: a no-op on a current journal
             self._add_columns()
+            for index in _INDEXES:
+                self.db.execute(index)
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version < 3:
                 self._mark_rounds_planned()  # hooks added now are for deliveries from now on
@@ -348,8 +413,8 @@ class Journal:
         from before hooks, or a job rebuilt by recover, must not fire them for old deliveries."""
         where = "" if job_id is None else " AND id = ?"
         self.db.execute(
-            f"INSERT OR IGNORE INTO hook_rounds (job_id, delivered_at, state, planned_at) "
-            f"SELECT id, delivered_at, state, ? {UNPLANNED_DELIVERIES}{where}",
+            f"INSERT INTO hook_rounds (job_id, delivered_at, state, planned_at) "
+            f"SELECT id, delivered_at, state, ? {UNPLANNED_DELIVERIES}{where} ON CONFLICT DO NOTHING",
             (time.time(), *(() if job_id is None else (job_id,))),
         )
 
@@ -396,22 +461,65 @@ class Journal:
 
     def name_taken(self, name: str) -> bool:
         row = self.db.execute(
-            "SELECT 1 FROM jobs WHERE name = ? UNION ALL SELECT 1 FROM claims WHERE name = ? LIMIT 1", (name, name)
+            f"SELECT 1 FROM jobs WHERE {self._NAME_IS} UNION ALL SELECT 1 FROM claims WHERE {self._NAME_IS} LIMIT 1",
+            (name, name),
         ).fetchone()
         return row is not None
 
     def open_claim(self, job_id: str, name: str, record: dict[str, Any]) -> None:
-        """Record a claim (its job and the moves it will make) before the first move."""
-        with self.transaction():
-            self.db.execute(
-                "INSERT INTO claims (job_id, name, record, created_at) VALUES (?, ?, ?, ?)",
-                (job_id, name, _dump(record), time.time()),
-            )
-            self._event(job_id, "claim", record)
+        """Record a claim (its job and the moves it will make) before the first move. The first
+        move's source (the sidecar) is a unique key: raises ClaimTaken when another host's claim of
+        the same drop is in flight, and NameTaken when another claim took ``name`` just now."""
+        # As JSON text: a file name that is not UTF-8 (surrogate escapes) is stored exactly, as in ``record``.
+        sidecar = _dump(record["moves"][0]["src"]) if record.get("moves") else None
+        now = time.time()
+        try:
+            with self.transaction():
+                self.db.execute(
+                    "INSERT INTO claims (job_id, name, record, created_at, sidecar, host, lease_until)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, name, _dump(record), now, sidecar, self.host, now + self.lease_s),
+                )
+                self._event(job_id, "claim", record)
+        except self._DUPLICATE:
+            if sidecar is not None and self.db.execute("SELECT 1 FROM claims WHERE sidecar = ?", (sidecar,)).fetchone():
+                raise ClaimTaken(f"{sidecar} is being claimed by another host", file=sidecar) from None
+            raise NameTaken(name) from None
 
-    def open_claims(self) -> list[tuple[str, str, dict[str, Any]]]:
-        rows = self.db.execute("SELECT job_id, name, record FROM claims ORDER BY created_at").fetchall()
+    def open_claims(self, host: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+        """Claims in flight: all, or those of ``host`` (a restarted host's own, left by its crash)."""
+        where, args = ("", ()) if host is None else (" WHERE host = ?", (host,))
+        rows = self.db.execute(f"SELECT job_id, name, record FROM claims{where} ORDER BY created_at", args).fetchall()
         return [(r["job_id"], r["name"], json.loads(r["record"])) for r in rows]
+
+    def take_stale_claims(self, now: float | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+        """Claims of other hosts whose lease ran out (the host died halfway): now this host's to finish."""
+        now = time.time() if now is None else now
+        taken = []
+        for row in self.db.execute(
+            "SELECT job_id, name, record FROM claims WHERE lease_until < ? AND (host IS NULL OR host <> ?)", (now, self.host)
+        ).fetchall():
+            with self.transaction():
+                moved = self.db.execute(
+                    "UPDATE claims SET host = ?, lease_until = ? WHERE job_id = ? AND lease_until < ?",
+                    (self.host, now + self.lease_s, row["job_id"], now),
+                ).rowcount
+                if moved:
+                    self._event(row["job_id"], "claim taken over", {"host": self.host})
+            if moved:
+                taken.append((row["job_id"], row["name"], json.loads(row["record"])))
+        return taken
+
+    def known(self, job_id: str) -> bool:
+        """A job or a claim in flight has this id (one read: a claim turns into its job atomically)."""
+        row = self.db.execute(
+            "SELECT 1 FROM jobs WHERE id = ? UNION ALL SELECT 1 FROM claims WHERE job_id = ? LIMIT 1", (job_id, job_id)
+        ).fetchone()
+        return row is not None
+
+    def drop_claim(self, job_id: str) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM claims WHERE job_id = ?", (job_id,))
 
     def close_claim(
         self,
@@ -469,7 +577,9 @@ class Journal:
         """A job by id, or by name (case-insensitive)."""
         if "jobs" not in self.tables:
             raise KeyError(key)
-        row = self.db.execute("SELECT * FROM jobs WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1", (key, key, key)).fetchone()
+        row = self.db.execute(
+            f"SELECT * FROM jobs WHERE id = ? OR {self._NAME_IS} ORDER BY id = ? DESC LIMIT 1", (key, key, key)
+        ).fetchone()
         if row is None:
             raise KeyError(key)
         return Job.from_row(row)
@@ -489,18 +599,27 @@ class Journal:
         return [dict(r) for r in rows]
 
     def transition(
-        self, job_id: str, to: JobState, *, expect: JobState | tuple[JobState, ...] | None = None, **fields: Any
+        self,
+        job_id: str,
+        to: JobState,
+        *,
+        expect: JobState | tuple[JobState, ...] | None = None,
+        fence: int | None = None,
+        **fields: Any,
     ) -> Job:
         """Move ``job_id`` to state ``to``, setting ``fields``; raises IllegalTransition when not allowed.
 
         ``expect`` narrows the states it may come from (the transition table allows the rest).
+        ``fence`` (a run's outcome): the job must still be running under that fence, else LeaseLost.
         """
         now = time.time()
         with self.transaction():
-            row = self.db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = self.db.execute(f"SELECT state, fence FROM jobs WHERE id = ?{self._LOCK_ROW}", (job_id,)).fetchone()
             if row is None:
                 raise KeyError(job_id)
             current, to = JobState(row["state"]), JobState(to)
+            if fence is not None and (current is not JobState.RUNNING or row["fence"] != fence):
+                raise LeaseLost(f"job {job_id}: no longer held under fence {fence} (now {current}, fence {row['fence']})")
             allowed = (expect,) if isinstance(expect, str) else expect
             if (current, to) not in TRANSITIONS or (allowed is not None and current not in allowed):
                 raise IllegalTransition(f"job {job_id}: {current} -> {to} is not allowed")
@@ -511,6 +630,8 @@ class Journal:
             values["updated_at"] = now
             if to is JobState.RUNNING:
                 values["started_at"] = now
+            else:
+                values["lease_until"] = None
             if to in TERMINAL:
                 values["finished_at"] = now
             sets = ", ".join(f"{k} = ?" for k in values)
@@ -528,7 +649,7 @@ class Journal:
             rows = self.db.execute(
                 "SELECT * FROM jobs WHERE state = 'queued' AND next_attempt_at <= ? AND cancel_requested = 0"
                 " AND (delivery IS NULL OR delivered_at IS NOT NULL)"
-                " ORDER BY priority DESC, created_at, id LIMIT ?",
+                f" ORDER BY priority DESC, created_at, id LIMIT ?{self._SKIP_LOCKED}",
                 (now, CHOICES if choose is not None else 1),
             ).fetchall()
             if not rows:
@@ -536,21 +657,77 @@ class Journal:
             candidates = [Job.from_row(r) for r in rows if r["priority"] == rows[0]["priority"]]
             job = choose(candidates) if choose is not None and len(candidates) > 1 else candidates[0]
             self.db.execute(
-                "UPDATE jobs SET state = 'running', worker = ?, started_at = ?, updated_at = ?, progress = NULL"
-                " WHERE id = ? AND state = 'queued'",
-                (worker, now, now, job.id),
+                "UPDATE jobs SET state = 'running', worker = ?, started_at = ?, updated_at = ?, progress = NULL,"
+                " host = ?, lease_until = ?, fence = fence + 1 WHERE id = ? AND state = 'queued'",
+                (worker, now, now, self.host, now + self.lease_s, job.id),
             )
             self._event(job.id, "running", {"worker": worker})
         return self.get(job.id)
+
+    # --- leases (several hosts) ------------------------------------------------------------------
+
+    def renew(self, held: list[tuple[str, int]], now: float | None = None) -> list[str]:
+        """Extend the leases of the runs this host holds (job id, fence) and of its claims in flight;
+        returns the ids whose lease is lost (expired and requeued, or taken by another host)."""
+        now = time.time() if now is None else now
+        lost = []
+        with self.transaction():
+            for job_id, fence in held:
+                if not self.db.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND fence = ? AND state = 'running'",
+                    (now + self.lease_s, job_id, fence),
+                ).rowcount:
+                    lost.append(job_id)
+            self.db.execute("UPDATE claims SET lease_until = ? WHERE host = ?", (now + self.lease_s, self.host))
+        return lost
+
+    def holds(self, job_id: str, fence: int) -> bool:
+        """The job is still running under ``fence`` (this host's run of it has not lost its lease)."""
+        row = self.db.execute("SELECT 1 FROM jobs WHERE id = ? AND fence = ? AND state = 'running'", (job_id, fence)).fetchone()
+        return row is not None
+
+    def expire_leases(self, now: float | None = None) -> list[Job]:
+        """Runs whose host stopped renewing (dead, stalled, cut off): queued again at once, to resume
+        from their last checkpoint on whichever host takes them. Counted in ``attempts`` only."""
+        now = time.time() if now is None else now
+        requeued = []
+        expired = self.db.execute(
+            "SELECT id, fence, host FROM jobs WHERE state = 'running' AND lease_until IS NOT NULL AND lease_until < ?", (now,)
+        ).fetchall()
+        for row in expired:
+            why = ErrorRecord("interrupted", f"the host {row['host']} stopped renewing its lease while the job ran")
+            with contextlib.suppress(IllegalTransition):  # renewed or moved on since the read
+                with self.transaction():
+                    current = self.db.execute(
+                        f"SELECT attempts, lease_until FROM jobs WHERE id = ? AND fence = ? AND state = 'running'{self._LOCK_ROW}",
+                        (row["id"], row["fence"]),
+                    ).fetchone()
+                    if current is None or current["lease_until"] is None or current["lease_until"] >= now:
+                        raise IllegalTransition("renewed")
+                    self.db.execute(
+                        "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL, next_attempt_at = 0,"
+                        " attempts = attempts + 1, error = ?, updated_at = ? WHERE id = ?",
+                        (_dump(why), now, row["id"]),
+                    )
+                    self._event(row["id"], "queued", {"lease_expired": row["host"], "fence": row["fence"]})
+                requeued.append(self.get(row["id"]))
+        return requeued
+
+    @contextlib.contextmanager
+    def delivery_lock(self, job_id: str) -> Iterator[bool]:
+        """Whether this process may carry out ``job_id``'s delivery now. One daemon per SQLite
+        journal (the root lock): always."""
+        yield True
 
     def next_due_at(self) -> float | None:
         row = self.db.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'queued' AND cancel_requested = 0").fetchone()
         return row[0]
 
-    def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+    def set_progress(self, job_id: str, progress: dict[str, Any], fence: int | None = None) -> None:
+        fenced = "" if fence is None else " AND fence = ?"
         self.db.execute(
-            "UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ? AND state = 'running'",
-            (_dump(progress), time.time(), job_id),
+            f"UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ? AND state = 'running'{fenced}",
+            (_dump(progress), time.time(), job_id, *(() if fence is None else (fence,))),
         )
 
     def set_priority(self, job_id: str, priority: int) -> Job:
@@ -597,7 +774,8 @@ class Journal:
         with self.transaction():
             self.db.execute("DELETE FROM waiting")
             self.db.executemany(
-                "INSERT OR REPLACE INTO waiting (sidecar, detail) VALUES (?, ?)", [(d["sidecar"], _dump(d)) for d in drops]
+                "INSERT INTO waiting (sidecar, detail) VALUES (?, ?) ON CONFLICT (sidecar) DO UPDATE SET detail = excluded.detail",
+                [(d["sidecar"], _dump(d)) for d in drops],
             )
 
     def waiting(self) -> list[dict[str, Any]]:
@@ -609,7 +787,9 @@ class Journal:
         """The daemon's own state under ``key`` (``workers``: each device's worker and its trouble)."""
         with self.transaction():
             self.db.execute(
-                "INSERT OR REPLACE INTO daemon (key, value, updated_at) VALUES (?, ?, ?)", (key, _dump(value), time.time())
+                "INSERT INTO daemon (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (key, _dump(value), time.time()),
             )
 
     def daemon_state(self) -> dict[str, Any]:

@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fploopd.daemon.journal import STATES, JobState, Journal
+from fploopd.daemon.journal import STATES, JobState
 from fploopd.daemon.layout import Layout
+from fploopd.daemon.stores import open_store
 
 JOB_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, float("inf"))
 SECTION_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
@@ -26,11 +27,12 @@ SECTION_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
 class JournalCollector(Collector):
     """Job counts as the journal has them, at the moment of the scrape."""
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, journal_url: str = "") -> None:
         self.layout = layout
+        self.journal_url = journal_url  # "" = the root's SQLite journal; else the hosts' PostgreSQL
 
     def collect(self) -> Iterator[Metric]:
-        journal = Journal.open_readonly(self.layout.journal, "metrics")
+        journal = open_store(self.layout, self.journal_url, "metrics", readonly=True)
         try:
             jobs = journal.jobs()
             waiting = journal.waiting()
@@ -53,7 +55,7 @@ class JournalCollector(Collector):
 
 
 class DaemonMetrics:
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, journal_url: str = "") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.job_seconds = Histogram(
             "fploopd_job_seconds", "Seconds a job's run took on its worker, by pipeline", ["pipeline"],
@@ -75,7 +77,7 @@ class DaemonMetrics:
             "fploopd_gpu_memory_peak_bytes", "Peak GPU memory allocated by a worker since it started", ["device"],
             registry=self.registry,
         )
-        self.registry.register(JournalCollector(layout))
+        self.registry.register(JournalCollector(layout, journal_url))
 
     def job_done(self, pipeline: str, seconds: float) -> None:
         self.job_seconds.labels(pipeline=pipeline).observe(seconds)

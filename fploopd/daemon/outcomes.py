@@ -34,6 +34,7 @@ def finished(job: Job, layout: Layout, journal: Journal, result: dict[str, Any],
         job.id,
         JobState.DONE,
         expect=JobState.RUNNING,
+        fence=_fence(job, journal),
         outputs=result["outputs"],
         error=None,  # an earlier attempt's error stays in the events, not on a done job
         progress={"phase": "done"},
@@ -47,7 +48,7 @@ def failed(job: Job, layout: Layout, journal: Journal, error: ErrorRecord) -> No
     """running -> failed, a try that failed for good: the inputs go to failed/<name>/ with error.json."""
     plan = deliver.plan_rejected(layout, job.id, job.name, error)
     journal.transition(
-        job.id, JobState.FAILED, expect=JobState.RUNNING, delivery=plan, error=error, worker=None,
+        job.id, JobState.FAILED, expect=JobState.RUNNING, fence=_fence(job, journal), delivery=plan, error=error, worker=None,
         attempts=job.attempts + 1, failures=job.failures + 1,
     )
 
@@ -58,10 +59,15 @@ def stopped(job: Job, layout: Layout, journal: Journal) -> None:
     if journal.get(job.id).cancel_requested:
         logger.info("{} cancelled", job.name)
         plan = deliver.plan_rejected(layout, job.id, job.name, CANCELLED)
-        journal.transition(job.id, JobState.CANCELLED, expect=JobState.RUNNING, error=CANCELLED, worker=None, delivery=plan)
+        journal.transition(
+            job.id, JobState.CANCELLED, expect=JobState.RUNNING, fence=_fence(job, journal), error=CANCELLED, worker=None, delivery=plan
+        )
     else:
         logger.info("{} stopped at a step boundary; it stays queued and resumes from its checkpoint", job.name)
-        journal.transition(job.id, JobState.QUEUED, expect=JobState.RUNNING, worker=None, next_attempt_at=0.0, attempts=job.attempts + 1)
+        journal.transition(
+            job.id, JobState.QUEUED, expect=JobState.RUNNING, fence=_fence(job, journal), worker=None, next_attempt_at=0.0,
+            attempts=job.attempts + 1,
+        )
 
 
 def interrupted(job: Job, layout: Layout, journal: Journal, why: str) -> None:
@@ -71,14 +77,14 @@ def interrupted(job: Job, layout: Layout, journal: Journal, why: str) -> None:
         stopped(job, layout, journal)
         return
     journal.transition(
-        job.id, JobState.QUEUED, expect=JobState.RUNNING, worker=None, next_attempt_at=0.0, attempts=job.attempts + 1,
-        error=ErrorRecord("interrupted", why),
+        job.id, JobState.QUEUED, expect=JobState.RUNNING, fence=_fence(job, journal), worker=None, next_attempt_at=0.0,
+        attempts=job.attempts + 1, error=ErrorRecord("interrupted", why),
     )
 
 
 def not_started(job: Job, journal: Journal) -> None:
     """Handed to a worker that went away before it took the job: it never ran, so nothing is counted."""
-    journal.transition(job.id, JobState.QUEUED, expect=JobState.RUNNING, worker=None, next_attempt_at=0.0)
+    journal.transition(job.id, JobState.QUEUED, expect=JobState.RUNNING, fence=_fence(job, journal), worker=None, next_attempt_at=0.0)
 
 
 def retry_or_fail(
@@ -98,9 +104,14 @@ def retry_or_fail(
     delay = settings.backoff_s(failures) if backoff else 0.0
     logger.warning("{}: {}; try {} of {} in {:.0f} s", job.name, error.error, failures + 1, settings.max_attempts, delay)
     journal.transition(
-        job.id, JobState.QUEUED, expect=JobState.RUNNING, attempts=attempts, failures=failures, error=error, worker=None,
-        next_attempt_at=time.time() + delay,
+        job.id, JobState.QUEUED, expect=JobState.RUNNING, fence=_fence(job, journal), attempts=attempts, failures=failures,
+        error=error, worker=None, next_attempt_at=time.time() + delay,
     )
+
+
+def _fence(job: Job, journal: Journal) -> int | None:
+    """With several hosts, a run's outcome counts only while its lease holds (LeaseLost otherwise)."""
+    return job.fence if journal.multi_host and job.state is JobState.RUNNING else None
 
 
 def cancel_queued(job: Job, layout: Layout, journal: Journal) -> Job:

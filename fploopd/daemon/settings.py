@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -74,6 +75,12 @@ class Settings:
     # loopback needs http_token (or FPLOOPD_HTTP_TOKEN), and then every request must carry it.
     http: Annotated[str, Field(max_length=300)] = ""
     http_token: Annotated[str, Field(max_length=300)] = ""
+    # Several hosts on one shared root: "postgresql://..." (README "Several GPU machines"); "" = the
+    # root's own SQLite journal (one host). ``host`` names this machine in the journal; a job it runs
+    # is held under a lease of lease_s, renewed while it works, taken over by another host when not.
+    journal: str = ""
+    host: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s:@]+$")] = dataclasses.field(default_factory=socket.gethostname)
+    lease_s: Annotated[float, Field(ge=2, le=3600)] = 60.0
     limits: MediaLimits = dataclasses.field(default_factory=MediaLimits)
     # What a delivery reaches besides the outbox (fploopd.daemon.hooksettings; README "OBS and delivery hooks").
     obs: ObsSettings = dataclasses.field(default_factory=ObsSettings)
@@ -83,6 +90,13 @@ class Settings:
     @classmethod
     def _hook_names(cls, value: tuple[HookSettings, ...]) -> tuple[HookSettings, ...]:
         named_hooks(value)  # raises when two hooks share a name
+        return value
+
+    @field_validator("journal")
+    @classmethod
+    def _journal_url(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError('expected "" (the root\'s SQLite journal) or a "postgresql://..." URL')
         return value
 
     @field_validator("lora_dirs", mode="before")
@@ -205,6 +219,12 @@ SETTINGS_TEMPLATE = """\
 # Any address but loopback needs a token (here or in FPLOOPD_HTTP_TOKEN); every request then needs it.
 # http = ""
 # http_token = ""
+# Several GPU machines on one shared root: every host's daemon uses one PostgreSQL journal
+# (also FPLOOPD_JOURNAL or --journal). A host that stops renewing its jobs' leases for lease_s
+# loses them to another host, which resumes them from their checkpoints.
+# journal = "postgresql://fploopd@dbhost/fploopd"
+# host = "this machine's name"
+# lease_s = 60.0
 
 [limits]
 # Largest media accepted; larger files fail with an error naming the limit.

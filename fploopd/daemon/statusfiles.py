@@ -31,9 +31,10 @@ PAGE_FINISHED = 50  # finished jobs the page lists (status.json has them all)
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def document(layout: Layout) -> dict[str, Any]:
-    """What status.json holds: ``jobs`` as ``status --json`` lists them, and ``daemon``."""
-    journal = open_journal(layout, "status-files", readonly=True)
+def document(layout: Layout, journal_url: str = "") -> dict[str, Any]:
+    """What status.json holds: ``jobs`` as ``status --json`` lists them, and ``daemon``.
+    ``journal_url``: a PostgreSQL journal shared by several hosts ("" = the root's SQLite)."""
+    journal = open_journal(layout, "status-files", readonly=True, url=journal_url)
     try:
         return {"daemon": daemon_view(journal), "jobs": status_views(journal, layout)}
     finally:
@@ -61,8 +62,9 @@ def render_page(doc: dict[str, Any], written_at: float) -> str:
 
 
 class StatusFiles:
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, journal_url: str = "") -> None:
         self.layout = layout
+        self.journal_url = journal_url
         self.last: str | None = None
         self.failing: str | None = None
         self.stop_event = threading.Event()
@@ -83,7 +85,7 @@ class StatusFiles:
 
     def write(self) -> None:
         try:
-            doc = document(self.layout)
+            doc = document(self.layout, self.journal_url)
             text = json.dumps(doc, indent=2)
             if text == self.last:
                 return

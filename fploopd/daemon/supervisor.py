@@ -7,6 +7,7 @@ and no drop, job or worker can stop its loop.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import multiprocessing
 import os
@@ -24,10 +25,10 @@ from pydantic import ValidationError
 from fploopd import __version__
 from fploopd.daemon import deliver, outcomes
 from fploopd.daemon import messages as m
-from fploopd.daemon.claim import Drop, adopt_orphans, recover_claims
+from fploopd.daemon.claim import Drop, adopt_orphans, finish_stale_claims, recover_claims
 from fploopd.daemon.followup import FollowUp
 from fploopd.daemon.intake import Intake, Waiting, start_watching
-from fploopd.daemon.journal import IllegalTransition, Job, JobState, Journal
+from fploopd.daemon.journal import IllegalTransition, Job, JobState, JournalAway, LeaseLost
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.loras import LoraAffinity, LoraSet, job_loras, lora_folders, lora_set
 from fploopd.daemon.metrics import DaemonMetrics
@@ -37,6 +38,7 @@ from fploopd.daemon.recover import check_root_journal
 from fploopd.daemon.service import Notifier, StopFlags, Waker
 from fploopd.daemon.settings import Settings
 from fploopd.daemon.statusfiles import StatusFiles
+from fploopd.daemon.stores import is_postgres, open_store
 from fploopd.daemon.worker import worker_main
 from fploopd.errors import ErrorRecord, FploopdError, InputError
 from fploopd.pipelines.progress import progress_text
@@ -87,6 +89,8 @@ class WorkerHandle:
     last_write: float = 0.0
     last_progress: dict[str, Any] = field(default_factory=dict)
     loras: LoraSet = ()  # the LoRA set merged into its models (by its last job)
+    lost: bool = False  # its job's lease was lost (several hosts): what it makes of the job is discarded
+    backlog: collections.deque[Any] = field(default_factory=collections.deque)  # read, not yet handled
 
     @property
     def available(self) -> bool:
@@ -101,8 +105,13 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.waker = Waker()
         self.flags = StopFlags()
-        check_root_journal(self.layout)  # a lost journal must not mean a fresh start
-        self.journal = Journal(self.layout.journal, "supervisor", check=True)
+        if not is_postgres(settings.journal):
+            check_root_journal(self.layout)  # a lost journal must not mean a fresh start
+        self.journal = open_store(
+            self.layout, settings.journal, "supervisor", check=True, host=settings.host, lease_s=settings.lease_s
+        )
+        self.next_lease = 0.0  # several hosts: when the leases are renewed (and others' expired) next
+        self.away_logged = False
         self.intake = Intake(settings, self.layout)
         self.affinity = LoraAffinity()
         self.followup = FollowUp(settings, self.layout)  # latest slots, OBS, delivery hooks
@@ -125,9 +134,9 @@ class Supervisor:
         self.last_error: str | None = None
         self.stopping = False
         self.exit_code: int | None = None
-        self.metrics = DaemonMetrics(self.layout)
+        self.metrics = DaemonMetrics(self.layout, settings.journal)
         self.progress_files = ProgressFiles(self.layout, self.metrics.section_done)
-        self.status_files = StatusFiles(self.layout)
+        self.status_files = StatusFiles(self.layout, settings.journal)
         # For /healthz, read by the web thread: (monotonic time of the last tick, devices whose
         # worker is ready and alive). Replaced whole each tick, never changed in place.
         self.health: tuple[float, tuple[str, ...]] = (time.monotonic(), ())
@@ -171,6 +180,8 @@ class Supervisor:
         """Start-up: finish interrupted claims, requeue interrupted jobs, finish deliveries."""
         recover_claims(self.layout, self.journal)
         for job in self.journal.jobs((JobState.RUNNING,)):
+            if self.journal.multi_host and job.host != self.settings.host:
+                continue  # another host's run: it keeps it while it renews the lease
             with logger.contextualize(job=job.id):
                 logger.warning("job {} was running when the daemon stopped; it resumes from its checkpoint", job.name)
                 outcomes.interrupted(job, self.layout, self.journal, "interrupted: the daemon stopped while it ran")
@@ -216,7 +227,7 @@ class Supervisor:
         self.followup.close()
         with contextlib.suppress(Exception):  # a full disk: status then finds a stale heartbeat instead
             self.journal.set_waiting([])
-            self.journal.set_daemon("supervisor", {**self._supervisor_state(), "stopped": True})
+            self.journal.set_daemon(self._daemon_key("supervisor"), {**self._supervisor_state(), "stopped": True})
         if self.status_files.thread.is_alive():
             self.status_files.stop()  # a last page that says the daemon stopped
         self.journal.close()
@@ -231,6 +242,8 @@ class Supervisor:
             while self.exit_code is None:
                 try:
                     self.tick()
+                except JournalAway as exc:  # the database is away: no new work; the workers go on
+                    self._journal_away(exc)
                 except Exception as exc:  # noqa: BLE001 - e.g. the journal's disk is full: wait, go on
                     self._loop_error(exc)
         finally:
@@ -245,6 +258,40 @@ class Supervisor:
             self.last_error = text
         time.sleep(ERROR_PAUSE_S)
 
+    def _journal_away(self, exc: JournalAway) -> None:
+        if not self.away_logged:
+            busy = [w.job.name for w in self.workers.values() if w.job is not None]
+            logger.error(
+                "{}: no new jobs until it is back{}", exc.message, f"; {', '.join(busy)} go on running" if busy else ""
+            )
+            self.away_logged = True
+        self.notifier.status(f"journal database away: {exc.message}")
+        time.sleep(ERROR_PAUSE_S / 2)
+
+    def _keep_leases(self) -> None:
+        """Several hosts: renew the leases of the runs held here; requeue runs whose host stopped
+        renewing (they resume from their checkpoints wherever they are taken); finish claims a dead
+        host left halfway. A run whose lease was lost is stopped, and its result will be discarded."""
+        now = time.monotonic()
+        if not self.journal.multi_host or now < self.next_lease:
+            return
+        self.next_lease = now + self.settings.lease_s / 4
+        held = {w.job.id: w for w in self.workers.values() if w.job is not None and not w.lost}
+        for job_id in self.journal.renew([(jid, w.job.fence) for jid, w in held.items() if w.job is not None]):
+            w = held[job_id]
+            assert w.job is not None
+            logger.error(
+                "{} lost its lease (this host did not renew it within lease_s = {:g} s): it is stopped here and what it makes is discarded",
+                w.job.name, self.settings.lease_s,
+            )
+            w.lost = True
+            if not w.stop_sent:
+                self._send(w, m.StopJob(w.job.id))
+                w.stop_sent = True
+        for job in self.journal.expire_leases():
+            logger.warning("{} was running on {}, which stopped renewing its lease: queued again, to resume from its checkpoint", job.name, job.host)
+        finish_stale_claims(self.layout, self.journal)
+
     def tick(self) -> None:
         """One iteration: signals, worker messages, intake, cancels, dispatch, delivery, wait."""
         if self.flags.requests >= 2:
@@ -253,7 +300,9 @@ class Supervisor:
             self._begin_warm_stop()
         self.notifier.beat()
         self._read_workers()
+        self.away_logged = False  # the journal answered
         self._reap_workers()
+        self._keep_leases()
         now = time.monotonic()
         self._watch_workers(now)
         if not self.stopping:
@@ -343,7 +392,12 @@ class Supervisor:
             "beat_at": time.time(),
             "paused": self.low_space,
             "stopping": self.stopping,
+            **({"host": self.settings.host} if self.journal.multi_host else {}),
         }
+
+    def _daemon_key(self, key: str) -> str:
+        """Several hosts share the journal: each publishes its own state (``supervisor@gpu1``)."""
+        return f"{key}@{self.settings.host}" if self.journal.multi_host else key
 
     def _workers_state(self) -> dict[str, dict[str, Any]]:
         now = time.monotonic()
@@ -375,8 +429,8 @@ class Supervisor:
             return
         if self.published is None or waiting != self.published[1]:  # the table is rewritten only on change
             self.journal.set_waiting(waiting)
-        self.journal.set_daemon("workers", workers)
-        self.journal.set_daemon("supervisor", self._supervisor_state())
+        self.journal.set_daemon(self._daemon_key("workers"), workers)
+        self.journal.set_daemon(self._daemon_key("supervisor"), self._supervisor_state())
         self.published, self.next_publish = snapshot, now + PUBLISH_S
 
     # --- intake -------------------------------------------------------------------------------
@@ -455,9 +509,13 @@ class Supervisor:
         for w in list(self.workers.values()):
             try:
                 while w.conn.poll():
-                    self._on_message(w, w.conn.recv())
+                    w.backlog.append(w.conn.recv())
+                    w.last_heard = time.monotonic()
             except (EOFError, OSError):
                 pass  # the process died; _reap_workers sees it
+            while w.backlog:
+                self._on_message(w, w.backlog[0])  # JournalAway: kept, handled when the database is back
+                w.backlog.popleft()
 
     def _on_message(self, w: WorkerHandle, msg: Any) -> None:
         w.last_heard = time.monotonic()
@@ -486,6 +544,11 @@ class Supervisor:
         with logger.contextualize(job=job.id):
             try:
                 self._on_job_message(w, job, msg)
+            except JournalAway:
+                w.job = job  # the message is handled again once the database is back
+                raise
+            except LeaseLost:
+                self._discard(w, job, msg)
             except Exception as exc:  # noqa: BLE001 - a job's trouble (a full disk) must not stop the daemon
                 logger.opt(exception=True).error("handling {} of {} failed", type(msg).__name__, job.name)
                 w.job = None
@@ -497,7 +560,11 @@ class Supervisor:
             w.started = True
             return
         if isinstance(msg, m.JobProgress):
-            self._on_progress(w, job, msg.progress)
+            if not w.lost:
+                self._on_progress(w, job, msg.progress)
+            return
+        if self.journal.multi_host and (w.lost or not self.journal.holds(job.id, job.fence)):
+            self._discard(w, job, msg)
             return
         w.job = None
         if isinstance(msg, m.Done):
@@ -506,6 +573,20 @@ class Supervisor:
             self._on_failed(job, msg.error, input_fault=msg.input_fault)
         elif isinstance(msg, m.Stopped):
             self._on_stopped(job)
+
+    def _discard(self, w: WorkerHandle, job: Job, msg: Any) -> None:
+        """A run whose lease was lost ended here: its result is not this host's to deliver."""
+        w.job, w.lost = None, False
+        now = self.journal.get(job.id)
+        logger.error(
+            "late result of {} ({}) discarded: its lease was lost and the job is now {} on {}",
+            job.name, type(msg).__name__, now.state, now.host or "no host",
+        )
+        self.journal.event(job.id, "late result discarded", {"host": self.settings.host, "fence": job.fence, "result": type(msg).__name__})
+        if now.state is JobState.DONE and now.delivered_at is not None:
+            # Delivered by the host that took it over: what this run wrote after is a stray copy.
+            shutil.rmtree(self.layout.out_dir(job.id), ignore_errors=True)
+            deliver.remove_checkpoints(self.layout, job.id)
 
     def _on_progress(self, w: WorkerHandle, job: Job, p: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -519,7 +600,7 @@ class Supervisor:
             logger.info("{}: {}", job.name, progress_text(p))
         if moved_on or now - w.last_write >= PROGRESS_WRITE_S:
             w.last_write = now
-            self.journal.set_progress(job.id, p)
+            self.journal.set_progress(job.id, p, job.fence if self.journal.multi_host else None)
         self.progress_files.update(job, p)
 
     def _watch_workers(self, now: float) -> None:
@@ -573,6 +654,9 @@ class Supervisor:
         assert job is not None
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         with logger.contextualize(job=job.id):
+            if self.journal.multi_host and (w.lost or not self.journal.holds(job.id, job.fence)):
+                logger.warning("the worker on {} went away ({}) holding {}, whose lease was lost: nothing to record", w.device, how, job.name)
+                return
             if not w.started:
                 logger.warning("the worker on {} went away ({}) before it took {}; it stays queued", w.device, how, job.name)
                 outcomes.not_started(job, self.journal)
@@ -589,8 +673,9 @@ class Supervisor:
         for w in self.workers.values():
             if not w.available:
                 continue
+            here = f"{self.settings.host}:" if self.journal.multi_host else ""  # several hosts: which one runs it
             job = self.journal.claim_next(
-                worker=f"{os.getpid()}:{w.device}", choose=lambda jobs, w=w: self.affinity.choose(jobs, w.loras)
+                worker=f"{here}{os.getpid()}:{w.device}", choose=lambda jobs, w=w: self.affinity.choose(jobs, w.loras)
             )
             if job is None:
                 return
@@ -604,6 +689,7 @@ class Supervisor:
                 if msg is None:
                     continue
                 w.job, w.started, w.stop_sent, w.last_progress, w.last_write = job, False, False, {}, 0.0
+                w.lost = False
                 w.loras = lora_set(job.spec or {})
                 logger.info("running {} ({}) on {}, try {}", job.name, job.pipeline, w.device, job.attempts + 1)
                 self._send(w, msg)
@@ -714,7 +800,8 @@ def run_daemon(
     from fploopd.daemon.service import RootLock, RootLockedError
 
     layout = Layout(settings.root)
-    lock = RootLock(layout.lock)
+    # Several hosts share the root: one daemon per host (its own lock folder under .fploopd/hosts/).
+    lock = RootLock(layout.state / "hosts" / settings.host / "daemon.lock" if is_postgres(settings.journal) else layout.lock)
     if not lock.acquire():
         raise RootLockedError(f"another fploopd daemon (pid {lock.holder()}) is running on {settings.root}", file=str(layout.lock))
     try:

@@ -61,7 +61,7 @@ def create_app(supervisor: Supervisor, address: WebAddress) -> FastAPI:
 
     @contextmanager
     def reading() -> Iterator[Journal | None]:
-        journal = control.open_journal(layout, "web", readonly=True)
+        journal = control.open_journal(layout, "web", readonly=True, url=settings.journal)
         try:
             yield journal
         finally:
@@ -70,7 +70,7 @@ def create_app(supervisor: Supervisor, address: WebAddress) -> FastAPI:
 
     @contextmanager
     def writing() -> Iterator[Journal]:
-        journal = control.open_journal(layout, "web")
+        journal = control.open_journal(layout, "web", url=settings.journal)
         if journal is None:
             raise HTTPException(404, "no jobs yet")
         try:
