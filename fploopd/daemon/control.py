@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fploopd.daemon import deliver
-from fploopd.daemon.hookstore import runs_of
+from fploopd.daemon.hookstore import runs_by_job, runs_of
 from fploopd.daemon.journal import TERMINAL, IllegalTransition, Job, JobState, Journal
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.outcomes import cancel_queued
@@ -93,7 +93,10 @@ def job_status(journal: Journal, job: Job, layout: Layout) -> dict[str, Any]:
 
 def status_views(journal: Journal | None, layout: Layout) -> list[dict[str, Any]]:
     """``fploopd status --json``: every job, then the drops waiting in the inbox."""
-    views = [job_status(journal, j, layout) for j in journal.jobs()] if journal is not None else []
+    if journal is None:
+        return waiting_views(journal)
+    hooks = runs_by_job(journal)  # one query, not one a job: status.json and /api/jobs ask every few seconds
+    views = [job_view(j, layout, [r.view() for r in hooks.get(j.id, [])]) for j in journal.jobs()]
     return views + waiting_views(journal)
 
 

@@ -103,9 +103,17 @@ def record_try(journal: Journal, run: HookRun, last: dict[str, Any], status: str
 
 def runs_of(journal: Journal | None, job_id: str) -> list[HookRun]:
     """The hook runs of one job, oldest delivery first (none in a journal from before hooks)."""
+    return runs_by_job(journal, job_id).get(job_id, [])
+
+
+def runs_by_job(journal: Journal | None, job_id: str | None = None) -> dict[str, list[HookRun]]:
+    """Every job's hook runs (or ``job_id``'s), oldest delivery first: one query for a whole status."""
     if journal is None or "hook_runs" not in journal.tables:
-        return []
-    rows = journal.db.execute(
-        "SELECT * FROM hook_runs WHERE job_id = ? ORDER BY delivered_at, hook", (job_id,)
-    ).fetchall()
-    return [_run(r) for r in rows]
+        return {}
+    where, args = ("WHERE job_id = ? ", (job_id,)) if job_id is not None else ("", ())
+    rows = journal.db.execute(f"SELECT * FROM hook_runs {where}ORDER BY delivered_at, hook", args).fetchall()
+    out: dict[str, list[HookRun]] = {}
+    for row in rows:
+        run = _run(row)
+        out.setdefault(run.job_id, []).append(run)
+    return out
