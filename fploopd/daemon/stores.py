@@ -5,18 +5,12 @@ journal comes through here."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from fploopd.daemon.journal import Journal
 from fploopd.daemon.layout import Layout
+from fploopd.daemon.settings import ENV_PREFIX, SettingsError, load_settings
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
-
-JOURNAL_ENV = "FPLOOPD_JOURNAL"
 SCHEMES = ("postgresql://", "postgres://")
 
 
@@ -25,18 +19,14 @@ def is_postgres(url: str | None) -> bool:
 
 
 def journal_url(root: Path, flag: str | None = None) -> str:
-    """For the commands that do not load every setting (status, cancel, retry): ``--journal``, else
-    FPLOOPD_JOURNAL, else ``journal`` in the root's fploopd.toml, else "" (the root's SQLite)."""
-    if flag:
-        return flag
-    if os.environ.get(JOURNAL_ENV):
-        return os.environ[JOURNAL_ENV]
-    path = Path(root) / "fploopd.toml"
+    """For the commands that need only the journal (status, cancel, retry, priority): the ``journal``
+    setting, with its usual precedence (``--journal``, FPLOOPD_JOURNAL, fploopd.toml; "" = the root's
+    SQLite file). A settings file the daemon would refuse leaves the flag and the environment: those
+    commands must still show the jobs (the daemon and ``doctor`` say what is wrong with the file)."""
     try:
-        value = tomllib.loads(path.read_text(encoding="utf-8")).get("journal", "")
-    except (OSError, ValueError):
-        return ""  # no settings file, or one the daemon reports itself
-    return value if isinstance(value, str) else ""
+        return load_settings(Path(root), {"journal": flag}).journal
+    except SettingsError:
+        return flag or os.environ.get(f"{ENV_PREFIX}JOURNAL", "")
 
 
 def open_store(
