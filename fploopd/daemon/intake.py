@@ -269,8 +269,9 @@ class Intake:
             return self._rejected(sidecar, pipeline, raw, exc)
         # (field, file, what it is): a LoRA may be on its way too, like media.
         missing = [(fld, name, f"{fld} file {name}") for fld, name in media.missing.items()]
-        where = shown_folders(folders, self.layout.root)
-        missing += [("loras", name, f"LoRA {name} (looked for in {where})") for name in loras.missing]
+        if loras.missing:
+            where = shown_folders(folders, self.layout.root)
+            missing += [("loras", name, f"LoRA {name} (looked for in {where})") for name in loras.missing]
         if missing:
             return self._missing(sidecar, spec, raw, missing, list(media.found.values()))
         unsettled = [p.name for p in (*media.found.values(), *(f for f, _ in loras.found)) if not self._is_settled(p)]
