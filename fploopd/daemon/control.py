@@ -14,7 +14,7 @@ from fploopd.daemon.journal import TERMINAL, IllegalTransition, Job, JobState, J
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.outcomes import cancel_queued
 from fploopd.daemon.service import RootLock
-from fploopd.daemon.stores import is_postgres, open_store
+from fploopd.daemon.stores import is_postgres, journal_url, open_store
 from fploopd.errors import FploopdError
 from fploopd.pipelines.manifest import iso_time
 
@@ -23,10 +23,13 @@ class JobError(FploopdError):
     kind = "usage"
 
 
-def open_journal(layout: Layout, who: str = "cli", *, readonly: bool = False, url: str = "") -> Journal | None:
+def open_journal(layout: Layout, who: str = "cli", *, readonly: bool = False, url: str | None = None) -> Journal | None:
     """The root's journal, or None when it has none yet (nothing was ever dropped). ``readonly``
-    (for looking: status) writes nothing, so it works on a full disk. ``url``: a PostgreSQL
-    journal shared by several hosts (``stores.journal_url``)."""
+    (for looking: status) writes nothing, so it works on a full disk. ``url``: the journal to open
+    (default: the one the root's settings name, ``stores.journal_url``; a PostgreSQL journal is
+    shared by several hosts)."""
+    if url is None:
+        url = journal_url(layout.root)
     if is_postgres(url):
         return open_store(layout, url, who, readonly=readonly)
     if not layout.journal.exists():
