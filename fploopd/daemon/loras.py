@@ -90,6 +90,8 @@ class LoraAffinity:
     def choose(self, candidates: list[Job], merged: LoraSet) -> Job:
         """``candidates``: due jobs of one priority, oldest first."""
         head = candidates[0]
+        ids = {j.id for j in candidates}
+        self.passed = {k: n for k, n in self.passed.items() if k in ids}  # forget jobs taken, cancelled or outranked
         pick = head
         if self.passed.get(head.id, 0) < self.max_passes and lora_set(head.spec or {}) != merged:
             pick = next((j for j in candidates if lora_set(j.spec or {}) == merged), head)
