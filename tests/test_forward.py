@@ -280,7 +280,7 @@ def test_vae_accel_is_a_no_op_on_cpu() -> None:
     with torch.no_grad():
         ref = vae.decode(z).sample
         vae_accel = VaeAccel(vae)
-        assert vae_accel.apply("cpu", compile=True) == {"compile": False}
+        assert vae_accel.apply("cpu", compile=True) == {"compile": False, "strips": False}
         assert "forward" not in vae.decoder.__dict__
         assert torch.equal(vae.decode(z).sample, ref)
         vae_accel.restore()

@@ -26,6 +26,7 @@ from fploopd.engine.tiers import (
     resident_blocks,
     spread,
 )
+from fploopd.engine.vae_tiles import strip_count
 from tests.test_components import transformer_inputs
 
 GiB = 2**30
@@ -57,7 +58,12 @@ def test_streamed_tiers_keep_as_many_blocks_as_fit_and_fewer_with_less_memory() 
         assert need_bytes("fp8-streamed", FULL_SIZE) + blocks <= c.usable
         assert f"{c.resident_doubles}/20 double" in c.reason
     c24, c48 = choose_tier(24 * GiB, HOPPER), choose_tier(48 * GiB, HOPPER)
-    assert not c24.untiled_decode and c24.vae_resident  # tiled decode where room is short
+    assert not c24.untiled_decode and c24.vae_resident  # strips where room is short
+    # The decode may use what the plan set aside for it and what the weights leave (the VAE aside).
+    spare = c24.usable - c24.need
+    assert c24.decode_room == FULL_SIZE.decode_work + spare - FULL_SIZE.vae > FULL_SIZE.decode_work
+    assert all(c.decode_room == FULL_SIZE.decode_work for c in kept)
+    assert strip_count(5, 80, 80, c24.decode_room) < strip_count(5, 80, 80, kept[0].decode_room)
     assert c48.untiled_decode and c48.vae_resident
     assert not any(c.vae_resident or c.untiled_decode for c in kept)  # streamed tiers spend the room on blocks
 
@@ -194,7 +200,8 @@ def test_streamed_tiers_compute_what_the_resident_tier_of_their_dtype_computes(t
         streamed = c.streamer.blocks if c.streamer else 0
         assert streamed == blocks - (c.tier.resident_doubles + c.tier.resident_singles)
         assert c.runner_options.fp8 == c.fp8 == c.tier.fp8 and c.identity.get("fp8", False) == c.tier.fp8
-        assert c.vae.use_tiling and c.offloaded == frozenset({"text_encoder"})
+        assert c.offloaded == frozenset({"text_encoder"})
+        assert not c.vae.use_tiling and c.vae_accel is not None and c.vae_accel.room == c.tier.decode_room  # strips
         outs[f"{tier}:{keep}"] = forward(c)
         if c.streamer is not None:  # between runs a streamed block's tensors are its host copies
             block = next(b for b in c.transformer.single_transformer_blocks if c.streamer.streams(b))

@@ -47,6 +47,7 @@ from fploopd.engine.sources import ModelPaths
 from fploopd.engine.streaming import BlockStreamer, place_blocks, refresh_fp8
 from fploopd.engine.tiers import FULL_SIZE, ModelSizes, TierChoice, choose_tier, parse_vram
 from fploopd.engine.vae_accel import VaeAccel
+from fploopd.engine.warmup import BackgroundCompiler
 from fploopd.engine.weights import PreparedWeights
 from fploopd.errors import FploopdError, ModelError
 
@@ -88,6 +89,8 @@ class Components:
     runner_options: RunnerOptions = field(default_factory=RunnerOptions)
     weights: PreparedWeights | None = None
     vae_accel: VaeAccel | None = None  # the VAE decoder's compile, switched on in high mode on a GPU
+    # bf16-resident on a GPU: new shapes run eagerly while their compiled code warms up (warmup.py).
+    compiler: BackgroundCompiler | None = None
     # Prompt embeddings by prompt (encode.encode_prompt): queues repeat prompts, and in low mode
     # each encode streams the 8B Llama through the GPU.
     prompt_cache: OrderedDict[str, Any] = field(default_factory=OrderedDict)
@@ -113,6 +116,7 @@ class Components:
             self.runner_options.with_teacache(teacache_threshold),
             weights=self.weights,
             offloader=self.streamer,
+            compiler=self.compiler,
         )
 
     def apply_loras(self, loras: Sequence[tuple[LoraFile | Path | str, float]]) -> MergeStats:
@@ -371,6 +375,7 @@ def place_tier(components: Components, tier: TierChoice, *, use_stream: bool | N
     dev = components.device
     stream = dev.type == "cuda" if use_stream is None else use_stream
     components.tier, components.vram = tier, "low"
+    components.compiler = None  # no room for warm-up calls beside the job: compile on first use
     # Attention kernel and compile as in bf16-resident, decided before the blocks move (FP8 here
     # would quantise a bf16 transformer that need not fit: place_blocks does it block by block).
     acc = optimize(components.transformer, device=dev, fp8=False, weights=components.weights,
@@ -399,22 +404,17 @@ def place_tier(components: Components, tier: TierChoice, *, use_stream: bool | N
         components.text_encoder.to("cpu")
         _group_offload(components.text_encoder, dev, use_stream=stream, low_cpu_mem_usage=True)
     components.offloaded = frozenset(GROUP_OFFLOADED)
-    # Untiled where there is room, with the decoder compiled as in bf16-resident; else the stock
-    # tiled decode. (Measured on an H100 at 24 GiB, tiers.24gib: the compiled decoder over the tiles
-    # made the loop job 72.1 s against 55.3 s with the stock tiled decode.)
+    # Whole frames where there is room, else strips of one shape sized to the room (vae_tiles); the
+    # decoder compiled either way. (diffusers' tiled decode cut a 640 section into tiles of four
+    # shapes: about 11 s of a 48 s job on an H100 eagerly, 17 s more compiled, docs/benchmarks.md.)
     vae = components.vae
     vae.to(dev if tier.vae_resident else "cpu")
+    vae.disable_tiling()
+    vae.disable_slicing()
     components.vae_accel = components.vae_accel or VaeAccel(vae)
-    if tier.untiled_decode:
-        vae.disable_tiling()
-        vae.disable_slicing()
-        components.accel["vae"] = components.vae_accel.apply(dev, compile=components.compile_vae)
-    else:
-        components.vae_accel.restore()
-        vae.enable_tiling()
-        vae.enable_slicing()
-        components.accel["vae"] = {"compile": False}
-    components.accel["vae"].update(tiled=not tier.untiled_decode, resident=tier.vae_resident)
+    room = None if tier.untiled_decode else tier.decode_room
+    components.accel["vae"] = components.vae_accel.apply(dev, compile=components.compile_vae, room=room)
+    components.accel["vae"].update(resident=tier.vae_resident, room_gib=None if room is None else round(room / 2**30, 2))
     if dev.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -429,8 +429,13 @@ def accelerate(
     dev = components.device
     acc = optimize(components.transformer, device=dev, fp8=components.fp8, weights=weights)
     components.runner_options, components.weights, components.accel = acc.options, acc.weights, acc.applied
+    # A worker's first job runs eagerly where nothing is compiled yet, instead of waiting for the
+    # compiler (about 100 s from empty caches on an H100); there is room for the warm-up calls here.
+    components.compiler = components.compiler or (BackgroundCompiler() if acc.options.compile else None)
+    components.accel["background_compile"] = components.compiler is not None
     components.vae_accel = vae_accel if vae_accel is not None else VaeAccel(components.vae)
-    components.accel["vae"] = components.vae_accel.apply(dev, compile=components.compile_vae)
+    components.accel["vae"] = components.vae_accel.apply(dev, compile=components.compile_vae,
+                                                         compiler=components.compiler)
 
 
 def _group_offload(module: torch.nn.Module, device: torch.device, *, use_stream: bool, low_cpu_mem_usage: bool) -> None:

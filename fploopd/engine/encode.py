@@ -174,5 +174,6 @@ def vae_decode(components: Components, latents: torch.Tensor) -> torch.Tensor:
     full-size frames in memory while they are blended.
     """
     vae = components.vae
-    z = latents / vae.config.scaling_factor
-    return vae.decode(z.to(device=vae.device, dtype=vae.dtype)).sample.contiguous().cpu()
+    z = (latents / vae.config.scaling_factor).to(device=vae.device, dtype=vae.dtype)
+    frames = components.vae_accel.decode(z) if components.vae_accel is not None else vae.decode(z).sample
+    return frames.contiguous().cpu()

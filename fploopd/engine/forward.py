@@ -20,7 +20,9 @@
   diffusers' own code);
 - optional TeaCache, as FramePack does it, with separate state per CFG branch;
 - low-VRAM through an ``offloader`` (``streaming.BlockStreamer``); a transformer under diffusers'
-  group offloading hooks is run through its stock forward instead (same function, no TeaCache).
+  group offloading hooks is run through its stock forward instead (same function, no TeaCache);
+- with a ``compiler`` (``warmup.BackgroundCompiler``), a section whose shapes are not compiled yet
+  runs eagerly while the compiled blocks are warmed up in the background (a worker's first job).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from torch import Tensor, nn
 from fploopd.engine.blocks import EAGER_BLOCKS, BlockFns
 from fploopd.engine.compile import compiled_blocks
 from fploopd.engine.options import RunnerOptions
+from fploopd.engine.warmup import BackgroundCompiler
 from fploopd.engine.weights import NO_WEIGHTS, BlockWeights, PreparedWeights
 
 # FramePack's TeaCache rescale polynomial (numpy.poly1d order: highest power first).
@@ -98,7 +101,8 @@ class TransformerRunner:
     decides them for a device). ``weights``: fused projections and FP8 weights prepared for this
     transformer (``accel.optimize`` or ``weights.PreparedWeights``); ``None``: the modules' own.
     ``offloader``: an object with ``run(blocks, fn, state) -> state`` (``streaming.BlockStreamer``)
-    for low-VRAM mode; ``None`` when the blocks are resident.
+    for low-VRAM mode; ``None`` when the blocks are resident. ``compiler``: compile in the
+    background, eager meanwhile (resident blocks only); ``None``: compile on first use.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class TransformerRunner:
         *,
         weights: PreparedWeights | None = None,
         offloader: Offloader | None = None,
+        compiler: BackgroundCompiler | None = None,
         cache_size: int = 4,
     ) -> None:
         if weights is not None and weights.transformer is not transformer:
@@ -116,13 +121,14 @@ class TransformerRunner:
         self.options = options if options is not None else RunnerOptions()
         self.weights = weights
         self.offloader = offloader
+        self.compiler = compiler if offloader is None else None  # a warm-up call needs resident blocks
         self._cache_size = cache_size
         self._prepared: OrderedDict[tuple, _SectionConstants] = OrderedDict()
         self._branches: dict[str, _BranchState] = {}
         self._host = _HostValues()
         self.num_steps: int | None = None
         self.stats = RunnerStats()
-        self._blocks: BlockFns | None = None
+        self._blocks: BlockFns | None = None  # this section's block functions, chosen at its first forward
         self._warned_hooks = False
 
     @property
@@ -134,15 +140,47 @@ class TransformerRunner:
     def reset(self, num_steps: int) -> None:
         """Start of a section: clear step caches (TeaCache state, prepared rope/history, host copies)."""
         self.num_steps = num_steps
+        self._blocks = None
         self._branches.clear()
         self._prepared.clear()
         self._host.clear()
 
-    @property
-    def block_fns(self) -> BlockFns:
-        if self._blocks is None:
-            self._blocks = compiled_blocks(self.options.compile_mode) if self.options.compile else EAGER_BLOCKS
+    def _section_blocks(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> BlockFns:
+        """The block functions of this section: eager, compiled, or (with a compiler) compiled once
+        warm for these shapes and eager until then, the warm-up queued on copies of these inputs."""
+        if self._blocks is not None:
+            return self._blocks
+        o = self.options
+        if not o.compile:
+            self._blocks = EAGER_BLOCKS
+        elif self.compiler is None:
+            self._blocks = compiled_blocks(o.compile_mode)
+        else:
+            key = ("blocks", o.attention, o.fp8, o.gelu_epilogue, o.compile_mode, x.dtype, str(x.device),
+                   tuple(x.shape), tuple(cond.shape))  # fmt: skip
+            if self.compiler.ready(key):
+                self._blocks = compiled_blocks(o.compile_mode)
+            else:
+                what = f"the transformer blocks for {x.shape[1]} + {cond.shape[1]} tokens"
+                self.compiler.request(key, self._warmup_call(x, cond, temb, prep), what)
+                self._blocks = EAGER_BLOCKS
         return self._blocks
+
+    def _warmup_call(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> Callable[[], object]:
+        """One compiled call of each block kind on copies of the first blocks' inputs: it compiles
+        the graphs that the section's calls will use (same shapes, strides, dtypes and options)."""
+        t, o = self.transformer, self.options
+        double_fn, single_fn = compiled_blocks(o.compile_mode)
+        double, single = t.transformer_blocks[0], t.single_transformer_blocks[0]
+        w_double, w_single = self._block_weights(double), self._block_weights(single)
+        x0, cond0, temb0, cos, sin = x.clone(), cond.clone(), temb.clone(), prep.cos, prep.sin
+
+        def call() -> object:
+            x1, cond1 = double_fn(double, w_double, x0, cond0, temb0, cos, sin, o.attention, o.fp8, o.gelu_epilogue)
+            joined = torch.cat([x1, cond1], dim=1)
+            return single_fn(single, w_single, joined, temb0, cos, sin, x0.shape[1], o.attention, o.fp8, o.gelu_epilogue)
+
+        return call
 
     def _block_weights(self, block: nn.Module) -> BlockWeights:
         return NO_WEIGHTS if self.weights is None else self.weights.of(block)
@@ -333,7 +371,7 @@ class TransformerRunner:
 
     def _run_blocks(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> Tensor:
         t = self.transformer
-        double_fn, single_fn = self.block_fns
+        double_fn, single_fn = self._section_blocks(x, cond, temb, prep)
         o, cos, sin, weights_of = self.options, prep.cos, prep.sin, self._block_weights
         backend, fp8, epilogue = o.attention, o.fp8, o.gelu_epilogue
         n_latent = x.shape[1]

@@ -5,8 +5,8 @@ Fastest first:
 - ``bf16-resident``: every model on the GPU in its run dtype (about 61 GB free needed at full size);
 - ``fp8-resident``: the transformer's block linears as FP8 (e4m3) copies on the GPU, their bf16
   weights on the host; the text encoders and SigLIP visit the GPU only to encode (the 8B Llama
-  streamed layer by layer), the VAE only to decode (tiled unless there is room for the compiled
-  untiled decode);
+  streamed layer by layer), the VAE only to decode (compiled, in strips of one shape unless there
+  is room for whole frames: ``vae_tiles``);
 - ``fp8-streamed``: as ``fp8-resident``, but only as many FP8 blocks as fit stay on the GPU, spread
   evenly through the stack; the others stream from pinned host memory one block ahead of use;
 - ``bf16-streamed``: the same with bf16 blocks (cards without FP8 tensor cores: before Ada).
@@ -166,8 +166,9 @@ class TierChoice:
     need: int  # bytes the tier needs at the least (streamed: with no block resident)
     resident_doubles: int = 0  # streamed tiers: blocks kept on the GPU (the rest stream)
     resident_singles: int = 0
-    untiled_decode: bool = True  # room for the untiled VAE decode (else tiled; compiled either way on a GPU)
+    untiled_decode: bool = True  # room for the untiled VAE decode (else in strips; compiled either way on a GPU)
     vae_resident: bool = True  # the VAE (0.5 GB) stays on the GPU (else it visits to encode and decode)
+    decode_room: int = FULL_SIZE.decode_work  # bytes a decode in strips may use (vae_tiles sizes the strips)
 
     @property
     def fp8(self) -> bool:
@@ -261,15 +262,17 @@ def _layout(tier: str, sizes: ModelSizes, usable: int, reason: str, *, upgrade: 
     spare = usable - need
     fp8 = tier in FP8_TIERS
     if tier == "fp8-resident":
+        vae_resident = spare >= sizes.vae
+        room = sizes.decode_work + max(0, spare - (sizes.vae if vae_resident else 0))
         return TierChoice(tier, reason, usable, need, sizes.doubles, sizes.singles,
-                          untiled_decode=spare >= sizes.untiled_decode, vae_resident=spare >= sizes.vae)
+                          untiled_decode=spare >= sizes.untiled_decode, vae_resident=vae_resident, decode_room=room)
     d_bytes, s_bytes = (sizes.double_fp8, sizes.single_fp8) if fp8 else (sizes.double_bf16, sizes.single_bf16)
     doubles, singles = resident_blocks(max(0, spare), d_bytes, sizes.doubles, s_bytes, sizes.singles)
     if doubles == sizes.doubles and singles == sizes.singles and fp8 and upgrade:
         return _layout("fp8-resident", sizes, usable, reason)
     kept = f"{doubles}/{sizes.doubles} double and {singles}/{sizes.singles} single blocks stay on the GPU"
     return TierChoice(tier, f"{reason}; {kept}", usable, need, doubles, singles, untiled_decode=False,
-                      vae_resident=False)
+                      vae_resident=False, decode_room=sizes.decode_work)
 
 
 def resident_blocks(spare: int, double: int, doubles: int, single: int, singles: int) -> tuple[int, int]:

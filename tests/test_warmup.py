@@ -1,0 +1,90 @@
+"""Compiling in the background while the first sections run eagerly (engine/warmup.py)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from fploopd.bench.inputs import section_kwargs, tiny_spec
+from fploopd.bench.models import build_transformer
+from fploopd.engine import forward as forward_mod
+from fploopd.engine.blocks import EAGER_BLOCKS, double_block, single_block
+from fploopd.engine.forward import TransformerRunner
+from fploopd.engine.options import RunnerOptions
+from fploopd.engine.tiny import TRANSFORMER as TINY_TRANSFORMER
+from fploopd.engine.warmup import BackgroundCompiler
+
+
+def test_a_key_warms_up_once_in_another_thread() -> None:
+    compiler = BackgroundCompiler()
+    threads: list[str] = []
+    assert compiler.request("a", lambda: threads.append(threading.current_thread().name), "a")
+    assert not compiler.request("a", lambda: threads.append("again"), "a")  # pending: not queued twice
+    assert compiler.wait(30)
+    assert compiler.ready("a") and not compiler.failed("a")
+    assert not compiler.request("a", lambda: threads.append("again"), "a")  # done: not queued again
+    assert threads == ["fploopd-compile"]
+    assert [(r.what, r.ok) for r in compiler.records] == [("a", True)]
+
+
+def test_a_failed_warm_up_leaves_its_key_eager_for_good() -> None:
+    compiler = BackgroundCompiler()
+
+    def broken() -> None:
+        raise RuntimeError("inductor could not lower this")
+
+    compiler.request("b", broken, "b")
+    assert compiler.wait(30)
+    assert compiler.failed("b") and not compiler.ready("b")
+    assert not compiler.request("b", lambda: None, "b")
+    assert compiler.records[0].error == "RuntimeError: inductor could not lower this"
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return build_transformer("tiny", "cpu", torch.float32, seed=77)
+
+
+def test_sections_run_eagerly_until_their_blocks_are_compiled(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A section starts eager and queues the warm-up; once it is done the next section runs the
+    compiled blocks (dynamo with its eager backend here: real tracing and guards, no C++ build), and
+    the numbers do not move."""
+    traced: list[str] = []
+
+    def counting(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        traced.append(threading.current_thread().name)
+        return gm.forward
+
+    compiled = (torch.compile(double_block, backend=counting), torch.compile(single_block, backend=counting))
+    monkeypatch.setattr(forward_mod, "compiled_blocks", lambda mode=None: compiled)
+    kwargs = section_kwargs(tiny_spec(TINY_TRANSFORMER), "cpu", torch.float32, seed=3)
+    reference = TransformerRunner(model, RunnerOptions(attention="sdpa"))(**kwargs)
+
+    compiler = BackgroundCompiler()
+    runner = TransformerRunner(model, RunnerOptions(attention="sdpa", compile=True), compiler=compiler)
+    runner.reset(2)
+    first = runner(**kwargs)
+    assert runner._blocks is EAGER_BLOCKS
+    assert compiler.wait(120) and [r.ok for r in compiler.records] == [True]
+    assert traced and set(traced) == {"fploopd-compile"}  # compiled in the background thread only
+    assert runner(**kwargs) is not None and runner._blocks is EAGER_BLOCKS  # a section never switches midway
+    runner.reset(2)
+    second = runner(**kwargs)
+    assert runner._blocks is compiled
+    assert len(compiler.records) == 1 and set(traced) == {"fploopd-compile"}  # the warm graphs, no new trace
+    assert torch.allclose(first, reference, atol=1e-6) and torch.allclose(second, reference, atol=1e-6)
+
+
+def test_streamed_blocks_compile_on_first_use(model: torch.nn.Module) -> None:
+    """A warm-up call needs the blocks on the device: with an offloader the compiler is not used."""
+
+    class Streamer:
+        def run(self, blocks, fn, state):
+            for block in blocks:
+                state = fn(block, state)
+            return state
+
+    runner = TransformerRunner(model, RunnerOptions(attention="sdpa"), offloader=Streamer(), compiler=BackgroundCompiler())
+    assert runner.compiler is None
