@@ -71,7 +71,7 @@ def run_e2e(bench: Bench) -> None:
         torch.cuda.reset_peak_memory_stats(dev)
     wall, frames = time_job(dev, comps, spec, image)
     bench.record("e2e.loop_job", Measurement([wall], peak_gib(dev)), note=f"{note} ({frames} frames); models warm")
-    if full and dev.type == "cuda":
+    if full and dev.type == "cuda" and bench.cfg.low_vram_gib > 0:
         _low_vram_job(bench, comps, spec, image, note)
     comps = None
     free(dev)

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile-mode", default=None, help="also time torch.compile in this mode "
                    "(e.g. max-autotune-no-cudagraphs; slow to compile)")
     p.add_argument("--teacache", type=float, default=TEACACHE_DEFAULT_THRESHOLD, help="TeaCache threshold of the TeaCache section figure")
-    p.add_argument("--low-vram-gib", type=float, default=8.0, help="GPU memory limit of the low-VRAM figure")
+    p.add_argument("--low-vram-gib", type=float, default=8.0, help="GPU memory limit of the low-VRAM figure (0: no low-VRAM loop job in e2e)")
     p.add_argument("--tier-budgets", default="all", help="the tiers stage's budgets, largest first: a comma list of "
                    "GiB and 'unlimited' (default all: unlimited,48,24,16,12,8,6)")
     p.set_defaults(handler=run)
