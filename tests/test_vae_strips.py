@@ -106,3 +106,17 @@ def test_decoding_in_strips_is_as_close_to_whole_frames_as_diffusers_tiles(vae: 
     assert strips.shape == ref.shape == stock_tiles.shape == (1, 3, 33, 320, 48)
     ours, theirs = (strips - ref).abs().mean(), (stock_tiles - ref).abs().mean()
     assert 0 < ours <= 1.1 * theirs
+
+
+def test_strips_keep_the_channels_last_layout_of_a_compiled_decoder() -> None:
+    """A compiled decoder's graph was made for channels-last latents: strips of such latents stay so."""
+    layouts: list[bool] = []
+
+    def decode(x: torch.Tensor) -> torch.Tensor:
+        layouts.append(x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous())
+        return x[:, :3].repeat_interleave(8, dim=3).repeat_interleave(8, dim=4)
+
+    z = torch.randn(1, 4, 3, 37, 11)
+    decode_in_strips(decode, z.contiguous(memory_format=torch.channels_last_3d), 3, scale=8)
+    decode_in_strips(decode, z, 3, scale=8)
+    assert layouts == [True] * 3 + [False] * 3

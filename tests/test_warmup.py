@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from fploopd.bench.inputs import section_kwargs, tiny_spec
 from fploopd.bench.models import build_transformer
 from fploopd.engine import forward as forward_mod
-from fploopd.engine.blocks import EAGER_BLOCKS, double_block, single_block
+from fploopd.engine.blocks import double_block, single_block
 from fploopd.engine.forward import TransformerRunner
 from fploopd.engine.options import RunnerOptions
 from fploopd.engine.tiny import TRANSFORMER as TINY_TRANSFORMER
@@ -47,10 +48,11 @@ def model() -> torch.nn.Module:
     return build_transformer("tiny", "cpu", torch.float32, seed=77)
 
 
-def test_sections_run_eagerly_until_their_blocks_are_compiled(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A section starts eager and queues the warm-up; once it is done the next section runs the
-    compiled blocks (dynamo with its eager backend here: real tracing and guards, no C++ build), and
-    the numbers do not move."""
+def test_forwards_run_eagerly_until_their_blocks_are_compiled(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forward with new shapes runs eagerly and queues the warm-up; once it is done the next
+    forward runs the compiled blocks (dynamo with its eager backend here: real tracing, guards and
+    recompiles, no C++ build), and the numbers do not move. The warm-up's second, shorter call
+    leaves graphs symbolic in the token counts, so other lengths need no new graph."""
     traced: list[str] = []
 
     def counting(gm: torch.fx.GraphModule, example_inputs: list) -> object:
@@ -59,21 +61,27 @@ def test_sections_run_eagerly_until_their_blocks_are_compiled(model: torch.nn.Mo
 
     compiled = (torch.compile(double_block, backend=counting), torch.compile(single_block, backend=counting))
     monkeypatch.setattr(forward_mod, "compiled_blocks", lambda mode=None: compiled)
-    kwargs = section_kwargs(tiny_spec(TINY_TRANSFORMER), "cpu", torch.float32, seed=3)
-    reference = TransformerRunner(model, RunnerOptions(attention="sdpa"))(**kwargs)
+    spec = tiny_spec(TINY_TRANSFORMER)
+    kwargs = section_kwargs(spec, "cpu", torch.float32, seed=3)
+    other = section_kwargs(dataclasses.replace(spec, latent_w=6, text_tokens=5), "cpu", torch.float32, seed=4)
+    eager = TransformerRunner(model, RunnerOptions(attention="sdpa"))
+    reference, reference_other = eager(**kwargs), eager(**other)
 
     compiler = BackgroundCompiler()
     runner = TransformerRunner(model, RunnerOptions(attention="sdpa", compile=True), compiler=compiler)
-    runner.reset(2)
     first = runner(**kwargs)
-    assert runner._blocks is EAGER_BLOCKS
+    assert runner._blocks is None  # not settled: eager this time
     assert compiler.wait(120) and [r.ok for r in compiler.records] == [True]
-    assert traced and set(traced) == {"fploopd-compile"}  # compiled in the background thread only
-    assert runner(**kwargs) is not None and runner._blocks is EAGER_BLOCKS  # a section never switches midway
-    runner.reset(2)
+    assert len(traced) == 4 and set(traced) == {"fploopd-compile"}  # both kinds, at two lengths, in the background
     second = runner(**kwargs)
     assert runner._blocks is compiled
-    assert len(compiler.records) == 1 and set(traced) == {"fploopd-compile"}  # the warm graphs, no new trace
+    assert len(traced) == 4  # the warm graphs, nothing traced on the job's thread
+
+    fresh = TransformerRunner(model, RunnerOptions(attention="sdpa", compile=True), compiler=compiler)
+    assert fresh(**other) is not None and fresh._blocks is None  # new lengths: eager, warm-up queued
+    assert compiler.wait(120) and len(compiler.records) == 2
+    assert torch.allclose(fresh(**other), reference_other, atol=1e-6) and fresh._blocks is compiled
+    assert len(traced) == 4  # the symbolic graphs served the new lengths
     assert torch.allclose(first, reference, atol=1e-6) and torch.allclose(second, reference, atol=1e-6)
 
 

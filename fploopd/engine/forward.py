@@ -21,8 +21,8 @@
 - optional TeaCache, as FramePack does it, with separate state per CFG branch;
 - low-VRAM through an ``offloader`` (``streaming.BlockStreamer``); a transformer under diffusers'
   group offloading hooks is run through its stock forward instead (same function, no TeaCache);
-- with a ``compiler`` (``warmup.BackgroundCompiler``), a section whose shapes are not compiled yet
-  runs eagerly while the compiled blocks are warmed up in the background (a worker's first job).
+- with a ``compiler`` (``warmup.BackgroundCompiler``), forwards whose shapes are not compiled yet
+  run eagerly while the compiled blocks are warmed up in the background (a worker's first job).
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ from fploopd.engine.options import RunnerOptions
 from fploopd.engine.warmup import BackgroundCompiler
 from fploopd.engine.weights import NO_WEIGHTS, BlockWeights, PreparedWeights
 
+# Tokens a warm-up call drops for its second, shorter call (any change of length makes dynamo's
+# next compile symbolic in it; a few keep it cheap).
+WARMUP_TRIM = 8
 # FramePack's TeaCache rescale polynomial (numpy.poly1d order: highest power first).
 TEACACHE_COEFFS = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
 
@@ -128,7 +131,7 @@ class TransformerRunner:
         self._host = _HostValues()
         self.num_steps: int | None = None
         self.stats = RunnerStats()
-        self._blocks: BlockFns | None = None  # this section's block functions, chosen at its first forward
+        self._blocks: BlockFns | None = None  # the block functions, once settled (compiled, or eager for good)
         self._warned_hooks = False
 
     @property
@@ -140,45 +143,56 @@ class TransformerRunner:
     def reset(self, num_steps: int) -> None:
         """Start of a section: clear step caches (TeaCache state, prepared rope/history, host copies)."""
         self.num_steps = num_steps
-        self._blocks = None
         self._branches.clear()
         self._prepared.clear()
         self._host.clear()
 
-    def _section_blocks(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> BlockFns:
-        """The block functions of this section: eager, compiled, or (with a compiler) compiled once
-        warm for these shapes and eager until then, the warm-up queued on copies of these inputs."""
+    def _blocks_for(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> BlockFns:
+        """The block functions for this forward: eager, compiled, or (with a compiler) compiled once
+        they are warm for these shapes and eager until then, the warm-up queued on copies of these
+        inputs. Once compiled, a runner stays compiled."""
         if self._blocks is not None:
             return self._blocks
         o = self.options
         if not o.compile:
             self._blocks = EAGER_BLOCKS
-        elif self.compiler is None:
+            return self._blocks
+        if self.compiler is None:
             self._blocks = compiled_blocks(o.compile_mode)
-        else:
-            key = ("blocks", o.attention, o.fp8, o.gelu_epilogue, o.compile_mode, x.dtype, str(x.device),
-                   tuple(x.shape), tuple(cond.shape))  # fmt: skip
-            if self.compiler.ready(key):
-                self._blocks = compiled_blocks(o.compile_mode)
-            else:
-                what = f"the transformer blocks for {x.shape[1]} + {cond.shape[1]} tokens"
-                self.compiler.request(key, self._warmup_call(x, cond, temb, prep), what)
-                self._blocks = EAGER_BLOCKS
-        return self._blocks
+            return self._blocks
+        key = ("blocks", o.attention, o.fp8, o.gelu_epilogue, o.compile_mode, x.dtype, str(x.device),
+               tuple(x.shape), tuple(cond.shape))  # fmt: skip
+        if self.compiler.ready(key):
+            self._blocks = compiled_blocks(o.compile_mode)
+            return self._blocks
+        if self.compiler.wants(key):
+            what = f"the transformer blocks for {x.shape[1]} + {cond.shape[1]} tokens"
+            self.compiler.request(key, self._warmup_call(x, cond, temb, prep), what)
+        return EAGER_BLOCKS
 
     def _warmup_call(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> Callable[[], object]:
-        """One compiled call of each block kind on copies of the first blocks' inputs: it compiles
-        the graphs that the section's calls will use (same shapes, strides, dtypes and options)."""
+        """Compiled calls of each block kind on copies of the first blocks' inputs: at their shapes
+        (the graphs this job's calls will find), then a few tokens shorter, which makes dynamo
+        compile the graphs with the token counts symbolic, so that the next section's context
+        length or the next prompt's text length finds a graph instead of compiling another."""
         t, o = self.transformer, self.options
         double_fn, single_fn = compiled_blocks(o.compile_mode)
         double, single = t.transformer_blocks[0], t.single_transformer_blocks[0]
         w_double, w_single = self._block_weights(double), self._block_weights(single)
         x0, cond0, temb0, cos, sin = x.clone(), cond.clone(), temb.clone(), prep.cos, prep.sin
 
-        def call() -> object:
-            x1, cond1 = double_fn(double, w_double, x0, cond0, temb0, cos, sin, o.attention, o.fp8, o.gelu_epilogue)
+        def blocks(x: Tensor, cond: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+            x1, cond1 = double_fn(double, w_double, x, cond, temb0, cos, sin, o.attention, o.fp8, o.gelu_epilogue)
             joined = torch.cat([x1, cond1], dim=1)
-            return single_fn(single, w_single, joined, temb0, cos, sin, x0.shape[1], o.attention, o.fp8, o.gelu_epilogue)
+            return single_fn(single, w_single, joined, temb0, cos, sin, x.shape[1], o.attention, o.fp8, o.gelu_epilogue)
+
+        def call() -> object:
+            blocks(x0, cond0, cos, sin)
+            trim, trim_cond = min(WARMUP_TRIM, x0.shape[1] - 2), min(WARMUP_TRIM, cond0.shape[1] - 2)
+            if trim > 0 and trim_cond > 0:
+                # Copies, not views: a view's storage offset would be guarded on too.
+                blocks(x0[:, trim:].clone(), cond0[:, trim_cond:].clone(), cos[trim:].clone(), sin[trim:].clone())
+            return None
 
         return call
 
@@ -371,7 +385,7 @@ class TransformerRunner:
 
     def _run_blocks(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> Tensor:
         t = self.transformer
-        double_fn, single_fn = self._section_blocks(x, cond, temb, prep)
+        double_fn, single_fn = self._blocks_for(x, cond, temb, prep)
         o, cos, sin, weights_of = self.options, prep.cos, prep.sin, self._block_weights
         backend, fp8, epilogue = o.attention, o.fp8, o.gelu_epilogue
         n_latent = x.shape[1]

@@ -84,10 +84,25 @@ class VaeAccel:
         key = ("vae decoder", tuple(z.shape), z.stride(), z.dtype, str(z.device))
         if self.compiler.ready(key):
             return self._compiled(z, *args, **kwargs)
-        if not args and not kwargs and _room_for_warmup(z):
-            copy = z.clone()  # same strides: the graph compiled on it is the one later calls find
-            self.compiler.request(key, lambda: self._compiled(copy), f"the VAE decoder for {tuple(z.shape)}")
+        if not args and not kwargs and self.compiler.wants(key) and _room_for_warmup(z):
+            self.compiler.request(key, self._warmup_call(z), f"the VAE decoder for {tuple(z.shape)}")
         return self._eager(z, *args, **kwargs)
+
+    def _warmup_call(self, z: Tensor) -> Callable[[], object]:
+        """The compiled decoder on a copy of ``z`` (same strides: the graph compiled on it is the one
+        later calls find), then on one frame less: dynamo then compiles a graph with the frame count
+        symbolic, which serves the shorter last temporal tile of a decode (3 of 5 frames at window 9)."""
+        compiled = self._compiled
+        assert compiled is not None
+        copy = z.clone()
+
+        def call() -> object:
+            compiled(copy)
+            if copy.shape[2] > 2:
+                compiled(copy[:, :, 1:].clone())
+            return None
+
+        return call
 
 
 def _room_for_warmup(z: Tensor) -> bool:

@@ -65,10 +65,13 @@ def decode_in_strips(decode: Callable[[Tensor], Tensor], z: Tensor, count: int, 
     horizontal strips of ``z``, blended linearly where they overlap."""
     height = z.shape[3]
     rows = strip_rows(height, count, overlap)
+    # A strip keeps the latents' layout (channels-last with a compiled decoder): the decoder's
+    # graph and kernels were made for it.
+    layout = torch.channels_last_3d if _channels_last(z) else torch.contiguous_format
     out: Tensor | None = None
     end = 0  # pixel rows written so far
     for start in strip_starts(height, rows, count):
-        part = decode(z[:, :, :, start : start + rows].contiguous())
+        part = decode(z[:, :, :, start : start + rows].contiguous(memory_format=layout))
         if out is None:
             out = part.new_empty((*part.shape[:3], height * scale, part.shape[4]))
         begin = start * scale
@@ -80,6 +83,10 @@ def decode_in_strips(decode: Callable[[Tensor], Tensor], z: Tensor, count: int, 
         end = begin + rows * scale
     assert out is not None
     return out
+
+
+def _channels_last(z: Tensor) -> bool:
+    return z.is_contiguous(memory_format=torch.channels_last_3d) and not z.is_contiguous()
 
 
 def temporal_decode(vae: torch.nn.Module, z: Tensor, decode_tile: Callable[[Tensor], Tensor]) -> Tensor:

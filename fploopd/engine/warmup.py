@@ -7,10 +7,10 @@ background thread calls the compiled functions once on copies of the job's real 
 switches to its compiled function once that call has returned (the compile cache then holds the
 graph, and later calls only check guards).
 
-Switches happen at whole units: a section's sampling (``forward.TransformerRunner``) or one
-decode (``vae_accel.VaeAccel``), so a section is either all eager or all compiled. Eager and
-compiled kernels round differently, so the first sections of a worker's first job differ from a
-warm worker's within bf16 rounding (the same size as two attention kernels' difference).
+A forward (``forward.TransformerRunner``) or a decode (``vae_accel.VaeAccel``) switches to the
+compiled code as soon as its shapes are warm. Eager and compiled kernels round differently, so the
+first steps of a worker's first job differ from a warm worker's within bf16 rounding (the size of
+the difference between two attention kernels); where a job resumes from a checkpoint it is the same.
 
 One thread, so compiles never compete with each other, and the first job's GPU work is only
 delayed by the warm-up calls themselves (one block of each kind, one decode). Python's GIL is
@@ -71,6 +71,12 @@ class BackgroundCompiler:
     def failed(self, key: Hashable) -> bool:
         with self._lock:
             return key in self._state.failed
+
+    def wants(self, key: Hashable) -> bool:
+        """Never requested: worth making a warm-up call for (copies of inputs cost memory)."""
+        with self._lock:
+            s = self._state
+            return key not in s.ready and key not in s.failed and key not in s.pending
 
     def request(self, key: Hashable, call: Callable[[], object], what: str) -> bool:
         """Queue ``call`` for ``key``; False when it was queued, done or failed before."""
