@@ -36,6 +36,12 @@ def load_models(settings: Settings, device: str) -> Any:
     from fploopd.engine.components import load_components
     from fploopd.engine.sources import resolve
 
+    if device.startswith("cuda:"):
+        import torch
+
+        # One GPU per worker: what names no device (streams, events, kernel timing) means this one,
+        # and no other worker's GPU gets a context of this process.
+        torch.cuda.set_device(device)
     if is_random(settings.model):
         logger.warning("model {} on {}: {}", settings.model, device, WARNING)
         return load_random(settings.model, device, vram=settings.vram, fp8=settings.fp8, compile_vae=settings.compile_vae)
