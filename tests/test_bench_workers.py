@@ -41,6 +41,9 @@ def test_workers_stage_one_and_two_cpu_workers(tmp_path: Path) -> None:
         assert row["window_s"] == pytest.approx(window)
         assert row["jobs_per_hour"] == pytest.approx(count * 3600 / window)
         assert row["vs_linear"] == pytest.approx(row["jobs_per_hour"] / (count * base))
+        first = {j["worker"]: j for j in sorted(jobs, key=lambda j: -j["started_at"])}  # each worker's earliest
+        firsts = [j["started_at"] - j["created_at"] for j in first.values()]
+        assert row["median_first_dispatch_s"] == pytest.approx(statistics.median(firsts))
         handoffs = [j["finished_at"] - j["started_at"] - j["run_s"] for j in jobs]
         assert row["median_handoff_s"] == pytest.approx(statistics.median(handoffs))
         assert row["supervisor_cpu_s"] is not None and row["supervisor_cpu_s"] >= 0

@@ -17,9 +17,10 @@ first count compiles with an empty compile cache), in a fresh root under a tempo
 5. from the journal (a job's ``running`` event names its worker; ``started_at`` is the claim,
    ``finished_at`` the done transition) and each manifest's ``timings.total_s`` (the worker's own
    run of the job): jobs per hour = measured jobs / (last finish - first start), its ratio to N times
-   the 1-worker figure, the median dispatch gap (a worker's previous job done in the journal -> its
-   next job claimed) and handoff (claim -> done minus the worker's own run: sending the job, the
-   manifest, the journal), and every job's row.
+   the 1-worker figure, the supervisor's medians of: the dispatch gap (a worker's previous job done
+   in the journal -> its next job claimed), the first dispatch (a job in the journal, its idle
+   worker's first -> claimed) and the handoff (claim -> done minus the worker's own run: sending the
+   job, the manifest, the journal), and every job's row.
 
 The loop job is the e2e stage's (``e2e.loop_spec``): full size main 1 + connection 1 at the 640
 bucket, ``--steps`` steps (25 by default, FramePack's; fewer to fit a short GPU lease: every row
@@ -274,7 +275,8 @@ def job_rows(layout: Any) -> list[dict[str, Any]]:
             detail = json.loads(detail) if isinstance(detail, str) else detail or {}
             rows.append({
                 "name": job.name, "state": str(job.state.value), "attempts": job.attempts, "runs": len(runs),
-                "worker": detail.get("worker"), "started_at": job.started_at, "finished_at": job.finished_at,
+                "worker": detail.get("worker"), "created_at": job.created_at, "started_at": job.started_at,
+                "finished_at": job.finished_at,
                 **_from_manifest(layout.outbox / job.name / "manifest.json"),
             })  # fmt: skip
     finally:
@@ -311,6 +313,7 @@ def summarize(jobs: list[dict[str, Any]], workers: int) -> dict[str, Any]:
         "jobs_per_hour": len(done) * 3600.0 / window if window > 0 else None,
         "median_job_s": _median([j["run_s"] for j in done if j["run_s"] is not None]),
         "median_dispatch_gap_s": _median(gaps),
+        "median_first_dispatch_s": _median(first_dispatches(done)),
         "median_handoff_s": _median(handoffs),
         "jobs_per_worker": per_worker,
         "model_identity": done[0].get("model_identity"),
@@ -321,6 +324,14 @@ def summarize(jobs: list[dict[str, Any]], workers: int) -> dict[str, Any]:
 def lean(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Job rows without the model identity (the row of the count says it once)."""
     return [{k: v for k, v in j.items() if k != "model_identity"} for j in jobs]
+
+
+def first_dispatches(jobs: list[dict[str, Any]]) -> list[float]:
+    """For each worker's first job (it was idle, the job queued): the job's claim less its intake."""
+    first: dict[str, dict[str, Any]] = {}
+    for j in sorted(jobs, key=lambda j: j["started_at"]):
+        first.setdefault(j["worker"], j)
+    return [j["started_at"] - j["created_at"] for j in first.values()]
 
 
 def dispatch_gaps(jobs: list[dict[str, Any]]) -> list[float]:
