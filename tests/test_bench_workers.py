@@ -77,7 +77,7 @@ def test_random_model_names_and_one_worker_per_device() -> None:
     assert Settings(model="random:full", device="cuda:0,cuda:1").devices() == ["cuda:0", "cuda:1"]
     assert Settings(device="cpu:0,cpu:1").devices() == ["cpu:0", "cpu:1"]
     with pytest.raises(SettingsError, match="named twice"):
-        load_settings(Path("/nonexistent"), {"device": "cuda:0,cuda:0"}, env={})
+        load_settings(Path("/nonexistent"), {"device": "cuda,cuda:0"}, env={})
     with pytest.raises(SettingsError, match="random:full or random:tiny"):
         load_settings(Path("/nonexistent"), {"model": "random:huge"}, env={})
     with pytest.raises(ModelError, match="benchmarks"):  # one-shot commands need real files

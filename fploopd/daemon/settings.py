@@ -125,7 +125,7 @@ class Settings:
     @field_validator("device")
     @classmethod
     def _device_once(cls, value: str) -> str:
-        names = [d.strip() for d in value.split(",") if d.strip()]
+        names = ["cuda:0" if d.strip() == "cuda" else d.strip() for d in value.split(",") if d.strip()]
         twice = sorted({d for d in names if names.count(d) > 1})
         if twice:  # one worker per entry, named by it
             raise ValueError(f"{', '.join(twice)} named twice: name each device once (several CPU workers: cpu:0,cpu:1)")
