@@ -19,7 +19,10 @@ after every stage so an interrupted run keeps what it measured):
 - ``e2e``: a loop job (main 1, connection 1) through the pipelines (``bench.e2e``), in a child
   process when other stages ran first;
 - ``tiers`` (only when named: about 10 minutes at full size): the loop job under each VRAM budget
-  in the tier it gets (``bench.tiers``); run it alone, in a process of its own.
+  in the tier it gets (``bench.tiers``); run it alone, in a process of its own;
+- ``workers`` (only when named): loop jobs per hour with 1, 2, 4 workers through the real daemon
+  (``fploopd run`` on random full-size weights; ``bench.workers``), its supervisor's CPU time and
+  dispatch gaps. It starts daemons and touches no GPU itself.
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ from fploopd.bench.timing import (
 )
 from fploopd.spec import TEACACHE_DEFAULT_THRESHOLD
 
-STAGES = ("text", "transformer", "vae", "section", "lora", "lowvram", "e2e", "tiers")
-DEFAULT_STAGES = STAGES[:-1]  # "all": every stage but tiers
+STAGES = ("text", "transformer", "vae", "section", "lora", "lowvram", "e2e", "tiers", "workers")
+DEFAULT_STAGES = tuple(s for s in STAGES if s not in ("tiers", "workers"))  # "all": every stage but these
 LORA_RANK = 32
 # A prompt of about FramePack's length: the Llama runs over the template and 256 padded tokens either way.
 BENCH_PROMPT = (
@@ -82,6 +85,12 @@ class BenchConfig:
     section_repeats: int = 1
     compile_mode: str | None = None  # also time torch.compile in this mode (e.g. max-autotune-no-cudagraphs)
     command: str = ""
+    # The workers stage: worker counts (smallest first: the 1-worker figure is the baseline), measured
+    # loop jobs per worker, a deadline per count, a compile cache kept between runs (None: a fresh one).
+    worker_counts: tuple[int, ...] = (1, 2, 4)
+    jobs_per_worker: int = 2
+    workers_timeout_s: float = 900.0
+    compile_cache: Path | None = None
 
     @property
     def size(self) -> str:
@@ -188,6 +197,7 @@ class Bench:
             "lowvram": self.stage_lowvram,
             "e2e": self.stage_e2e,
             "tiers": self.stage_tiers,
+            "workers": self.stage_workers,
         }
         for name in STAGES:
             if name not in self.cfg.stages:
@@ -679,6 +689,11 @@ class Bench:
         if set(self.cfg.stages) - {"tiers"}:
             self.notes.append("tiers ran after other stages in one process: their compiled graphs and memory stayed")
         run_tiers(self)
+
+    def stage_workers(self) -> None:
+        from fploopd.bench.workers import run_workers
+
+        run_workers(self)
 
 
 def _compiled_graphs() -> int:

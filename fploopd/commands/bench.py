@@ -25,10 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per figure after warm-up (default 5; tiny 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs before each figure (default 2; tiny 1)")
     p.add_argument("--section-repeats", type=int, default=1, help="timed 25-step sections per variant (default 1)")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps of the section figure (default 25)")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps of the section figure and of the workers "
+                   "stage's full-size loop jobs (default 25)")
     p.add_argument("--quick", action="store_true", help="one warm-up and one timed run of everything")
-    p.add_argument("--stages", default="all", help="comma list of text,transformer,vae,section,lora,lowvram,e2e,tiers "
-                   "(default all: every stage but tiers)")
+    p.add_argument("--stages", default="all", help="comma list of text,transformer,vae,section,lora,lowvram,e2e,tiers,"
+                   "workers (default all: every stage but tiers and workers)")
     p.add_argument("--attention", default="auto", help="attention kernel for our runner (default: timed choice)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--no-fp8", action="store_true", help="skip the FP8 variants")
@@ -38,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--low-vram-gib", type=float, default=8.0, help="GPU memory limit of the low-VRAM figure (0: no low-VRAM loop job in e2e)")
     p.add_argument("--tier-budgets", default="all", help="the tiers stage's budgets, largest first: a comma list of "
                    "GiB and 'unlimited' (default all: unlimited,48,24,16,12,8,6)")
+    p.add_argument("--workers", default="1,2,4", help="the workers stage's worker counts, smallest first "
+                   "(default 1,2,4; one GPU each)")
+    p.add_argument("--jobs-per-worker", type=int, default=2, help="the workers stage's measured loop jobs per worker (default 2)")
+    p.add_argument("--workers-timeout", type=float, default=900.0, help="the workers stage's limit per worker count, in seconds")
+    p.add_argument("--compile-cache", type=Path, default=None, help="the workers stage's compile cache folder, kept "
+                   "between runs (default: a fresh one, shared by the counts of this run)")
     p.set_defaults(handler=run)
 
 
@@ -70,6 +77,18 @@ def _budgets(text: str) -> tuple[float | None, ...]:
     if not budgets or any(b is not None and b <= 0 for b in budgets):
         raise InputError(f"--tier-budgets needs positive GiB numbers, not {text!r}", field="--tier-budgets")
     return budgets
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    from fploopd.errors import InputError
+
+    try:
+        counts = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise InputError(f"--workers takes a comma list of worker counts, not {text!r}", field="--workers") from None
+    if not counts or any(c < 1 or c > 64 for c in counts):
+        raise InputError(f"--workers needs counts from 1 to 64, not {text!r}", field="--workers")
+    return counts
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
         section_repeats=args.section_repeats,
         compile_mode=args.compile_mode,
         tier_budgets=_budgets(args.tier_budgets),
+        worker_counts=_counts(args.workers),
+        jobs_per_worker=max(1, args.jobs_per_worker),
+        workers_timeout_s=args.workers_timeout,
+        compile_cache=args.compile_cache.absolute() if args.compile_cache else None,
         command=_command_line(args, p_defaults()),
     )
     doc = run_bench(cfg)

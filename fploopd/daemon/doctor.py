@@ -117,9 +117,13 @@ def _codecs(settings: Settings) -> Iterator[Check]:
 
 def _models(settings: Settings) -> Iterator[Check]:
     """The weights the daemon's workers would load, found as they would find them."""
+    from fploopd.bench.random_source import WARNING, is_random
     from fploopd.engine.sources import resolve
     from fploopd.errors import ModelError
 
+    if is_random(settings.model):
+        yield Check("models", "warn", f"model {settings.model}: {WARNING}", 'set model = "auto" (or a folder) for real videos')
+        return
     try:
         paths = resolve(settings.model, allow_download=False)
     except ModelError as exc:

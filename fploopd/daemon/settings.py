@@ -39,7 +39,8 @@ class SettingsError(FploopdError):
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Settings:
     root: Path = Path(".")
-    # Weights: "tiny", "auto" (FramePack weights wherever found) or a folder.
+    # Weights: "tiny", "auto" (FramePack weights wherever found) or a folder; "random:full" and
+    # "random:tiny" are random weights built by the workers, for benchmarks only (bench/random_source.py).
     model: str = "auto"
     # "auto", "cpu", "cuda", "cuda:1" or a comma list: one worker process per entry.
     device: str = "auto"
@@ -113,6 +114,22 @@ class Settings:
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             return [f"cuda:{i}" for i in range(count)] or ["cpu"]
         return ["cuda:0" if d == "cuda" else d for d in wanted]
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        from fploopd.bench.random_source import check_name, is_random  # torch-free
+
+        return check_name(value) if is_random(value) else value
+
+    @field_validator("device")
+    @classmethod
+    def _device_once(cls, value: str) -> str:
+        names = ["cuda:0" if d.strip() == "cuda" else d.strip() for d in value.split(",") if d.strip()]
+        twice = sorted({d for d in names if names.count(d) > 1})
+        if twice:  # one worker per entry, named by it
+            raise ValueError(f"{', '.join(twice)} named twice: name each device once (several CPU workers: cpu:0,cpu:1)")
+        return value
 
     @field_validator("vram", mode="before")
     @classmethod

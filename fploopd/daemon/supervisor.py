@@ -166,6 +166,11 @@ class Supervisor:
 
     def _check_model(self) -> None:
         """Say at once when the weights cannot be found, not only in a worker's log: jobs would wait."""
+        from fploopd.bench.random_source import WARNING, is_random
+
+        if is_random(self.settings.model):
+            logger.warning("model {}: {}", self.settings.model, WARNING)
+            return
         if self.settings.model == "tiny" or self.settings.allow_download:
             return  # the tiny family is built by the worker; a download is the worker's to try
         from fploopd.engine.sources import resolve

@@ -32,9 +32,19 @@ from fploopd.errors import Cancelled, ErrorRecord, FploopdError, InputError, Mod
 
 def load_models(settings: Settings, device: str) -> Any:
     """The models, loaded once per worker and kept between jobs."""
+    from fploopd.bench.random_source import WARNING, is_random, load_random
     from fploopd.engine.components import load_components
     from fploopd.engine.sources import resolve
 
+    if device.startswith("cuda:"):
+        import torch
+
+        # One GPU per worker: what names no device (streams, events, kernel timing) means this one,
+        # and no other worker's GPU gets a context of this process.
+        torch.cuda.set_device(device)
+    if is_random(settings.model):
+        logger.warning("model {} on {}: {}", settings.model, device, WARNING)
+        return load_random(settings.model, device, vram=settings.vram, fp8=settings.fp8, compile_vae=settings.compile_vae)
     paths = resolve(settings.model, allow_download=settings.allow_download)
     return load_components(paths, device, vram=settings.vram, fp8=settings.fp8, compile_vae=settings.compile_vae)
 

@@ -224,6 +224,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise FploopdError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cpu":
+        return torch.device("cpu")  # cpu:N names one of several CPU workers (tests, benches); one CPU device
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise FploopdError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu or fix the driver")
@@ -269,10 +271,11 @@ def _groups(module: torch.nn.Module) -> list[torch.nn.Module]:
     return out
 
 
-def gpu_tier(device: torch.device, vram: str | float, sizes: ModelSizes, *, fp8: bool = False) -> TierChoice:
-    """The tier for ``device`` now: its free memory and compute capability, the user's ``vram``."""
+def gpu_tier(device: torch.device, vram: str | float, sizes: ModelSizes, *, fp8: bool = False, held: int = 0) -> TierChoice:
+    """The tier for ``device`` now: its free memory (plus ``held``, bytes our models already take
+    there) and compute capability, the user's ``vram``."""
     free, _ = torch.cuda.mem_get_info(device)
-    return choose_tier(free, torch.cuda.get_device_capability(device), parse_vram(vram), sizes, prefer_fp8=fp8)
+    return choose_tier(free + held, torch.cuda.get_device_capability(device), parse_vram(vram), sizes, prefer_fp8=fp8)
 
 
 def load_components(
@@ -312,18 +315,42 @@ def load_components(
             "image_encoder": _load("image_encoder", paths.image_encoder, hf_loader("SiglipVisionModel", low)),
             "feature_extractor": _load("feature_extractor", paths.feature_extractor, _feature_extractor_loader()),
         }
+    # Before placement and FP8: the state reads base weights back from the files just loaded.
+    lora_state = _lora_state(models["transformer"], transformer_path, dev)
+    return placed_components(models, dev, model_identity(paths, variant), vram=vram, variant=variant, fp8=fp8,
+                             compile_vae=compile_vae, lora_state=lora_state)  # fmt: skip
+
+
+def placed_components(
+    models: dict[str, Any],
+    device: str | torch.device,
+    identity: dict[str, Any],
+    *,
+    vram: str = "auto",
+    variant: str = "i2v",
+    fp8: bool = False,
+    compile_vae: bool = False,
+    lora_state: LoraState | None = None,
+) -> Components:
+    """``models`` (``load_components``' dict: loaded from files, or built elsewhere such as the
+    benchmarks' random weights) placed on ``device`` as a worker places them: the VRAM tier chosen
+    from the card, then ``place`` (``accelerate`` and the compiled decoder when resident).
+    ``lora_state``: None = base weights copied on a first LoRA (no files to read them back from)."""
+    dev = resolve_device(device)
     for name in MODEL_NAMES:
         models[name].eval().requires_grad_(False)
     tier = None
     if dev.type == "cuda":  # the worker's first line: which tier, and why
-        tier = gpu_tier(dev, vram, model_sizes(models), fp8=fp8)
+        # Models already on the card (built there) are memory the placement may use.
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        held = sum(_module_bytes(models[n]) for n in MODEL_NAMES if _module_device(models[n]) == torch.device("cuda", index))
+        tier = gpu_tier(dev, vram, model_sizes(models), fp8=fp8, held=held)
         logger.info("{}: VRAM tier {}", dev, tier.summary())
         fp8 = tier.fp8 or (fp8 and fp8_supported(dev))
     elif parse_vram(vram).tier not in (None, "bf16-resident"):
         logger.info("vram = {} has no effect on {}: nothing is offloaded", vram, dev)
-    # Before placement and FP8: the state reads base weights back from the files just loaded.
-    lora_state = _lora_state(models["transformer"], transformer_path, dev)
-    identity = model_identity(paths, variant)
+    if lora_state is None:
+        lora_state = LoraState(models["transformer"], device=dev if dev.type == "cuda" else None)
     if fp8:  # changes the results: part of what a manifest and a checkpoint belong to
         identity = {**identity, "fp8": True}
     mode = "high" if tier is None or tier.resident_everything else "low"

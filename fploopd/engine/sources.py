@@ -186,6 +186,12 @@ def places_for(model: str | Path, search: list[Path] | None = None) -> tuple[lis
         return [Place("tiny", root)], f"tiny ({root})"
     if text == "auto":
         return auto_places(search), "auto"
+    if text.startswith("random:"):
+        raise ModelError(
+            f"{text} is random weights for benchmarks, built by the daemon's workers (fploopd run) and fploopd bench; "
+            "this command needs files: pass --model tiny, --model auto or a folder holding the FramePack weights",
+            field="model",
+        )
     path = Path(model).expanduser().absolute()
     if not path.is_dir():
         raise ModelError(
