@@ -101,7 +101,7 @@ def test_loop_job_on_a_cpu_group_equals_one_process(tmp_path: Path) -> None:
 
     src = tmp_path / "in.png"
     Image.fromarray(job_image()).save(src)
-    spec = dataclasses.replace(loop_spec(False), outputs=["latent"]) if False else loop_spec(False)
+    spec = loop_spec(False)
 
     def job(components: object, name: str) -> tuple[torch.Tensor, int]:
         result = run_job(spec, {"image": src}, tmp_path / name, name=name, seeds=[31337], components=components,
@@ -130,3 +130,36 @@ def _final_latents(work: Path) -> torch.Tensor:
     assert files, f"no section checkpoint in {work}"
     tensors = load_file(str(files[-1]))
     return torch.cat([t.flatten().float() for _, t in sorted(tensors.items()) if t.is_floating_point()])
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("cuda:0+", "the device group 'cuda:0+' needs 2 or more devices joined by '+', e.g. 'cuda:0+cuda:1'"),
+        ("cuda:0+cuda:0", "the device group 'cuda:0+cuda:0' names cuda:0 twice"),
+        ("cuda:0+cpu", "the device group 'cuda:0+cpu' mixes the CPU and GPUs; a group is all GPUs"),
+        ("cuda:0+gpu1", "'gpu1' in the device group 'cuda:0+gpu1' is not a device; a group joins 'cuda:N' devices"),
+        ("cuda:0+cuda:1,cuda:1+cuda:2",
+         "cuda:1 is in two workers ('cuda:0+cuda:1' and 'cuda:1+cuda:2'); a GPU in a group serves only that group"),
+        ("cuda:0+cuda:1,cuda:1",
+         "cuda:1 is in two workers ('cuda:0+cuda:1' and 'cuda:1'); a GPU in a group serves only that group"),
+    ],
+)
+def test_bad_device_groups_are_refused(tmp_path: Path, device: str, message: str) -> None:
+    from fploopd.daemon.devicegroups import check_devices
+    from fploopd.daemon.settings import SettingsError, load_settings
+
+    with pytest.raises(ValueError) as exc:
+        check_devices(device)
+    assert str(exc.value) == message
+    with pytest.raises(SettingsError) as err:
+        load_settings(tmp_path, {"device": device}, env={})
+    assert message in err.value.message
+    assert err.value.field == "device"
+
+
+def test_device_groups_are_workers() -> None:
+    from fploopd.daemon.settings import Settings
+
+    assert Settings(device="cuda:0 + cuda:1, cuda:2").devices() == ["cuda:0+cuda:1", "cuda:2"]
+    assert Settings(device="cpu+cpu").devices() == ["cpu+cpu"]
