@@ -63,30 +63,30 @@ def check_heads(heads: int, parts: int) -> None:
         )
 
 
-@dataclass(frozen=True)
+@dataclass
 class UlyssesAttention:
     """Attention of one rank's [latent shard ; conditioning] tokens (B, n_r + M, H, D) with kernel
     ``kernel`` on its H/P heads over all N + M tokens; returns (B, n_r + M, H, D) like the kernel.
-    ``splits``: every rank's latent shard length (N in all)."""
+    ``splits``: every rank's latent shard length (N in all), set by the runner before each forward.
+
+    Registered once as an attention kernel (``ulysses_kernel``) whose name the compiled blocks carry
+    as a constant; the splits are read when the opaque op runs, so a new section geometry (another
+    history length, another bucket) costs no recompilation."""
 
     kernel: str
     rank: int
-    splits: tuple[int, ...]
+    size: int
     group: Any = None  # None: the default (world) group
+    splits: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:
-        """The kernel name the blocks carry (a string: a constant for torch.compile)."""
-        return f"ulysses[{self.kernel}|{self.rank}|{','.join(map(str, self.splits))}]"
-
-    def register(self) -> str:
-        """Register as an attention kernel (once) and return its name."""
-        if self.name not in KERNELS:
-            register(AttentionKernel(self.name, self, lambda _d: False, timed=False))
-        return self.name
+        return f"ulysses[{self.kernel}|{self.rank}/{self.size}]"
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        size, rank, splits = len(self.splits), self.rank, self.splits
+        size, rank, splits = self.size, self.rank, self.splits
+        if len(splits) != size:
+            raise RuntimeError(f"{self.name}: the runner set no shard sizes for this forward")
         b, s, heads, d = q.shape
         n = splits[rank]
         m = s - n
@@ -115,6 +115,16 @@ class UlyssesAttention:
         recv = send.new_empty((size * (n + m), b, h, d))
         dist.all_to_all_single(recv, send, [n + m] * size, [length + m for length in splits], group=self.group)
         return recv.view(size, n + m, b, h, d).permute(2, 1, 0, 3, 4).reshape(b, n + m, heads, d)
+
+
+def ulysses_kernel(kernel: str, rank: int, size: int, group: Any = None) -> UlyssesAttention:
+    """The registered ``UlyssesAttention`` of this kernel and rank (registered on first use)."""
+    att = UlyssesAttention(kernel, rank, size, group)
+    hit = KERNELS.get(att.name)
+    if hit is not None and isinstance(hit.run, UlyssesAttention):
+        return hit.run
+    register(AttentionKernel(att.name, att, lambda _d: False, timed=False))
+    return att
 
 
 def gather_tokens(local: Tensor, splits: Sequence[int], group: Any = None) -> Tensor:
@@ -267,9 +277,10 @@ class ContextParallelRunner(TransformerRunner):
         splits = shard_sizes(x.shape[1], link.size)
         lo = sum(splits[: link.rank])
         hi = lo + splits[link.rank]
-        backend = UlyssesAttention(self.options.attention, link.rank, tuple(splits), link.group).register()
+        att = ulysses_kernel(self.options.attention, link.rank, link.size, link.group)
+        att.splits = tuple(splits)
         local = dataclasses.replace(prep, cos=prep.cos[lo:hi], sin=prep.sin[lo:hi])
-        out = super()._run_blocks(x[:, lo:hi], cond, temb, local, attention=backend)
+        out = super()._run_blocks(x[:, lo:hi], cond, temb, local, attention=att.name)
         return gather_tokens(out, splits, link.group)
 
 
@@ -280,4 +291,5 @@ __all__ = [
     "check_heads",
     "gather_tokens",
     "shard_sizes",
+    "ulysses_kernel",
 ]
