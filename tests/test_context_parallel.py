@@ -163,3 +163,26 @@ def test_device_groups_are_workers() -> None:
 
     assert Settings(device="cuda:0 + cuda:1, cuda:2").devices() == ["cuda:0+cuda:1", "cuda:2"]
     assert Settings(device="cpu+cpu").devices() == ["cpu+cpu"]
+
+
+def test_bench_context_parallel_stage_on_two_cpu_ranks(tmp_path: Path) -> None:
+    """``--stages context-parallel`` on the CPU (tiny family, gloo ranks): a row per device count,
+    the ratio to the one-device job and the latents' deviation from it."""
+    import json
+
+    from fploopd.cli import main
+
+    out = tmp_path / "cp.json"
+    argv = ["bench", "--model", "tiny", "--device", "cpu", "--stages", "context-parallel", "--cp-devices", "1,2",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == {}
+    rows = doc["results"]
+    assert set(rows) == {"context_parallel.1", "context_parallel.2"}
+    assert rows["context_parallel.1"]["vs_one_device"] == 1.0 and rows["context_parallel.1"]["max_abs_dev"] == 0.0
+    two = rows["context_parallel.2"]
+    assert two["devices"] == 2 and two["median_s"] > 0 and two["vs_one_device"] > 0
+    assert two["max_abs_dev"] is not None and two["max_abs_dev"] <= 0.05 * two["latent_abs_max"]
+    assert main(["bench", "--model", "tiny", "--device", "cpu", "--stages", "context-parallel", "--cp-devices", "2,4",
+                 "--out", str(out)]) == 2  # fmt: skip

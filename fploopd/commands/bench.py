@@ -27,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--section-repeats", type=int, default=1, help="timed 25-step sections per variant (default 1)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps of the section figure (default 25)")
     p.add_argument("--quick", action="store_true", help="one warm-up and one timed run of everything")
-    p.add_argument("--stages", default="all", help="comma list of text,transformer,vae,section,lora,lowvram,e2e,tiers "
-                   "(default all: every stage but tiers)")
+    p.add_argument("--stages", default="all", help="comma list of text,transformer,vae,section,lora,lowvram,e2e,tiers,"
+                   "context-parallel (default all: every stage but tiers and context-parallel)")
     p.add_argument("--attention", default="auto", help="attention kernel for our runner (default: timed choice)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--no-fp8", action="store_true", help="skip the FP8 variants")
@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--low-vram-gib", type=float, default=8.0, help="GPU memory limit of the low-VRAM figure")
     p.add_argument("--tier-budgets", default="all", help="the tiers stage's budgets, largest first: a comma list of "
                    "GiB and 'unlimited' (default all: unlimited,48,24,16,12,8,6)")
+    p.add_argument("--cp-devices", default="1,2,4", help="the context-parallel stage's device counts, a comma "
+                   "list starting with 1 (default 1,2,4)")
     p.set_defaults(handler=run)
 
 
@@ -70,6 +72,19 @@ def _budgets(text: str) -> tuple[float | None, ...]:
     if not budgets or any(b is not None and b <= 0 for b in budgets):
         raise InputError(f"--tier-budgets needs positive GiB numbers, not {text!r}", field="--tier-budgets")
     return budgets
+
+
+def _cp_devices(text: str) -> tuple[int, ...]:
+    from fploopd.errors import InputError
+
+    try:
+        counts = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        counts = ()
+    if not counts or counts[0] != 1 or any(c < 1 or c > 64 for c in counts):
+        raise InputError(f"--cp-devices takes device counts starting with 1, such as 1,2,4, not {text!r}",
+                         field="--cp-devices")  # fmt: skip
+    return counts
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         section_repeats=args.section_repeats,
         compile_mode=args.compile_mode,
         tier_budgets=_budgets(args.tier_budgets),
+        cp_devices=_cp_devices(args.cp_devices),
         command=_command_line(args, p_defaults()),
     )
     doc = run_bench(cfg)
