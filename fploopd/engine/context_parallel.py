@@ -168,7 +168,7 @@ class GroupLink:
 
     def send_tensors(self, tensors: Sequence[Tensor]) -> None:
         for t in tensors:
-            dist.broadcast(_wire(t).contiguous(), src=0, group=self.group)
+            dist.broadcast(_wire(t).to(self.device).contiguous(), src=0, group=self.group)
 
     def recv_tensors(self, specs: Sequence[tuple[tuple[int, ...], torch.dtype]]) -> list[Tensor]:
         out = []

@@ -35,8 +35,10 @@ from fploopd.engine.options import RunnerOptions
 from fploopd.errors import FploopdError
 
 TransformerLoader = Callable[[torch.device], nn.Module]
-# Collectives of one forward; a follower waits for headers on its pipe, never in a collective.
-_COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+# The longest wait inside a collective is one rank compiling the blocks while the other waits in the
+# first all-to-all (a minute or two); between forwards followers wait on their pipe, which has no
+# timeout. A rank that died leaves the others waiting this long, then NCCL ends them.
+_COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
 def group_members(device: str) -> list[str]:
@@ -157,9 +159,12 @@ class DeviceGroup:
         attention kernel) and wait until they are ready to serve."""
         self.link.send(("setup", options))
         for pipe in self.link.pipes:
-            msg = pipe.recv()
+            try:
+                msg = pipe.recv()
+            except (EOFError, OSError):
+                msg = ("exited while loading the transformer (its messages are in this log above)",)
             if msg[0] != "ready":
-                raise FploopdError(f"a follower of the device group {'+'.join(self.devices)} did not start: {msg}")
+                raise FploopdError(f"a follower of the device group {'+'.join(self.devices)} did not start: {msg[0]}")
 
     def close(self) -> None:
         """Stop the followers and leave the group."""
