@@ -46,8 +46,10 @@ def test_heads_must_divide() -> None:
         check_heads(24, 5)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def group() -> Iterator[DeviceGroup]:
+    """One 2-rank group for the forward tests (class scope: it is gone before the next group starts,
+    a process being in one torch.distributed group at a time)."""
     g = DeviceGroup.start(["cpu", "cpu"], functools.partial(build_transformer, "tiny", dtype=torch.float32, seed=1234))
     g.setup(SDPA)
     yield g
@@ -59,35 +61,36 @@ def model() -> torch.nn.Module:
     return build_transformer("tiny", "cpu", torch.float32, seed=1234)
 
 
-@pytest.mark.parametrize("latent", [(4, 4), (6, 4)], ids=["uneven-13-12", "even-18-18"])
-def test_forward_on_two_ranks_equals_one(group: DeviceGroup, model: torch.nn.Module, latent: tuple[int, int]) -> None:
-    spec = dataclasses.replace(tiny_spec(TINY), latent_h=latent[0], latent_w=latent[1])
-    cp = ContextParallelRunner(model, SDPA, weights=None, link=group.link)
-    one = TransformerRunner(model, SDPA)
-    cp.reset(2)
-    one.reset(2)
-    for seed in (0, 1):
-        kwargs = section_kwargs(spec, "cpu", torch.float32, seed=seed)
-        ref = one(**kwargs)
-        out = cp(**kwargs)
-        assert out.shape == ref.shape
-        assert ref.abs().mean() > 1e-2
-        assert _rel(out, ref) < TOLERANCE
-    # The attention really ran on these shards.
-    assert KERNELS["ulysses[sdpa|0/2]"].run.splits == ((13, 12) if latent == (4, 4) else (18, 18))
+class TestForwards:
+    @pytest.mark.parametrize("latent", [(4, 4), (6, 4)], ids=["uneven-13-12", "even-18-18"])
+    def test_forward_on_two_ranks_equals_one(self, group: DeviceGroup, model: torch.nn.Module, latent: tuple[int, int]) -> None:
+        spec = dataclasses.replace(tiny_spec(TINY), latent_h=latent[0], latent_w=latent[1])
+        cp = ContextParallelRunner(model, SDPA, weights=None, link=group.link)
+        one = TransformerRunner(model, SDPA)
+        cp.reset(2)
+        one.reset(2)
+        for seed in (0, 1):
+            kwargs = section_kwargs(spec, "cpu", torch.float32, seed=seed)
+            ref = one(**kwargs)
+            out = cp(**kwargs)
+            assert out.shape == ref.shape
+            assert ref.abs().mean() > 1e-2
+            assert _rel(out, ref) < TOLERANCE
+        # The attention really ran on these shards.
+        assert KERNELS["ulysses[sdpa|0/2]"].run.splits == ((13, 12) if latent == (4, 4) else (18, 18))
 
 
-def test_teacache_decisions_are_the_leaders(group: DeviceGroup, model: torch.nn.Module) -> None:
-    opts = SDPA.with_teacache(0.5)
-    cp = ContextParallelRunner(model, opts, weights=None, link=group.link)
-    one = TransformerRunner(model, opts)
-    cp.reset(5)
-    one.reset(5)
-    for step in range(5):
-        kwargs = section_kwargs(tiny_spec(TINY), "cpu", torch.float32, seed=0, sigma=0.9 - 0.01 * step)
-        assert _rel(cp(**kwargs), one(**kwargs)) < TOLERANCE
-    assert cp.stats.history == one.stats.history
-    assert cp.stats.skipped > 0
+    def test_teacache_decisions_are_the_leaders(self, group: DeviceGroup, model: torch.nn.Module) -> None:
+        opts = SDPA.with_teacache(0.5)
+        cp = ContextParallelRunner(model, opts, weights=None, link=group.link)
+        one = TransformerRunner(model, opts)
+        cp.reset(5)
+        one.reset(5)
+        for step in range(5):
+            kwargs = section_kwargs(tiny_spec(TINY), "cpu", torch.float32, seed=0, sigma=0.9 - 0.01 * step)
+            assert _rel(cp(**kwargs), one(**kwargs)) < TOLERANCE
+        assert cp.stats.history == one.stats.history
+        assert cp.stats.skipped > 0
 
 
 def test_loop_job_on_a_cpu_group_equals_one_process(tmp_path: Path) -> None:
@@ -186,3 +189,24 @@ def test_bench_context_parallel_stage_on_two_cpu_ranks(tmp_path: Path) -> None:
     assert two["max_abs_dev"] is not None and two["max_abs_dev"] <= 0.05 * two["latent_abs_max"]
     assert main(["bench", "--model", "tiny", "--device", "cpu", "--stages", "context-parallel", "--cp-devices", "2,4",
                  "--out", str(out)]) == 2  # fmt: skip
+
+
+def test_daemon_worker_on_a_cpu_group_delivers(tmp_path: Path) -> None:
+    """``device = "cpu+cpu"``: the supervisor sees one worker named by the group; that worker (a
+    daemonic process) starts its follower, and the job is delivered as on one device."""
+    import json
+
+    from daemon_util import SMALL, drop, image_bytes, make_root, outbox_jobs, run_once, status
+
+    root = make_root(tmp_path, device="cpu+cpu")
+    drop(root, "cat", {"prompt": "a red ball", "seed": 7, **SMALL}, media=image_bytes())
+    result = run_once(root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert outbox_jobs(root) == ["cat"]
+    manifest = json.loads((root / "outbox" / "cat" / "manifest.json").read_text())
+    by_kind = {o["kind"]: o for o in manifest["outputs"]}
+    assert by_kind["1loop"]["frames"] > 0 and by_kind["loop"]["frames"] == 2 * by_kind["1loop"]["frames"]
+    (job,) = status(root)
+    assert job["state"] == "done" and job["attempts"] == 0
+    logs = "".join(p.read_text() for p in (root / ".fploopd" / "logs").glob("worker-cpu+cpu*.log"))
+    assert "device group cpu+cpu: 2 ranks joined" in logs

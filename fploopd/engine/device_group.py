@@ -1,9 +1,10 @@
 """A device group ("cuda:0+cuda:1"): one job's transformer forwards spread over several devices.
 
 The process that loads the whole model set (a daemon worker, a one-shot command, the bench) is the
-group's rank 0, on the group's first device. ``DeviceGroup.start`` spawns one follower process per
-other device; followers die with their parent, join a ``torch.distributed`` group through a file
-store in a private temporary folder (nothing listens on the network), load only the transformer,
+group's rank 0, on the group's first device. ``DeviceGroup.start`` starts one follower process per
+other device (``python -m fploopd.engine.device_group``, orders on stdin, a Unix socket for the
+headers); followers die with their parent, join a ``torch.distributed`` group through a file store
+in a private temporary folder (nothing listens on the network), load only the transformer,
 and run ``context_parallel.ContextParallelRunner.serve`` until the leader stops them.
 ``DeviceGroup.attach(components)`` then makes ``components.runner()`` a context-parallel runner.
 """
@@ -12,19 +13,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import pickle
+import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from loguru import logger
 from torch import nn
 
@@ -69,6 +75,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _package_root() -> str:
+    import fploopd
+
+    return str(Path(fploopd.__file__).resolve().parent.parent)
+
+
 def _backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
@@ -83,7 +95,6 @@ def _init(rank: int, size: int, store: Path, device: torch.device) -> None:
 def _follower_main(rank: int, size: int, store: str, device: str, load: TransformerLoader, pipe: Any) -> None:
     """A follower process: join the group, load the transformer, prepare it as the leader says,
     serve forwards until stopped."""
-    _die_with_parent()
     dev = torch.device(device)
     _init(rank, size, Path(store), dev)
     transformer = load(dev)
@@ -106,38 +117,89 @@ def _follower_main(rank: int, size: int, store: str, device: str, load: Transfor
     dist.destroy_process_group()
 
 
+def _follower_entry() -> None:
+    """``python -m fploopd.engine.device_group``: a follower, its orders pickled on stdin. A plain
+    child process rather than a multiprocessing one: a daemon's worker is a daemonic process, and
+    those may not start multiprocessing children."""
+    _die_with_parent()
+    order = pickle.load(sys.stdin.buffer)
+    if os.getppid() != order["parent"]:
+        return  # the leader died before this process could ask to die with it
+    pipe = Client(order["address"], family="AF_UNIX", authkey=order["authkey"])
+    pipe.send(order["rank"])
+    _follower_main(order["rank"], order["size"], order["store"], order["device"], order["load"], pipe)
+
+
+def _accept(listener: Listener, count: int, processes: list[subprocess.Popen], what: str) -> list[Connection]:
+    """The followers' connections in rank order; fails when one of them exits before connecting."""
+    conns: dict[int, Connection] = {}
+    failure: list[BaseException] = []
+
+    def accept_all() -> None:
+        try:
+            for _ in range(count):
+                conn = listener.accept()
+                conns[conn.recv()] = conn
+        except BaseException as exc:  # noqa: BLE001 - reported by the waiting thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=accept_all, name="group-accept", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+        dead = [p for p in processes if p.poll() is not None]
+        if dead and thread.is_alive():
+            raise FploopdError(f"a follower of the device group {what} exited while starting (exit status "
+                               f"{dead[0].returncode}; its messages are in this log above)")  # fmt: skip
+    if failure:
+        raise FploopdError(f"the device group {what} could not start its followers: {failure[0]}")
+    return [conns[rank] for rank in sorted(conns)]
+
+
 @dataclass
 class DeviceGroup:
     """The leader's handle on its group: the link to the followers and their processes."""
 
     devices: list[str]
     link: GroupLink
-    processes: list[Any]
+    processes: list[subprocess.Popen]
     store_dir: str
 
     @classmethod
     def start(cls, devices: Sequence[str], load: TransformerLoader) -> DeviceGroup:
-        """Spawn a follower for each device after the first and join the group as rank 0.
+        """Start a follower for each device after the first and join the group as rank 0.
         ``load(device)``: a picklable function that builds the transformer (as the leader's)."""
         devices = list(devices)
+        what = "+".join(devices)
         if len(devices) < 2:
-            raise FploopdError(f"a device group needs 2 or more devices, got {'+'.join(devices)!r}")
+            raise FploopdError(f"a device group needs 2 or more devices, got {what!r}")
         size = len(devices)
-        store_dir = tempfile.mkdtemp(prefix="fploopd-group-")
-        store = Path(store_dir) / "store"
-        ctx = mp.get_context("spawn")
-        pipes, processes = [], []
-        for rank in range(1, size):
-            mine, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_follower_main, args=(rank, size, str(store), devices[rank], load, theirs),
-                               name=f"fploopd-group-{devices[rank]}", daemon=True)  # fmt: skip
-            proc.start()
-            theirs.close()
-            pipes.append(mine)
-            processes.append(proc)
-        leader = torch.device(devices[0])
-        _init(0, size, store, leader)
-        logger.info("device group {}: {} ranks joined", "+".join(devices), size)
+        store_dir = tempfile.mkdtemp(prefix="fploopd-group-")  # private (0700): the store and the socket
+        address, authkey = str(Path(store_dir) / "control"), secrets.token_bytes(32)
+        listener = Listener(address, family="AF_UNIX", authkey=authkey)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([_package_root(), os.environ.get("PYTHONPATH", "")])}
+        processes: list[subprocess.Popen] = []
+        try:
+            for rank in range(1, size):
+                proc = subprocess.Popen([sys.executable, "-m", "fploopd.engine.device_group"], stdin=subprocess.PIPE,
+                                        env=env)  # fmt: skip
+                processes.append(proc)
+                order = {"rank": rank, "size": size, "store": str(Path(store_dir) / "store"), "device": devices[rank],
+                         "load": load, "address": address, "authkey": authkey, "parent": os.getpid()}  # fmt: skip
+                assert proc.stdin is not None
+                proc.stdin.write(pickle.dumps(order))
+                proc.stdin.close()
+            pipes = _accept(listener, size - 1, processes, what)
+            leader = torch.device(devices[0])
+            _init(0, size, Path(store_dir) / "store", leader)
+        except BaseException:
+            for proc in processes:
+                proc.kill()
+            shutil.rmtree(store_dir, ignore_errors=True)
+            raise
+        finally:
+            listener.close()
+        logger.info("device group {}: {} ranks joined", what, size)
         return cls(devices, GroupLink(0, size, leader, pipes), processes, store_dir)
 
     def attach(self, components: Components) -> Components:
@@ -170,9 +232,11 @@ class DeviceGroup:
         """Stop the followers and leave the group."""
         self.link.stop()
         for proc in self.processes:
-            proc.join(timeout=30)
-            if proc.is_alive():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         if dist.is_initialized():
             dist.destroy_process_group()
         shutil.rmtree(self.store_dir, ignore_errors=True)
@@ -206,3 +270,7 @@ def model_loader(model: str, allow_download: bool) -> TransformerLoader:
 
 
 __all__ = ["DeviceGroup", "GroupComponents", "group_members", "is_group", "load_transformer", "model_loader"]
+
+
+if __name__ == "__main__":
+    _follower_entry()
