@@ -34,10 +34,12 @@ import torch.distributed as dist
 from loguru import logger
 from torch import nn
 
+from fploopd.engine.accel import optimize
 from fploopd.engine.components import Components, _load, _transformer_loader
 from fploopd.engine.context_parallel import ContextParallelRunner, GroupLink, check_heads
 from fploopd.engine.forward import TransformerRunner
 from fploopd.engine.options import RunnerOptions
+from fploopd.engine.sources import resolve
 from fploopd.errors import FploopdError
 
 TransformerLoader = Callable[[torch.device], nn.Module]
@@ -61,8 +63,6 @@ def load_transformer(
 ) -> nn.Module:
     """The transformer of ``model`` (a ``sources.resolve`` name or folder) in ``dtype`` on ``device``,
     as ``load_components`` loads it."""
-    from fploopd.engine.sources import resolve
-
     paths = resolve(model, allow_download=allow_download)
     transformer = _load("transformer", paths.transformer, _transformer_loader())
     return transformer.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -108,8 +108,6 @@ def _follower_main(rank: int, size: int, store: str, device: str, load: Transfor
     options: RunnerOptions = msg[1]
     weights = None
     if dev.type == "cuda":
-        from fploopd.engine.accel import optimize
-
         weights = optimize(transformer, device=dev, fp8=options.fp8, attention=options.attention,
                            compile=options.compile).weights  # fmt: skip
     pipe.send(("ready", rank))
