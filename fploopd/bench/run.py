@@ -55,8 +55,8 @@ from fploopd.bench.timing import (
 )
 from fploopd.spec import TEACACHE_DEFAULT_THRESHOLD
 
-STAGES = ("text", "transformer", "vae", "section", "lora", "lowvram", "e2e", "tiers", "workers")
-DEFAULT_STAGES = tuple(s for s in STAGES if s not in ("tiers", "workers"))  # "all": every stage but these
+STAGES = ("text", "transformer", "vae", "section", "lora", "lowvram", "e2e", "tiers", "workers", "context-parallel")
+DEFAULT_STAGES = STAGES[:-3]  # "all": every stage but tiers, workers and context-parallel
 LORA_RANK = 32
 # A prompt of about FramePack's length: the Llama runs over the template and 256 padded tokens either way.
 BENCH_PROMPT = (
@@ -77,6 +77,7 @@ class BenchConfig:
     steps: int = 25
     stages: tuple[str, ...] = DEFAULT_STAGES
     tier_budgets: tuple[float | None, ...] = (None, 48, 24, 16, 12, 8, 6)  # GiB; None: unlimited
+    cp_devices: tuple[int, ...] = (1, 2, 4)  # the context-parallel stage's device counts
     attention: str = "auto"
     compile: bool | None = None
     fp8: bool | None = None  # None: measure FP8 where the GPU supports it
@@ -198,6 +199,7 @@ class Bench:
             "e2e": self.stage_e2e,
             "tiers": self.stage_tiers,
             "workers": self.stage_workers,
+            "context-parallel": self.stage_context_parallel,
         }
         for name in STAGES:
             if name not in self.cfg.stages:
@@ -694,6 +696,13 @@ class Bench:
         from fploopd.bench.workers import run_workers
 
         run_workers(self)
+
+    def stage_context_parallel(self) -> None:
+        from fploopd.bench.context_parallel import run_context_parallel
+
+        if set(self.cfg.stages) - {"context-parallel"}:
+            self.notes.append("context-parallel ran after other stages in one process: their graphs and memory stayed")
+        run_context_parallel(self)
 
 
 def _compiled_graphs() -> int:

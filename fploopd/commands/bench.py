@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "stage's full-size loop jobs (default 25)")
     p.add_argument("--quick", action="store_true", help="one warm-up and one timed run of everything")
     p.add_argument("--stages", default="all", help="comma list of text,transformer,vae,section,lora,lowvram,e2e,tiers,"
-                   "workers (default all: every stage but tiers and workers)")
+                   "workers,context-parallel (default all: every stage but tiers, workers and context-parallel)")
     p.add_argument("--attention", default="auto", help="attention kernel for our runner (default: timed choice)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--no-fp8", action="store_true", help="skip the FP8 variants")
@@ -45,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers-timeout", type=float, default=900.0, help="the workers stage's limit per worker count, in seconds")
     p.add_argument("--compile-cache", type=Path, default=None, help="the workers stage's compile cache folder, kept "
                    "between runs (default: a fresh one, shared by the counts of this run)")
+    p.add_argument("--cp-devices", default="1,2,4", help="the context-parallel stage's device counts, a comma "
+                   "list starting with 1 (default 1,2,4)")
     p.set_defaults(handler=run)
 
 
@@ -79,15 +81,18 @@ def _budgets(text: str) -> tuple[float | None, ...]:
     return budgets
 
 
-def _counts(text: str) -> tuple[int, ...]:
+def _counts(text: str, flag: str, *, from_one: bool = False) -> tuple[int, ...]:
+    """A comma list of counts from 1 to 64 (``from_one``: starting with 1, the baseline)."""
     from fploopd.errors import InputError
 
     try:
         counts = tuple(int(w) for w in text.split(",") if w.strip())
     except ValueError:
-        raise InputError(f"--workers takes a comma list of worker counts, not {text!r}", field="--workers") from None
-    if not counts or any(c < 1 or c > 64 for c in counts):
-        raise InputError(f"--workers needs counts from 1 to 64, not {text!r}", field="--workers")
+        counts = ()
+    if not counts or any(c < 1 or c > 64 for c in counts) or (from_one and counts[0] != 1):
+        first = " starting with 1" if from_one else ""
+        raise InputError(f"{flag} takes a comma list of counts from 1 to 64{first}, such as 1,2,4, not {text!r}",
+                         field=flag)  # fmt: skip
     return counts
 
 
@@ -129,10 +134,11 @@ def run(args: argparse.Namespace) -> int:
         section_repeats=args.section_repeats,
         compile_mode=args.compile_mode,
         tier_budgets=_budgets(args.tier_budgets),
-        worker_counts=_counts(args.workers),
+        worker_counts=_counts(args.workers, "--workers"),
         jobs_per_worker=max(1, args.jobs_per_worker),
         workers_timeout_s=args.workers_timeout,
         compile_cache=args.compile_cache.absolute() if args.compile_cache else None,
+        cp_devices=_counts(args.cp_devices, "--cp-devices", from_one=True),
         command=_command_line(args, p_defaults()),
     )
     doc = run_bench(cfg)

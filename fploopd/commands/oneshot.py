@@ -362,6 +362,18 @@ def load_model(args: argparse.Namespace) -> Any:
     from fploopd.engine.components import load_components
     from fploopd.engine.sources import resolve
 
+    if "+" in (args.device or ""):  # a device group: this process is rank 0; followers die with it
+        from fploopd.daemon.devicegroups import normalize_group
+        from fploopd.engine.device_group import DeviceGroup, group_members, model_loader
+        from fploopd.errors import FploopdError
+
+        try:
+            members = group_members(normalize_group(args.device))
+        except ValueError as exc:
+            raise FploopdError(f"--device: {exc}", field="device") from None
+        group = DeviceGroup.start(members, model_loader(args.model, False))
+        comps = load_components(resolve(args.model), device=members[0], vram=args.vram, fp8=bool(args.fp8))
+        return group.attach(comps)
     return load_components(resolve(args.model), device=args.device, vram=args.vram, fp8=bool(args.fp8))
 
 

@@ -22,6 +22,7 @@ else:  # Python 3.10, which FramePack installs often have
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
+from fploopd.daemon.devicegroups import check_devices
 from fploopd.daemon.hooksettings import OBS_PASSWORD_ENV, HookSettings, ObsSettings, named_hooks
 from fploopd.errors import FploopdError
 from fploopd.media.limits import MediaLimits
@@ -42,7 +43,8 @@ class Settings:
     # Weights: "tiny", "auto" (FramePack weights wherever found) or a folder; "random:full" and
     # "random:tiny" are random weights built by the workers, for benchmarks only (bench/random_source.py).
     model: str = "auto"
-    # "auto", "cpu", "cuda", "cuda:1" or a comma list: one worker process per entry.
+    # "auto", "cpu", "cuda", "cuda:1" or a comma list: one worker process per entry. An entry
+    # "cuda:0+cuda:1" is a device group: one worker whose jobs run on both GPUs (README).
     device: str = "auto"
     # "auto", a tier (engine/tiers.py: bf16-resident, fp8-resident, fp8-streamed, bf16-streamed; high
     # and low name the first and last), or a GiB budget such as 12: auto within it.
@@ -124,7 +126,8 @@ class Settings:
 
     @field_validator("device")
     @classmethod
-    def _device_once(cls, value: str) -> str:
+    def _devices(cls, value: str) -> str:
+        value = check_devices(value)  # groups ("cuda:0+cuda:1"): 2+ distinct GPUs, each GPU in one worker
         names = ["cuda:0" if d.strip() == "cuda" else d.strip() for d in value.split(",") if d.strip()]
         twice = sorted({d for d in names if names.count(d) > 1})
         if twice:  # one worker per entry, named by it
@@ -190,6 +193,7 @@ SETTINGS_TEMPLATE = """\
 # Weights: "tiny" (embedded test family), "auto" (FramePack weights wherever found) or a folder.
 # model = "auto"
 # "auto" (every GPU, else the CPU), "cpu", "cuda", "cuda:1", or "cuda:0,cuda:1" (one worker per GPU).
+# "cuda:0+cuda:1": one worker whose jobs each run on both GPUs (faster single jobs, fewer per hour).
 # device = "auto"
 # Where the models live on the GPU. "auto" picks the fastest tier that fits the free memory:
 # "bf16-resident" (about 61 GB free), "fp8-resident" (about 19 GB), "fp8-streamed" (about 6 GB:

@@ -46,6 +46,14 @@ def load_models(settings: Settings, device: str) -> Any:
         logger.warning("model {} on {}: {}", settings.model, device, WARNING)
         return load_random(settings.model, device, vram=settings.vram, fp8=settings.fp8, compile_vae=settings.compile_vae)
     paths = resolve(settings.model, allow_download=settings.allow_download)
+    if "+" in device:  # a device group: this process is its rank 0 and owns the followers
+        from fploopd.engine.device_group import DeviceGroup, group_members, model_loader
+
+        members = group_members(device)
+        group = DeviceGroup.start(members, model_loader(settings.model, settings.allow_download))
+        components = load_components(paths, members[0], vram=settings.vram, fp8=settings.fp8,
+                                     compile_vae=settings.compile_vae)  # fmt: skip
+        return group.attach(components)
     return load_components(paths, device, vram=settings.vram, fp8=settings.fp8, compile_vae=settings.compile_vae)
 
 
@@ -196,6 +204,7 @@ def gpu_memory(device: str) -> dict[str, int] | None:
     """The CUDA caching allocator's counters for ``device`` (host-side reads: no device sync);
     None on the CPU or before torch has touched the GPU."""
     torch = sys.modules.get("torch")
+    device = device.split("+")[0]  # a device group: its first GPU (rank 0, which holds every model)
     if not device.startswith("cuda") or torch is None or not torch.cuda.is_initialized():
         return None
     try:

@@ -356,19 +356,7 @@ class TransformerRunner:
             logger.warning("TransformerRunner: TeaCache without reset(num_steps); only the first step is forced")
             self.num_steps = 0
         modulated = self.transformer.transformer_blocks[0].norm1(x, emb=temb)[0]
-        last = self.num_steps - 1
-        if state.step == 0 or state.step == last or state.prev_residual is None or (
-            state.prev_modulated is not None and state.prev_modulated.shape != modulated.shape
-        ):
-            compute = True
-            state.accumulated = 0.0
-        else:
-            prev = state.prev_modulated
-            rel = ((modulated - prev).abs().mean() / prev.abs().mean()).float().cpu().item()
-            state.accumulated += teacache_rescale(rel)
-            compute = state.accumulated >= self.teacache_threshold
-            if compute:
-                state.accumulated = 0.0
+        compute = self._teacache_decide(state, modulated)
         state.prev_modulated = modulated
         self.stats.history.append((branch, state.step, compute))
         state.step += 1
@@ -383,11 +371,30 @@ class TransformerRunner:
         state.prev_residual = out - x
         return out
 
-    def _run_blocks(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> Tensor:
+    def _teacache_decide(self, state: _BranchState, modulated: Tensor) -> bool:
+        """Whether this step runs the blocks (else it reuses the branch's residual)."""
+        last = (self.num_steps or 0) - 1
+        if state.step == 0 or state.step == last or state.prev_residual is None or (
+            state.prev_modulated is not None and state.prev_modulated.shape != modulated.shape
+        ):
+            state.accumulated = 0.0
+            return True
+        prev = state.prev_modulated
+        rel = ((modulated - prev).abs().mean() / prev.abs().mean()).float().cpu().item()
+        state.accumulated += teacache_rescale(rel)
+        compute = state.accumulated >= self.teacache_threshold
+        if compute:
+            state.accumulated = 0.0
+        return compute
+
+    def _run_blocks(
+        self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants, attention: str | None = None
+    ) -> Tensor:
+        """The block stack; ``attention``: a kernel name in place of the options' (context parallel)."""
         t = self.transformer
         double_fn, single_fn = self._blocks_for(x, cond, temb, prep)
         o, cos, sin, weights_of = self.options, prep.cos, prep.sin, self._block_weights
-        backend, fp8, epilogue = o.attention, o.fp8, o.gelu_epilogue
+        backend, fp8, epilogue = attention or o.attention, o.fp8, o.gelu_epilogue
         n_latent = x.shape[1]
 
         def run_double(block: nn.Module, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
