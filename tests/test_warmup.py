@@ -30,6 +30,33 @@ def test_a_key_warms_up_once_in_another_thread() -> None:
     assert [(r.what, r.ok) for r in compiler.records] == [("a", True)]
 
 
+def test_compiled_code_never_runs_beside_a_warm_up() -> None:
+    """torch.compile is not thread-safe: the job's thread gets to run compiled code only while no
+    warm-up is queued or running, and a warm-up waits for compiled code in progress."""
+    compiler = BackgroundCompiler()
+    started, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def slow() -> None:
+        started.set()
+        release.wait(30)
+        order.append("warm-up")
+
+    with compiler.running() as free:
+        assert free  # idle: compiled code may run
+        compiler.request("a", slow, "a")
+        assert not started.wait(0.5)  # the warm-up waits for the compiled call in progress
+        order.append("compiled call")
+    assert started.wait(30)
+    with compiler.running() as free:
+        assert not free  # a warm-up runs: eager this time
+    release.set()
+    assert compiler.wait(30)
+    with compiler.running() as free:
+        assert free
+    assert order == ["compiled call", "warm-up"]
+
+
 def test_a_failed_warm_up_leaves_its_key_eager_for_good() -> None:
     compiler = BackgroundCompiler()
 
@@ -70,17 +97,17 @@ def test_forwards_run_eagerly_until_their_blocks_are_compiled(model: torch.nn.Mo
     compiler = BackgroundCompiler()
     runner = TransformerRunner(model, RunnerOptions(attention="sdpa", compile=True), compiler=compiler)
     first = runner(**kwargs)
-    assert runner._blocks is None  # not settled: eager this time
+    assert runner.stats.compiled_forwards == 0  # eager this time
     assert compiler.wait(120) and [r.ok for r in compiler.records] == [True]
     assert len(traced) == 4 and set(traced) == {"fploopd-compile"}  # both kinds, at two lengths, in the background
     second = runner(**kwargs)
-    assert runner._blocks is compiled
+    assert runner.stats.compiled_forwards == 1
     assert len(traced) == 4  # the warm graphs, nothing traced on the job's thread
 
     fresh = TransformerRunner(model, RunnerOptions(attention="sdpa", compile=True), compiler=compiler)
-    assert fresh(**other) is not None and fresh._blocks is None  # new lengths: eager, warm-up queued
+    assert fresh(**other) is not None and fresh.stats.compiled_forwards == 0  # new lengths: eager, warm-up queued
     assert compiler.wait(120) and len(compiler.records) == 2
-    assert torch.allclose(fresh(**other), reference_other, atol=1e-6) and fresh._blocks is compiled
+    assert torch.allclose(fresh(**other), reference_other, atol=1e-6) and fresh.stats.compiled_forwards == 1
     assert len(traced) == 4  # the symbolic graphs served the new lengths
     assert torch.allclose(first, reference, atol=1e-6) and torch.allclose(second, reference, atol=1e-6)
 

@@ -27,8 +27,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,6 +85,7 @@ class RunnerStats:
     computed: int = 0  # forwards that ran the block stack
     skipped: int = 0  # forwards that reused the TeaCache residual
     block_calls: int = 0  # individual block invocations (double + single)
+    compiled_forwards: int = 0  # with a background compiler: forwards that ran the compiled blocks
     history: list[tuple[str, int, bool]] = field(default_factory=list)  # (branch, step, computed)
 
 
@@ -131,7 +133,6 @@ class TransformerRunner:
         self._host = _HostValues()
         self.num_steps: int | None = None
         self.stats = RunnerStats()
-        self._blocks: BlockFns | None = None  # the block functions, once settled (compiled, or eager for good)
         self._warned_hooks = False
 
     @property
@@ -147,28 +148,27 @@ class TransformerRunner:
         self._prepared.clear()
         self._host.clear()
 
-    def _blocks_for(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> BlockFns:
-        """The block functions for this forward: eager, compiled, or (with a compiler) compiled once
-        they are warm for these shapes and eager until then, the warm-up queued on copies of these
-        inputs. Once compiled, a runner stays compiled."""
-        if self._blocks is not None:
-            return self._blocks
+    @contextlib.contextmanager
+    def _blocks_for(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> Iterator[BlockFns]:
+        """The block functions for one forward: eager, compiled, or (with a compiler) compiled when
+        they are warm for these shapes and no warm-up runs, else eager, the warm-up queued on
+        copies of these inputs."""
         o = self.options
         if not o.compile:
-            self._blocks = EAGER_BLOCKS
-            return self._blocks
+            yield EAGER_BLOCKS
+            return
         if self.compiler is None:
-            self._blocks = compiled_blocks(o.compile_mode)
-            return self._blocks
+            yield compiled_blocks(o.compile_mode)
+            return
         key = ("blocks", o.attention, o.fp8, o.gelu_epilogue, o.compile_mode, x.dtype, str(x.device),
                tuple(x.shape), tuple(cond.shape))  # fmt: skip
-        if self.compiler.ready(key):
-            self._blocks = compiled_blocks(o.compile_mode)
-            return self._blocks
         if self.compiler.wants(key):
             what = f"the transformer blocks for {x.shape[1]} + {cond.shape[1]} tokens"
             self.compiler.request(key, self._warmup_call(x, cond, temb, prep), what)
-        return EAGER_BLOCKS
+        with self.compiler.running() as free:  # never beside a warm-up: torch.compile is not thread-safe
+            compiled = free and self.compiler.ready(key)
+            self.stats.compiled_forwards += compiled
+            yield compiled_blocks(o.compile_mode) if compiled else EAGER_BLOCKS
 
     def _warmup_call(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> Callable[[], object]:
         """Compiled calls of each block kind on copies of the first blocks' inputs: at their shapes
@@ -391,8 +391,14 @@ class TransformerRunner:
         self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants, attention: str | None = None
     ) -> Tensor:
         """The block stack; ``attention``: a kernel name in place of the options' (context parallel)."""
+        with self._blocks_for(x, cond, temb, prep) as fns:
+            return self._run_block_stack(x, cond, temb, prep, fns, attention)
+
+    def _run_block_stack(
+        self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants, fns: BlockFns, attention: str | None
+    ) -> Tensor:
         t = self.transformer
-        double_fn, single_fn = self._blocks_for(x, cond, temb, prep)
+        double_fn, single_fn = fns
         o, cos, sin, weights_of = self.options, prep.cos, prep.sin, self._block_weights
         backend, fp8, epilogue = attention or o.attention, o.fp8, o.gelu_epilogue
         n_latent = x.shape[1]

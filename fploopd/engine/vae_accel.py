@@ -82,10 +82,11 @@ class VaeAccel:
         """The decoder's forward with a background compiler: compiled once warm for this shape."""
         assert self.compiler is not None and self._compiled is not None and self._eager is not None
         key = ("vae decoder", tuple(z.shape), z.stride(), z.dtype, str(z.device))
-        if self.compiler.ready(key):
-            return self._compiled(z, *args, **kwargs)
         if not args and not kwargs and self.compiler.wants(key) and _room_for_warmup(z):
             self.compiler.request(key, self._warmup_call(z), f"the VAE decoder for {tuple(z.shape)}")
+        with self.compiler.running() as free:  # never beside a warm-up: torch.compile is not thread-safe
+            if free and self.compiler.ready(key):
+                return self._compiled(z, *args, **kwargs)
         return self._eager(z, *args, **kwargs)
 
     def _warmup_call(self, z: Tensor) -> Callable[[], object]:

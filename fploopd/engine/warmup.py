@@ -15,14 +15,22 @@ the difference between two attention kernels); where a job resumes from a checkp
 One thread, so compiles never compete with each other, and the first job's GPU work is only
 delayed by the warm-up calls themselves (one block of each kind, one decode). Python's GIL is
 shared: the eager job needs a few percent of a core to keep the GPU busy, the compiler the rest.
+
+torch.compile is not thread-safe (pytorch/pytorch#118260, #126024): a compiled function called in
+one thread while another thread traces fails ("Detected that you are using FX to symbolically trace
+a dynamo-optimized function"), which on a GPU failed a worker's second job. So compiled code and
+background compiles never overlap: the job's thread runs compiled code only under ``running()``,
+which it gets only while no warm-up is queued or running (else it runs that forward or decode
+eagerly), and a warm-up waits for the compiled call in progress to end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -62,7 +70,21 @@ class BackgroundCompiler:
         self._queue: queue.Queue[tuple[Hashable, Callable[[], object], str]] = queue.Queue()
         self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._exclusive = threading.Lock()  # held by a warm-up call, or by the job's compiled code
         self.records: list[WarmupRecord] = []
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[bool]:
+        """For the job's thread around compiled code: True (and held) when no warm-up is queued or
+        running; False: run eagerly this time (a queued warm-up goes first, so it never starves)."""
+        with self._lock:
+            idle = not self._state.pending
+        got = idle and self._exclusive.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                self._exclusive.release()
 
     def ready(self, key: Hashable) -> bool:
         with self._lock:
@@ -104,7 +126,7 @@ class BackgroundCompiler:
             try:
                 # The job's thread runs under inference_mode too: same grad-mode guards, so the
                 # compiled graph made here is the one its calls find.
-                with torch.inference_mode():
+                with self._exclusive, torch.inference_mode():
                     call()
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
