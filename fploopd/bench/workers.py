@@ -277,6 +277,9 @@ def job_rows(layout: Any) -> list[dict[str, Any]]:
                 "name": job.name, "state": str(job.state.value), "attempts": job.attempts, "runs": len(runs),
                 "worker": detail.get("worker"), "created_at": job.created_at, "started_at": job.started_at,
                 "finished_at": job.finished_at,
+                # a retried job's last error (a job that failed once and then ran is still done)
+                "error": job.error.error if job.error is not None else None,
+                "events": [e["what"] for e in journal.events(job.id)],
                 **_from_manifest(layout.outbox / job.name / "manifest.json"),
             })  # fmt: skip
     finally:
