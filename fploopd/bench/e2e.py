@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -54,19 +53,12 @@ def run_e2e(bench: Bench) -> None:
     comps = worker_components(bench)
     spec, image = loop_spec(full), job_image()
     note = f"main 1 + connection 1, {spec.steps} steps, {spec.resolution} bucket, 1-loop + 3-loop mp4"
-    # First job of a worker (new shapes eager while they compile in the background), then a second
-    # once the compiles are done: what every later job costs.
+    # First job of a worker (compiles the blocks and the decoder), then a second: what every later job costs.
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     wall, frames = time_job(dev, comps, spec, image)
-    t0 = time.perf_counter()
-    if comps.compiler is not None:
-        comps.compiler.wait()
-    compiling_after = time.perf_counter() - t0
-    records = [dataclasses.asdict(r) for r in comps.compiler.records] if comps.compiler is not None else []
     bench.record("e2e.loop_job_first", Measurement([wall], peak_gib(dev)),
-                 note=f"{note} ({frames} frames); the first job of a worker", compile_cache_files_at_start=cache,
-                 background_compiles=records, compiling_after_job_s=round(compiling_after, 2))  # fmt: skip
+                 note=f"{note} ({frames} frames); includes compiling", compile_cache_files_at_start=cache)  # fmt: skip
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     wall, frames = time_job(dev, comps, spec, image)

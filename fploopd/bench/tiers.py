@@ -111,8 +111,6 @@ def run_tiers(bench: Bench) -> None:
             key = (choice.fp8, choice.untiled_decode, choice.decode_room, choice.streamed, choice.tier)
             if key not in warmed:  # compiles and first-use costs out of the timed job
                 time_job(dev, comps, warm_spec, image)
-                if comps.compiler is not None:  # bf16-resident compiles in the background: let it finish
-                    comps.compiler.wait()
                 warmed.add(key)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(index)

@@ -47,7 +47,6 @@ from fploopd.engine.sources import ModelPaths
 from fploopd.engine.streaming import BlockStreamer, place_blocks, refresh_fp8
 from fploopd.engine.tiers import FULL_SIZE, ModelSizes, TierChoice, choose_tier, parse_vram
 from fploopd.engine.vae_accel import VaeAccel
-from fploopd.engine.warmup import BackgroundCompiler
 from fploopd.engine.weights import PreparedWeights
 from fploopd.errors import FploopdError, ModelError
 
@@ -89,8 +88,6 @@ class Components:
     runner_options: RunnerOptions = field(default_factory=RunnerOptions)
     weights: PreparedWeights | None = None
     vae_accel: VaeAccel | None = None  # the VAE decoder's compile, switched on in high mode on a GPU
-    # bf16-resident on a GPU: new shapes run eagerly while their compiled code warms up (warmup.py).
-    compiler: BackgroundCompiler | None = None
     # Prompt embeddings by prompt (encode.encode_prompt): queues repeat prompts, and in low mode
     # each encode streams the 8B Llama through the GPU.
     prompt_cache: OrderedDict[str, Any] = field(default_factory=OrderedDict)
@@ -116,7 +113,6 @@ class Components:
             self.runner_options.with_teacache(teacache_threshold),
             weights=self.weights,
             offloader=self.streamer,
-            compiler=self.compiler,
         )
 
     def apply_loras(self, loras: Sequence[tuple[LoraFile | Path | str, float]]) -> MergeStats:
@@ -402,7 +398,6 @@ def place_tier(components: Components, tier: TierChoice, *, use_stream: bool | N
     dev = components.device
     stream = dev.type == "cuda" if use_stream is None else use_stream
     components.tier, components.vram = tier, "low"
-    components.compiler = None  # no room for warm-up calls beside the job: compile on first use
     # Attention kernel and compile as in bf16-resident, decided before the blocks move (FP8 here
     # would quantise a bf16 transformer that need not fit: place_blocks does it block by block).
     acc = optimize(components.transformer, device=dev, fp8=False, weights=components.weights,
@@ -456,13 +451,8 @@ def accelerate(
     dev = components.device
     acc = optimize(components.transformer, device=dev, fp8=components.fp8, weights=weights)
     components.runner_options, components.weights, components.accel = acc.options, acc.weights, acc.applied
-    # A worker's first job runs eagerly where nothing is compiled yet, instead of waiting for the
-    # compiler (about 100 s from empty caches on an H100); there is room for the warm-up calls here.
-    components.compiler = components.compiler or (BackgroundCompiler() if acc.options.compile else None)
-    components.accel["background_compile"] = components.compiler is not None
     components.vae_accel = vae_accel if vae_accel is not None else VaeAccel(components.vae)
-    components.accel["vae"] = components.vae_accel.apply(dev, compile=components.compile_vae,
-                                                         compiler=components.compiler)
+    components.accel["vae"] = components.vae_accel.apply(dev, compile=components.compile_vae)
 
 
 def _group_offload(module: torch.nn.Module, device: torch.device, *, use_stream: bool, low_cpu_mem_usage: bool) -> None:

@@ -20,16 +20,13 @@
   diffusers' own code);
 - optional TeaCache, as FramePack does it, with separate state per CFG branch;
 - low-VRAM through an ``offloader`` (``streaming.BlockStreamer``); a transformer under diffusers'
-  group offloading hooks is run through its stock forward instead (same function, no TeaCache);
-- with a ``compiler`` (``warmup.BackgroundCompiler``), forwards whose shapes are not compiled yet
-  run eagerly while the compiled blocks are warmed up in the background (a worker's first job).
+  group offloading hooks is run through its stock forward instead (same function, no TeaCache).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,12 +37,8 @@ from torch import Tensor, nn
 from fploopd.engine.blocks import EAGER_BLOCKS, BlockFns
 from fploopd.engine.compile import compiled_blocks
 from fploopd.engine.options import RunnerOptions
-from fploopd.engine.warmup import BackgroundCompiler
 from fploopd.engine.weights import NO_WEIGHTS, BlockWeights, PreparedWeights
 
-# Tokens a warm-up call drops for its second, shorter call (any change of length makes dynamo's
-# next compile symbolic in it; a few keep it cheap).
-WARMUP_TRIM = 8
 # FramePack's TeaCache rescale polynomial (numpy.poly1d order: highest power first).
 TEACACHE_COEFFS = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
 
@@ -85,7 +78,6 @@ class RunnerStats:
     computed: int = 0  # forwards that ran the block stack
     skipped: int = 0  # forwards that reused the TeaCache residual
     block_calls: int = 0  # individual block invocations (double + single)
-    compiled_forwards: int = 0  # with a background compiler: forwards that ran the compiled blocks
     history: list[tuple[str, int, bool]] = field(default_factory=list)  # (branch, step, computed)
 
 
@@ -106,8 +98,7 @@ class TransformerRunner:
     decides them for a device). ``weights``: fused projections and FP8 weights prepared for this
     transformer (``accel.optimize`` or ``weights.PreparedWeights``); ``None``: the modules' own.
     ``offloader``: an object with ``run(blocks, fn, state) -> state`` (``streaming.BlockStreamer``)
-    for low-VRAM mode; ``None`` when the blocks are resident. ``compiler``: compile in the
-    background, eager meanwhile (resident blocks only); ``None``: compile on first use.
+    for low-VRAM mode; ``None`` when the blocks are resident.
     """
 
     def __init__(
@@ -117,7 +108,6 @@ class TransformerRunner:
         *,
         weights: PreparedWeights | None = None,
         offloader: Offloader | None = None,
-        compiler: BackgroundCompiler | None = None,
         cache_size: int = 4,
     ) -> None:
         if weights is not None and weights.transformer is not transformer:
@@ -126,13 +116,13 @@ class TransformerRunner:
         self.options = options if options is not None else RunnerOptions()
         self.weights = weights
         self.offloader = offloader
-        self.compiler = compiler if offloader is None else None  # a warm-up call needs resident blocks
         self._cache_size = cache_size
         self._prepared: OrderedDict[tuple, _SectionConstants] = OrderedDict()
         self._branches: dict[str, _BranchState] = {}
         self._host = _HostValues()
         self.num_steps: int | None = None
         self.stats = RunnerStats()
+        self._blocks: BlockFns | None = None
         self._warned_hooks = False
 
     @property
@@ -148,53 +138,11 @@ class TransformerRunner:
         self._prepared.clear()
         self._host.clear()
 
-    @contextlib.contextmanager
-    def _blocks_for(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> Iterator[BlockFns]:
-        """The block functions for one forward: eager, compiled, or (with a compiler) compiled when
-        they are warm for these shapes and no warm-up runs, else eager, the warm-up queued on
-        copies of these inputs."""
-        o = self.options
-        if not o.compile:
-            yield EAGER_BLOCKS
-            return
-        if self.compiler is None:
-            yield compiled_blocks(o.compile_mode)
-            return
-        key = ("blocks", o.attention, o.fp8, o.gelu_epilogue, o.compile_mode, x.dtype, str(x.device),
-               tuple(x.shape), tuple(cond.shape))  # fmt: skip
-        if self.compiler.wants(key):
-            what = f"the transformer blocks for {x.shape[1]} + {cond.shape[1]} tokens"
-            self.compiler.request(key, self._warmup_call(x, cond, temb, prep), what)
-        with self.compiler.running() as free:  # never beside a warm-up: torch.compile is not thread-safe
-            compiled = free and self.compiler.ready(key)
-            self.stats.compiled_forwards += compiled
-            yield compiled_blocks(o.compile_mode) if compiled else EAGER_BLOCKS
-
-    def _warmup_call(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants) -> Callable[[], object]:
-        """Compiled calls of each block kind on copies of the first blocks' inputs: at their shapes
-        (the graphs this job's calls will find), then a few tokens shorter, which makes dynamo
-        compile the graphs with the token counts symbolic, so that the next section's context
-        length or the next prompt's text length finds a graph instead of compiling another."""
-        t, o = self.transformer, self.options
-        double_fn, single_fn = compiled_blocks(o.compile_mode)
-        double, single = t.transformer_blocks[0], t.single_transformer_blocks[0]
-        w_double, w_single = self._block_weights(double), self._block_weights(single)
-        x0, cond0, temb0, cos, sin = x.clone(), cond.clone(), temb.clone(), prep.cos, prep.sin
-
-        def blocks(x: Tensor, cond: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-            x1, cond1 = double_fn(double, w_double, x, cond, temb0, cos, sin, o.attention, o.fp8, o.gelu_epilogue)
-            joined = torch.cat([x1, cond1], dim=1)
-            return single_fn(single, w_single, joined, temb0, cos, sin, x.shape[1], o.attention, o.fp8, o.gelu_epilogue)
-
-        def call() -> object:
-            blocks(x0, cond0, cos, sin)
-            trim, trim_cond = min(WARMUP_TRIM, x0.shape[1] - 2), min(WARMUP_TRIM, cond0.shape[1] - 2)
-            if trim > 0 and trim_cond > 0:
-                # Copies, not views: a view's storage offset would be guarded on too.
-                blocks(x0[:, trim:].clone(), cond0[:, trim_cond:].clone(), cos[trim:].clone(), sin[trim:].clone())
-            return None
-
-        return call
+    @property
+    def block_fns(self) -> BlockFns:
+        if self._blocks is None:
+            self._blocks = compiled_blocks(self.options.compile_mode) if self.options.compile else EAGER_BLOCKS
+        return self._blocks
 
     def _block_weights(self, block: nn.Module) -> BlockWeights:
         return NO_WEIGHTS if self.weights is None else self.weights.of(block)
@@ -391,14 +339,8 @@ class TransformerRunner:
         self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants, attention: str | None = None
     ) -> Tensor:
         """The block stack; ``attention``: a kernel name in place of the options' (context parallel)."""
-        with self._blocks_for(x, cond, temb, prep) as fns:
-            return self._run_block_stack(x, cond, temb, prep, fns, attention)
-
-    def _run_block_stack(
-        self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants, fns: BlockFns, attention: str | None
-    ) -> Tensor:
         t = self.transformer
-        double_fn, single_fn = fns
+        double_fn, single_fn = self.block_fns
         o, cos, sin, weights_of = self.options, prep.cos, prep.sin, self._block_weights
         backend, fp8, epilogue = attention or o.attention, o.fp8, o.gelu_epilogue
         n_latent = x.shape[1]
