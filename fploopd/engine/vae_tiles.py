@@ -6,8 +6,9 @@ graph to compile, and eagerly it cost about 11 s of a 48 s loop job on an H100 (
 VRAM tiers). Here each temporal tile (diffusers' own temporal tiling and blend, unchanged) is cut
 into ``count`` strips of equal height spanning the whole width, evenly spaced so that neighbours
 overlap by at least ``OVERLAP`` latents, and blended over the overlap with diffusers' linear ramp:
-one shape per temporal tile length, so the compiled decoder serves every strip, and about 1.3x the
-work of the untiled decode instead of diffusers' 2.2x.
+one shape per temporal tile length, so the compiled decoder serves every strip. At 640 that is 1.3x
+the untiled decode's work in 4 strips (the 24 GiB tier) to 1.7x in 8 (4 GiB of room), against 1.6x
+in diffusers' 16 tiles.
 
 The decode's working memory grows with the strip's area: ``DECODE_BYTES_PER_LATENT`` is measured,
 not derived (an H100, the 640 bucket: 14.4 GiB above the weights for a 5-latent temporal tile
