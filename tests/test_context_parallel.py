@@ -210,3 +210,39 @@ def test_daemon_worker_on_a_cpu_group_delivers(tmp_path: Path) -> None:
     assert job["state"] == "done" and job["attempts"] == 0
     logs = "".join(p.read_text() for p in (root / ".fploopd" / "logs").glob("worker-cpu+cpu*.log"))
     assert "device group cpu+cpu: 2 ranks joined" in logs
+
+
+def test_lora_jobs_go_to_a_one_gpu_worker_beside_a_group(tmp_path: Path) -> None:
+    """``device = "cpu+cpu,cpu:1"``: the group's followers hold the base transformer only, so the
+    group leaves LoRA jobs to the one-device worker and takes the others; nothing fails or retries."""
+    import json
+
+    from daemon_util import SMALL, drop, image_bytes, jobs, make_root, run_once
+
+    from fploopd.engine.lora_testdata import write_tiny_lora
+
+    root = make_root(tmp_path, device="cpu+cpu,cpu:1")
+    write_tiny_lora(root / "loras" / "style.safetensors", "musubi", seed=7)
+    drop(root, "plain", {"prompt": "a red ball", "seed": 7, **SMALL}, media=image_bytes())
+    drop(root, "styled", {"prompt": "a red ball", "seed": 7, "loras": [{"file": "style.safetensors", "scale": 0.8}],
+                          **SMALL}, media=image_bytes())  # fmt: skip
+    result = run_once(root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["name"]: r for r in jobs(root)}
+    assert {n: (r["state"], r["attempts"]) for n, r in rows.items()} == {"plain": ("done", 0), "styled": ("done", 0)}
+    ran_on = {name: [json.loads(e["detail"])["worker"] for e in events(root, row["id"]) if e["what"] == "running"]
+              for name, row in rows.items()}  # fmt: skip
+    assert ran_on["styled"] and all(w.endswith(":cpu:1") for w in ran_on["styled"])
+
+
+def events(root: Path, job_id: str) -> list[dict]:
+    """The journal's events of one job (its ``running`` events name the worker that took it)."""
+    from fploopd.daemon.control import open_journal
+    from fploopd.daemon.layout import Layout
+
+    journal = open_journal(Layout(root), "test", readonly=True)
+    assert journal is not None
+    try:
+        return journal.events(job_id)
+    finally:
+        journal.close()

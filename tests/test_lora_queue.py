@@ -67,3 +67,17 @@ def test_without_a_preference_the_order_is_priority_then_age(journal: Journal) -
 def test_lora_set_reads_the_recorded_spec() -> None:
     assert lora_set({"loras": STYLE}) == (("style.safetensors", 0.8),)
     assert lora_set({}) == lora_set({"loras": []}) == ()
+
+
+def test_a_worker_takes_only_the_jobs_it_can_run_whatever_their_priority(journal: Journal) -> None:
+    """A device group takes no LoRA job while a one-GPU worker can: it goes down the queue to the
+    first job it can run, and leaves the others for the worker that can."""
+    add(journal, "styled-urgent", STYLE, priority=5, at=1)
+    add(journal, "styled", STYLE, at=2)
+    add(journal, "plain", [], at=3)
+    plain_only = lambda job: not lora_set(job.spec or {})
+    job = journal.claim_next("group", eligible=plain_only)
+    assert job is not None and job.id == "plain"
+    assert journal.claim_next("group", eligible=plain_only) is None  # nothing it can run: nothing claimed
+    assert {j.id: j.state for j in journal.jobs()} == {"styled-urgent": "queued", "styled": "queued", "plain": "running"}
+    assert take(journal, LoraAffinity(), []) == "styled-urgent"  # a one-GPU worker: priority first, as ever

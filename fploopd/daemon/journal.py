@@ -640,21 +640,30 @@ class Journal:
         return self.get(job_id)
 
     def claim_next(
-        self, worker: str, now: float | None = None, choose: Callable[[list[Job]], Job] | None = None
+        self,
+        worker: str,
+        now: float | None = None,
+        choose: Callable[[list[Job]], Job] | None = None,
+        eligible: Callable[[Job], bool] | None = None,
     ) -> Job | None:
         """Atomically take the next due queued job and mark it running: the first by priority, then
-        age, or the one ``choose`` picks among the due jobs of the top priority (oldest first)."""
+        age, or the one ``choose`` picks among the due jobs of the top priority (oldest first).
+        ``eligible``: only jobs this worker can run count (a device group takes no LoRA job while a
+        one-GPU worker can); None when there is none among the first due ones."""
         now = time.time() if now is None else now
         with self.transaction():
             rows = self.db.execute(
                 "SELECT * FROM jobs WHERE state = 'queued' AND next_attempt_at <= ? AND cancel_requested = 0"
                 " AND (delivery IS NULL OR delivered_at IS NOT NULL)"
                 f" ORDER BY priority DESC, created_at, id LIMIT ?{self._SKIP_LOCKED}",
-                (now, CHOICES if choose is not None else 1),
+                (now, CHOICES if choose is not None or eligible is not None else 1),
             ).fetchall()
-            if not rows:
+            jobs = [Job.from_row(r) for r in rows]
+            if eligible is not None:
+                jobs = [j for j in jobs if eligible(j)]
+            if not jobs:
                 return None
-            candidates = [Job.from_row(r) for r in rows if r["priority"] == rows[0]["priority"]]
+            candidates = [j for j in jobs if j.priority == jobs[0].priority]
             job = choose(candidates) if choose is not None and len(candidates) > 1 else candidates[0]
             self.db.execute(
                 "UPDATE jobs SET state = 'running', worker = ?, started_at = ?, updated_at = ?, progress = NULL,"

@@ -680,10 +680,11 @@ class Supervisor:
                 continue
             here = f"{self.settings.host}:" if self.journal.multi_host else ""  # several hosts: which one runs it
             job = self.journal.claim_next(
-                worker=f"{here}{os.getpid()}:{w.device}", choose=lambda jobs, w=w: self.affinity.choose(jobs, w.loras)
+                worker=f"{here}{os.getpid()}:{w.device}", choose=lambda jobs, w=w: self.affinity.choose(jobs, w.loras),
+                eligible=self._eligible(w.device),
             )
             if job is None:
-                return
+                continue  # another worker may take what this one cannot
             with logger.contextualize(job=job.id):
                 try:
                     msg = self._run_message(job)
@@ -698,6 +699,13 @@ class Supervisor:
                 w.loras = lora_set(job.spec or {})
                 logger.info("running {} ({}) on {}, try {}", job.name, job.pipeline, w.device, job.attempts + 1)
                 self._send(w, msg)
+
+    def _eligible(self, device: str) -> Callable[[Job], bool] | None:
+        """A device group takes no LoRA job while a one-GPU worker can run it (its followers hold
+        the base transformer only); with groups alone, the job fails there and says why."""
+        if "+" not in device or all("+" in d for d in self.devices):
+            return None
+        return lambda job: not lora_set(job.spec or {})
 
     def _run_message(self, job: Job) -> m.RunJob | None:
         """What the worker needs to run ``job``; None when the job failed here instead (its inputs

@@ -40,7 +40,7 @@ from fploopd.engine.context_parallel import ContextParallelRunner, GroupLink, ch
 from fploopd.engine.forward import TransformerRunner
 from fploopd.engine.options import RunnerOptions
 from fploopd.engine.sources import resolve
-from fploopd.errors import FploopdError
+from fploopd.errors import FploopdError, InputError
 
 TransformerLoader = Callable[[torch.device], nn.Module]
 # The longest wait inside a collective is one rank compiling the blocks while the other waits in the
@@ -254,10 +254,12 @@ class GroupComponents(Components):
         )
 
     def apply_loras(self, loras: Sequence[tuple[Any, float]]) -> Any:
-        if loras:  # the followers hold the base transformer only
-            raise FploopdError(
-                f"LoRAs do not run on a device group yet ({'+'.join(self.group.devices) if self.group else 'group'}); "
-                "run LoRA jobs on a worker of one GPU"
+        if loras:  # the followers hold the base transformer only; the same on any retry: not retried
+            group = "+".join(self.group.devices) if self.group else "a device group"
+            raise InputError(
+                f"LoRAs do not run on a device group yet ({group}): run LoRA jobs on a worker of one GPU "
+                f"(device = \"{group},cuda:N\" adds one) or leave the loras out",
+                field="loras",
             )
         return super().apply_loras(loras)
 
