@@ -68,6 +68,7 @@ def run_e2e(bench: Bench) -> None:
     comps = None
     free(dev)
 
+
 def compile_cache_files() -> int | None:
     """Files in torch.compile's cache folder now (None when the environment names none)."""
     folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
