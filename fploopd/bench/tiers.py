@@ -132,6 +132,7 @@ def run_tiers(bench: Bench) -> None:
             within_budget=(peak_reserved <= budget) if (budget and peak_reserved is not None) else None,
             resident_blocks=[choice.resident_doubles, choice.resident_singles], untiled_decode=choice.untiled_decode,
             decode_room_gib=None if choice.untiled_decode else choice.decode_room / GiB,
+            # strips of a 5-latent temporal tile of a 640x640 frame (80 x 80 latents)
             decode_strips_640=1 if choice.untiled_decode else strip_count(5, 80, 80, choice.decode_room),
             streamed_gb_per_forward=streamed / 1e9, copy_s_per_job=copy_here, copy_s_per_job_pcie4=copy_pcie4,
             pcie4_estimate_s=(wall + max(0.0, copy_pcie4 - (copy_here or 0.0))) if streamed else wall,

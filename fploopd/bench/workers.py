@@ -270,7 +270,8 @@ def job_rows(layout: Any) -> list[dict[str, Any]]:
     rows = []
     try:
         for job in journal.jobs():
-            runs = [e for e in journal.events(job.id) if e["what"] == "running"]
+            events = journal.events(job.id)
+            runs = [e for e in events if e["what"] == "running"]
             detail = runs[-1]["detail"] if runs else None
             detail = json.loads(detail) if isinstance(detail, str) else detail or {}
             rows.append({
@@ -279,7 +280,7 @@ def job_rows(layout: Any) -> list[dict[str, Any]]:
                 "finished_at": job.finished_at,
                 # a retried job's last error (a job that failed once and then ran is still done)
                 "error": job.error.error if job.error is not None else None,
-                "events": [e["what"] for e in journal.events(job.id)],
+                "events": [e["what"] for e in events],
                 **_from_manifest(layout.outbox / job.name / "manifest.json"),
             })  # fmt: skip
     finally:

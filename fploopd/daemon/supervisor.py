@@ -679,11 +679,14 @@ class Supervisor:
             if not w.available:
                 continue
             here = f"{self.settings.host}:" if self.journal.multi_host else ""  # several hosts: which one runs it
+            eligible = self._eligible(w.device)
             job = self.journal.claim_next(
                 worker=f"{here}{os.getpid()}:{w.device}", choose=lambda jobs, w=w: self.affinity.choose(jobs, w.loras),
-                eligible=self._eligible(w.device),
+                eligible=eligible,
             )
             if job is None:
+                if eligible is None:
+                    return  # nothing due for anyone
                 continue  # another worker may take what this one cannot
             with logger.contextualize(job=job.id):
                 try:
