@@ -17,7 +17,6 @@ import os
 import pickle
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from fploopd.engine.forward import TransformerRunner
 from fploopd.engine.options import RunnerOptions
 from fploopd.engine.sources import resolve
 from fploopd.errors import FploopdError, InputError
+from fploopd.procutil import die_with_parent
 
 TransformerLoader = Callable[[torch.device], nn.Module]
 # The longest wait inside a collective is one rank compiling the blocks while the other waits in the
@@ -68,11 +68,6 @@ def load_transformer(
     return transformer.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _package_root() -> str:
@@ -119,7 +114,7 @@ def _follower_entry() -> None:
     """``python -m fploopd.engine.device_group``: a follower, its orders pickled on stdin. A plain
     child process rather than a multiprocessing one: a daemon's worker is a daemonic process, and
     those may not start multiprocessing children."""
-    _die_with_parent()
+    die_with_parent()
     order = pickle.load(sys.stdin.buffer)
     if os.getppid() != order["parent"]:
         return  # the leader died before this process could ask to die with it
