@@ -82,3 +82,15 @@ def test_random_model_names_and_one_worker_per_device() -> None:
         load_settings(Path("/nonexistent"), {"model": "random:huge"}, env={})
     with pytest.raises(ModelError, match="benchmarks"):  # one-shot commands need real files
         resolve("random:full")
+
+
+def test_a_random_model_on_a_device_group_is_refused_by_name() -> None:
+    """Followers load a group's transformer from the model's files; random weights have none."""
+    from fploopd.daemon.settings import Settings
+    from fploopd.daemon.worker import load_models
+    from fploopd.errors import ModelError
+
+    with pytest.raises(ModelError) as caught:
+        load_models(Settings(model="random:tiny", device="cpu+cpu"), "cpu+cpu")
+    assert caught.value.message == "model random:tiny runs on workers of one device, not on the device group cpu+cpu"
+    assert caught.value.field == "model"

@@ -28,6 +28,7 @@ from fploopd.daemon.layout import Layout
 from fploopd.daemon.livepreview import LivePreview
 from fploopd.daemon.settings import Settings
 from fploopd.errors import Cancelled, ErrorRecord, FploopdError, InputError, ModelError
+from fploopd.procutil import die_with_parent
 
 
 def load_models(settings: Settings, device: str) -> Any:
@@ -36,12 +37,16 @@ def load_models(settings: Settings, device: str) -> Any:
     from fploopd.engine.components import load_components
     from fploopd.engine.sources import resolve
 
-    if device.startswith("cuda:"):
+    first = device.split("+")[0]  # a device group's rank 0, which holds every model
+    if first.startswith("cuda:"):
         import torch
 
         # One GPU per worker: what names no device (streams, events, kernel timing) means this one,
         # and no other worker's GPU gets a context of this process.
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(first)
+    if is_random(settings.model) and "+" in device:
+        raise ModelError(f"model {settings.model} runs on workers of one device, not on the device group {device}",
+                         field="model")  # fmt: skip
     if is_random(settings.model):
         logger.warning("model {} on {}: {}", settings.model, device, WARNING)
         return load_random(settings.model, device, vram=settings.vram, fp8=settings.fp8, compile_vae=settings.compile_vae)
@@ -217,14 +222,6 @@ def gpu_memory(device: str) -> dict[str, int] | None:
         return None
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the supervisor dies, so a SIGKILLed daemon never
-    leaves a worker writing into a job that the next daemon resumes."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def use_compile_cache(layout: Layout) -> None:
@@ -244,7 +241,7 @@ def worker_main(settings: Settings, device: str, conn: Connection) -> None:
     """Entry point of the spawned process."""
     from fploopd.logs import configure_logging
 
-    _die_with_parent()
+    die_with_parent()
     layout = Layout(settings.root)
     use_compile_cache(layout)
 
