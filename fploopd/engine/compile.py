@@ -9,6 +9,7 @@ kernels and the profile shows the GPU busy 99% of it (docs/perf-notes.md).
 
 from __future__ import annotations
 
+import copyreg
 import functools
 import importlib.util
 from collections.abc import Callable
@@ -28,12 +29,29 @@ def has_triton() -> bool:
 def configure_dynamo() -> None:
     import torch._dynamo
 
+    # inductor's cache key pickles the tensors' memory formats, which pickle as the global
+    # "torch.contiguous_format" found through the first module in sys.modules holding ``torch``:
+    # the key then depends on import order, and a compile helper's graphs (compile_ahead) never
+    # match the worker's. Pickled by name through a function of ours, the key is the same in both.
+    copyreg.pickle(torch.memory_format, _reduce_memory_format)
     cfg = torch._dynamo.config
     # One entry per (block kind, attention kernel, fp8, text length); the default limit of 8 is
     # reached by a benchmark that tries every variant in one process.
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(cfg, name):
             setattr(cfg, name, max(getattr(cfg, name), 64))
+
+
+def _reduce_memory_format(fmt: torch.memory_format) -> tuple[Callable[[str], torch.memory_format], tuple[str]]:
+    return memory_format_named, (str(fmt).removeprefix("torch."),)
+
+
+def memory_format_named(name: str) -> torch.memory_format:
+    """``torch.<name>`` for a memory format's name (what pickles of memory formats call)."""
+    value = getattr(torch, name)
+    if not isinstance(value, torch.memory_format):
+        raise TypeError(f"torch.{name} is not a memory format")
+    return value
 
 
 @functools.cache
