@@ -94,6 +94,10 @@ class Worker:
             logger.opt(exception=not isinstance(exc, FploopdError)).error("worker on {}: {}", self.device, error.message)
             self._send(m.Fatal(error.record()))
             return 2
+        if self.settings.compile_ahead and "+" not in self.device:
+            from fploopd.engine.compile_ahead import attach
+
+            attach(components)
         ready = m.Ready(device=self.device, model=identity_of(components), load_s=round(time.monotonic() - started, 3))
         logger.info("worker on {} ready, models loaded in {:.1f} s", self.device, ready.load_s)
         self._send(ready)
@@ -130,6 +134,9 @@ class Worker:
         from fploopd.pipelines.manifest import output_entry
 
         self.current, self.stop_current = job.id, False
+        ahead = getattr(components, "compile_ahead", None)
+        if ahead is not None:
+            ahead.begin_job()  # what the compile helper finished meanwhile runs compiled from here
         self._send(m.Started(job.id))
         with logger.contextualize(job=job.id):
             try:

@@ -35,6 +35,7 @@ import torch
 from loguru import logger
 
 from fploopd.engine.accel import optimize
+from fploopd.engine.compile_ahead import CompileAhead
 from fploopd.engine.cuda_env import prefer_expandable_segments
 from fploopd.engine.forward import TransformerRunner
 from fploopd.engine.fp8 import block_fp8_linears, fp8_supported
@@ -88,6 +89,8 @@ class Components:
     runner_options: RunnerOptions = field(default_factory=RunnerOptions)
     weights: PreparedWeights | None = None
     vae_accel: VaeAccel | None = None  # the VAE decoder's compile, switched on in high mode on a GPU
+    # A worker's compile helper (compile_ahead): compiled calls run eagerly until it has made them.
+    compile_ahead: CompileAhead | None = None
     # Prompt embeddings by prompt (encode.encode_prompt): queues repeat prompts, and in low mode
     # each encode streams the 8B Llama through the GPU.
     prompt_cache: OrderedDict[str, Any] = field(default_factory=OrderedDict)
@@ -113,6 +116,7 @@ class Components:
             self.runner_options.with_teacache(teacache_threshold),
             weights=self.weights,
             offloader=self.streamer,
+            ahead=self.compile_ahead,
         )
 
     def apply_loras(self, loras: Sequence[tuple[LoraFile | Path | str, float]]) -> MergeStats:

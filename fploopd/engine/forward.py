@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from loguru import logger
@@ -38,6 +38,9 @@ from fploopd.engine.blocks import EAGER_BLOCKS, BlockFns
 from fploopd.engine.compile import compiled_blocks
 from fploopd.engine.options import RunnerOptions
 from fploopd.engine.weights import NO_WEIGHTS, BlockWeights, PreparedWeights
+
+if TYPE_CHECKING:
+    from fploopd.engine.compile_ahead import CompileAhead
 
 # FramePack's TeaCache rescale polynomial (numpy.poly1d order: highest power first).
 TEACACHE_COEFFS = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
@@ -98,7 +101,8 @@ class TransformerRunner:
     decides them for a device). ``weights``: fused projections and FP8 weights prepared for this
     transformer (``accel.optimize`` or ``weights.PreparedWeights``); ``None``: the modules' own.
     ``offloader``: an object with ``run(blocks, fn, state) -> state`` (``streaming.BlockStreamer``)
-    for low-VRAM mode; ``None`` when the blocks are resident.
+    for low-VRAM mode; ``None`` when the blocks are resident. ``ahead``: a worker's
+    ``compile_ahead.CompileAhead``: compiled block calls wait for its helper, eager until then.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class TransformerRunner:
         *,
         weights: PreparedWeights | None = None,
         offloader: Offloader | None = None,
+        ahead: CompileAhead | None = None,
         cache_size: int = 4,
     ) -> None:
         if weights is not None and weights.transformer is not transformer:
@@ -116,6 +121,7 @@ class TransformerRunner:
         self.options = options if options is not None else RunnerOptions()
         self.weights = weights
         self.offloader = offloader
+        self.ahead = ahead
         self._cache_size = cache_size
         self._prepared: OrderedDict[tuple, _SectionConstants] = OrderedDict()
         self._branches: dict[str, _BranchState] = {}
@@ -141,7 +147,12 @@ class TransformerRunner:
     @property
     def block_fns(self) -> BlockFns:
         if self._blocks is None:
-            self._blocks = compiled_blocks(self.options.compile_mode) if self.options.compile else EAGER_BLOCKS
+            if not self.options.compile:
+                self._blocks = EAGER_BLOCKS
+            elif self.ahead is not None:  # eager until the helper has compiled each call
+                self._blocks = self.ahead.blocks(compiled_blocks(self.options.compile_mode))
+            else:
+                self._blocks = compiled_blocks(self.options.compile_mode)
         return self._blocks
 
     def _block_weights(self, block: nn.Module) -> BlockWeights:

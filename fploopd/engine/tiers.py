@@ -169,6 +169,7 @@ class TierChoice:
     untiled_decode: bool = True  # room for the untiled VAE decode (else in strips; compiled either way on a GPU)
     vae_resident: bool = True  # the VAE (0.5 GB) stays on the GPU (else it visits to encode and decode)
     decode_room: int = FULL_SIZE.decode_work  # bytes a decode in strips may use (vae_tiles sizes the strips)
+    spare: int = 0  # bytes left over beside the tier's own plan (a compile helper may use them)
 
     @property
     def fp8(self) -> bool:
@@ -258,14 +259,17 @@ def _layout(tier: str, sizes: ModelSizes, usable: int, reason: str, *, upgrade: 
     fp8-resident (a named tier keeps its name)."""
     need = need_bytes(tier, sizes)
     if tier == "bf16-resident":
-        return TierChoice(tier, reason, usable, need, sizes.doubles, sizes.singles, untiled_decode=True)
+        return TierChoice(tier, reason, usable, need, sizes.doubles, sizes.singles, untiled_decode=True,
+                          spare=max(0, usable - need))
     spare = usable - need
     fp8 = tier in FP8_TIERS
     if tier == "fp8-resident":
         vae_resident = spare >= sizes.vae
         room = sizes.decode_work + max(0, spare - (sizes.vae if vae_resident else 0))
-        return TierChoice(tier, reason, usable, need, sizes.doubles, sizes.singles,
-                          untiled_decode=spare >= sizes.untiled_decode, vae_resident=vae_resident, decode_room=room)
+        untiled = spare >= sizes.untiled_decode
+        left = spare - (sizes.vae if vae_resident else 0) - sizes.untiled_decode if untiled else 0
+        return TierChoice(tier, reason, usable, need, sizes.doubles, sizes.singles, untiled_decode=untiled,
+                          vae_resident=vae_resident, decode_room=room, spare=max(0, left))
     d_bytes, s_bytes = (sizes.double_fp8, sizes.single_fp8) if fp8 else (sizes.double_bf16, sizes.single_bf16)
     doubles, singles = resident_blocks(max(0, spare), d_bytes, sizes.doubles, s_bytes, sizes.singles)
     if doubles == sizes.doubles and singles == sizes.singles and fp8 and upgrade:

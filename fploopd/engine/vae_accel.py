@@ -10,13 +10,16 @@ daemon's long-lived workers use it and one-shot commands do not.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from fploopd.engine.compile import configure_dynamo, guarded, has_triton
 from fploopd.engine.vae_tiles import decode_in_strips, strip_count, temporal_decode
+
+if TYPE_CHECKING:
+    from fploopd.engine.compile_ahead import CompileAhead
 
 
 class VaeAccel:
@@ -27,33 +30,57 @@ class VaeAccel:
     def __init__(self, vae: nn.Module) -> None:
         self.vae = vae
         self._compiled: Callable[..., Any] | None = None
+        self._channels_last = False
         self.room: int | None = None  # bytes a decode may use; None: whole frames (diffusers' decode)
 
-    def apply(self, device: torch.device | str, *, compile: bool | None = None, room: int | None = None) -> dict[str, Any]:
+    def apply(self, device: torch.device | str, *, compile: bool | None = None, room: int | None = None,
+              ahead: CompileAhead | None = None) -> dict[str, Any]:  # fmt: skip
         """Compile the decoder (and lay the weights out channels-last) on a CUDA device; ``None``:
-        when Triton is there. ``room``: decode in strips that fit it (None: whole frames). Returns
-        what was applied."""
+        when Triton is there. ``room``: decode in strips that fit it (None: whole frames).
+        ``ahead``: a worker's compile helper (eager until it has compiled each decode shape).
+        Returns what was applied."""
         device = torch.device(device)
         self.room = room
-        applied: dict[str, Any] = {"compile": False, "strips": room is not None}
         if compile is None:
             compile = device.type == "cuda" and has_triton()
         if device.type != "cuda" or not compile:
             self._uninstall()
-            return applied
-        self.vae.to(memory_format=torch.channels_last_3d)
+            return {"compile": False, "strips": room is not None}
+        return {**self.compile(ahead), "strips": room is not None}
+
+    def compile(self, ahead: CompileAhead | None = None) -> dict[str, Any]:
+        """Install the compiled decoder, on any device (on the CPU inductor generates C++: the tests).
+        With ``ahead`` the weights stay in the default layout while decodes run eagerly (eager
+        channels-last is 1.6x slower) and turn channels-last at the first compiled decode."""
         decoder = self.vae.decoder
+        self._uninstall()
         if self._compiled is None:
             configure_dynamo()
             self._compiled = guarded(decoder.forward, torch.compile(decoder.forward), "VAE decoder")
-        decoder.forward = self._compiled
-        return {**applied, "compile": True, "channels_last_3d": True}
+        if ahead is None:
+            self._set_channels_last(True)
+            decoder.forward = self._compiled
+        else:
+            self._set_channels_last(False)
+            decoder.forward = ahead.wrap("vae_decoder", decoder.forward, self._compiled_channels_last,
+                                         layout=torch.channels_last_3d)  # fmt: skip
+        return {"compile": True, "channels_last_3d": True, "compile_ahead": ahead is not None}
+
+    def _compiled_channels_last(self, x: Tensor) -> Tensor:
+        assert self._compiled is not None
+        self._set_channels_last(True)
+        return self._compiled(x.contiguous(memory_format=torch.channels_last_3d))
+
+    def _set_channels_last(self, on: bool) -> None:
+        if self._channels_last != on:
+            self.vae.to(memory_format=torch.channels_last_3d if on else torch.contiguous_format)
+            self._channels_last = on
 
     def restore(self) -> None:
         """The stock eager decoder in the default memory format, whole frames (a no-op when not applied)."""
         self._uninstall()
         self.room = None
-        self.vae.to(memory_format=torch.contiguous_format)
+        self._set_channels_last(False)
 
     def _uninstall(self) -> None:
         self.vae.decoder.__dict__.pop("forward", None)

@@ -1,0 +1,507 @@
+"""Compiling ahead in a helper process: a worker's first job runs eagerly instead of waiting for the
+compiler, and the next ones switch to the compiled code the helper has made meanwhile.
+
+A worker's first loop job spent about two minutes of its 145-174 s compiling (an H200,
+docs/benchmarks.md). torch.compile is not thread-safe (a background thread was tried and removed:
+docs/perf-notes.md), but inductor's on-disk cache is shared by processes. So the worker describes
+each new call of a compiled function (the shapes, strides and dtypes of its tensors, its other
+arguments) and sends that to a helper process, which holds one block of each kind and a VAE built
+from the same configs with random weights, and makes the same call on random tensors of that
+description through its own ``torch.compile``: the graphs land in the cache. The worker runs those
+calls eagerly until a job starts with them compiled (``begin_job``); its own compile is then a cache
+hit, seconds of tracing instead of a minute of code generation.
+
+If the helper cannot compile a call (out of its memory share, a compiler error) or dies, the worker
+compiles that call itself, as it did without a helper. The helper lives under a share of the GPU's
+memory that the worker's tier leaves spare, and exits when idle (the next new call starts another).
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+from loguru import logger
+from torch import Tensor, nn
+
+from fploopd.engine.blocks import EAGER_BLOCKS, BlockFns
+from fploopd.engine.compile import compiled_blocks, configure_dynamo
+from fploopd.engine.weights import PreparedWeights
+from fploopd.procutil import die_with_parent
+
+TARGETS = ("double_block", "single_block", "vae_decoder")
+MIN_ROOM = 4 * 2**30  # the two block kinds at the 640 bucket fit in about 3 GiB
+IDLE_EXIT_S = 300.0  # a helper with nothing to compile gives its memory back
+MAX_CRASHES = 2  # helpers that died mid-compile before the worker stops starting them
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor argument as a graph sees it: its values do not matter to the compiler."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+    dtype: str
+
+
+ArgSpec = TensorSpec | str | bool | int | float | None
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """One call of a compiled function, as the helper must repeat it."""
+
+    target: str  # one of TARGETS
+    args: tuple[ArgSpec, ...]  # the arguments after the module ones (a block and its weights)
+    grad_mode: str  # "inference" | "no_grad" | "grad": tensors and graphs differ between them
+
+
+def describe(target: str, args: tuple[Any, ...], layout: torch.memory_format | None = None) -> CallSpec:
+    """``args`` of a call of ``target`` as a ``CallSpec``; ``layout``: describe tensors as the
+    compiled path will pass them (converted to that memory format)."""
+    return CallSpec(target, tuple(_arg_spec(a, layout) for a in args), _grad_mode())
+
+
+def _arg_spec(value: Any, layout: torch.memory_format | None) -> ArgSpec:
+    if isinstance(value, Tensor):
+        if layout is not None:
+            shape = tuple(value.shape)
+            stride = tuple(torch.empty(shape, device="meta").contiguous(memory_format=layout).stride())
+            return TensorSpec(shape, stride, 0, _dtype_name(value.dtype))
+        return TensorSpec(tuple(value.shape), tuple(value.stride()), value.storage_offset(), _dtype_name(value.dtype))
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise TypeError(f"cannot describe a {type(value).__name__} argument for the compile helper")
+
+
+def _grad_mode() -> str:
+    if torch.is_inference_mode_enabled():
+        return "inference"
+    return "grad" if torch.is_grad_enabled() else "no_grad"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def materialize(spec: TensorSpec, device: torch.device | str) -> Tensor:
+    """A tensor matching ``spec`` (shape, strides, storage offset, dtype) with random values."""
+    dtype = getattr(torch, spec.dtype)
+    span = 1 + sum((n - 1) * s for n, s in zip(spec.shape, spec.stride, strict=True)) if all(spec.shape) else 0
+    base = torch.empty(spec.offset + span, dtype=dtype, device=device)
+    if dtype.is_floating_point:
+        base.normal_()
+    else:
+        base.zero_()
+    return base.as_strided(spec.shape, spec.stride, spec.offset)
+
+
+@dataclass(frozen=True)
+class HelperSetup:
+    """What the helper builds to repeat the worker's calls: the models' classes and configs, how
+    the worker prepared the blocks' weights, the device and the memory the helper may use."""
+
+    device: str
+    room: int | None  # bytes of GPU memory (None: no cap, the CPU)
+    transformer_class: str  # "module:QualName"
+    transformer_config: dict[str, Any]
+    transformer_dtype: str
+    transformer_requires_grad: bool
+    fused: bool
+    fp8_granularity: str | None
+    compile_mode: str | None
+    vae_class: str | None = None
+    vae_config: dict[str, Any] | None = None
+    vae_dtype: str = "float16"
+    vae_requires_grad: bool = False
+    idle_exit_s: float = IDLE_EXIT_S
+
+
+def setup_for(components: Any, room: int | None, *, idle_exit_s: float = IDLE_EXIT_S) -> HelperSetup:
+    """The helper's setup for a worker's placed ``components`` (``engine.components.Components``)."""
+    t, vae, w = components.transformer, components.vae, components.weights
+    compile_vae = components.vae_accel is not None and components.compile_vae
+    device = components.device
+    if device.type == "cuda" and device.index is None:  # the helper needs the GPU by number
+        device = torch.device("cuda", torch.cuda.current_device())
+    return HelperSetup(
+        device=str(device),
+        room=room,
+        transformer_class=_class_path(t),
+        transformer_config=dict(t.config),
+        transformer_dtype=_dtype_name(next(t.parameters()).dtype),
+        transformer_requires_grad=next(t.parameters()).requires_grad,
+        fused=bool(w is not None and w.fused),
+        fp8_granularity=None if w is None else w.fp8_granularity,
+        compile_mode=components.runner_options.compile_mode,
+        vae_class=_class_path(vae) if compile_vae else None,
+        vae_config=dict(vae.config) if compile_vae else None,
+        vae_dtype=_dtype_name(next(vae.parameters()).dtype),
+        vae_requires_grad=next(vae.parameters()).requires_grad,
+        idle_exit_s=idle_exit_s,
+    )
+
+
+def attach(components: Any, room: int | None = None) -> CompileAhead | None:
+    """Compile ahead for a worker's placed ``components`` where it applies: a GPU, compiled blocks,
+    and at least ``MIN_ROOM`` spare beside the VRAM tier (``room``: instead of the tier's spare).
+    None where it does not, with the reason logged: the worker then compiles on first use."""
+    why = None
+    device = getattr(components, "device", None)
+    if not isinstance(device, torch.device) or device.type != "cuda":
+        why = "not on a GPU"
+    elif not components.runner_options.compile:
+        why = "the blocks are not compiled"
+    else:
+        if room is None:
+            room = components.tier.spare if components.tier is not None else 0
+        if room < MIN_ROOM:
+            why = f"{room / 2**30:.1f} GiB spare beside the VRAM tier, {MIN_ROOM / 2**30:.0f} GiB needed"
+    if why is not None:
+        logger.info("compiling in the worker on first use ({}): the first job waits for it", why)
+        return None
+    ahead = CompileAhead(setup_for(components, room))
+    components.compile_ahead = ahead
+    if components.vae_accel is not None and components.accel.get("vae", {}).get("compile"):
+        components.accel["vae"].update(components.vae_accel.compile(ahead))
+    components.accel["compile_ahead"] = {"room_gib": round(room / 2**30, 1)}
+    logger.info("compiling ahead in a helper process ({:.1f} GiB of GPU memory): calls run eagerly until "
+                "their graphs are compiled", room / 2**30)  # fmt: skip
+    return ahead
+
+
+def _class_path(obj: Any) -> str:
+    return f"{type(obj).__module__}:{type(obj).__qualname__}"
+
+
+@dataclass
+class _Record:
+    spec: CallSpec
+    sent_s: float
+    done_s: float | None = None
+    outcome: str = "pending"  # "ready" | "failed" | "pending"
+    error: str | None = None
+
+
+@dataclass
+class CompileAhead:
+    """The worker's side: routes each call of a wrapped function to its eager or its compiled form
+    and keeps the helper process fed. One per worker; single-threaded like the worker's jobs."""
+
+    setup: HelperSetup
+    # Calls that go to the compiled function, fixed at job boundaries (``begin_job``): the helper
+    # compiled them (here a cache hit) or could not (compiled here, as without a helper).
+    active: set[CallSpec] = field(default_factory=set)
+    records: dict[CallSpec, _Record] = field(default_factory=dict)
+    disabled: str | None = None  # why the worker compiles everything itself from now on
+    starts: int = 0
+    crashes: int = 0
+    _proc: Any = None
+    _conn: Connection | None = None
+    _origin: float = field(default_factory=time.monotonic)
+
+    # -- wrapping --------------------------------------------------------------------------------
+
+    def wrap(
+        self,
+        target: str,
+        eager: Callable[..., Any],
+        compiled: Callable[..., Any],
+        *,
+        skip: int = 0,
+        layout: torch.memory_format | None = None,
+    ) -> Callable[..., Any]:
+        """``compiled`` for calls made active at a job's start (``begin_job``), ``eager`` until then.
+        ``skip``: leading module arguments, not described (the helper has its own); ``layout``: the
+        memory format the compiled path converts tensors to."""
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+
+        def call(*args: Any) -> Any:
+            if self.disabled is not None:
+                return compiled(*args)
+            spec = describe(target, args[skip:], layout)
+            return compiled(*args) if self.use_compiled(spec) else eager(*args)
+
+        return call
+
+    def blocks(self, compiled: BlockFns) -> BlockFns:
+        """The two block functions (``compile.compiled_blocks``), each eager until a job starts with
+        its call compiled."""
+        return (self.wrap("double_block", EAGER_BLOCKS[0], compiled[0], skip=2),
+                self.wrap("single_block", EAGER_BLOCKS[1], compiled[1], skip=2))  # fmt: skip
+
+    def begin_job(self) -> None:
+        """Switch to the compiled functions for what the helper has done, at a job's start: for each
+        target, the calls in the order they were first made, up to the first one still compiling.
+        dynamo decides static or dynamic graphs by the order of shapes it sees (static first, dynamic
+        from a second shape), so the worker must see them in the helper's order for its graphs to be
+        the helper's; a job repeats its shapes in order, a switch in the middle of one would not."""
+        self.poll()
+        for target in TARGETS:
+            for record in self.records.values():
+                if record.spec.target != target:
+                    continue
+                if record.outcome == "pending":
+                    break
+                self.active.add(record.spec)
+
+    def use_compiled(self, spec: CallSpec) -> bool:
+        """Whether to call the compiled function for ``spec`` now (else eager, and ask the helper)."""
+        if spec in self.active:
+            return True
+        self.poll()
+        if self.disabled is not None:
+            return True
+        if spec not in self.records:
+            self._send(spec)
+        elif self.records[spec].outcome == "pending" and not self._alive():
+            self._start()  # it exited idle as this was sent: sent again to a new one
+        return self.disabled is not None
+
+    # -- the helper ------------------------------------------------------------------------------
+
+    def _send(self, spec: CallSpec) -> None:
+        if not self._alive():
+            self._start()
+            if self.disabled is not None:
+                return
+        assert self._conn is not None
+        self.records[spec] = _Record(spec, self._now())
+        try:
+            self._conn.send(spec)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self._lost("its pipe broke")
+
+    def _start(self) -> None:
+        if self.crashes >= MAX_CRASHES:
+            self.disabled = f"the compile helper died {self.crashes} times"
+            logger.warning("{}: compiling in this process from now on", self.disabled)
+            return
+        ctx = multiprocessing.get_context("spawn")
+        ours, theirs = ctx.Pipe()
+        proc = ctx.Process(target=helper_main, args=(self.setup, theirs), name="fploopd-compile-ahead", daemon=True)
+        proc.start()
+        theirs.close()
+        self._proc, self._conn = proc, ours
+        self.starts += 1
+        # Calls sent to a helper that has since exited are sent again, in their order.
+        for record in list(self.records.values()):
+            if record.outcome == "pending":
+                record.sent_s = self._now()
+                ours.send(record.spec)
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def poll(self) -> None:
+        """Take the helper's reports; notice a helper that exited or died."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            while conn.poll():
+                self._report(conn.recv())
+        except (EOFError, OSError):
+            pass
+        if self._proc is not None and not self._proc.is_alive():
+            self._exited(self._proc.exitcode)
+
+    def _report(self, msg: tuple[Any, ...]) -> None:
+        kind, spec = msg[0], msg[1]
+        record = self.records.get(spec)
+        if record is None:
+            return
+        record.done_s, record.outcome = self._now(), kind
+        if kind == "ready":
+            logger.info("compile helper: {} ready after {:.1f} s", _short(spec), record.done_s - record.sent_s)
+        else:
+            record.error = msg[2]
+            logger.warning("compile helper could not compile {} ({}): this worker compiles it itself",
+                           _short(spec), msg[2])  # fmt: skip
+
+    def _exited(self, code: int | None) -> None:
+        self._proc, conn, self._conn = None, self._conn, None
+        if conn is not None:
+            conn.close()
+        if code == 0:
+            return  # idle: a later new call starts another, and pending calls are sent again
+        self.crashes += 1
+        self._lost(f"it exited with code {code}")
+
+    def _lost(self, why: str) -> None:
+        """The helper died: what it was compiling is compiled here (it may be what killed it)."""
+        pending = [r for r in self.records.values() if r.outcome == "pending"]
+        for record in pending:
+            record.outcome, record.error, record.done_s = "failed", f"the helper died ({why})", self._now()
+        logger.warning("compile helper died ({}); {} call(s) compile in this worker instead", why, len(pending))
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.kill()
+        self._proc, self._conn = None, None
+
+    def wait(self, timeout: float) -> bool:
+        """Block until every call sent so far is ready or failed (bench, tests); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            if not any(r.outcome == "pending" for r in self.records.values()):
+                return True
+            if self.disabled is not None or time.monotonic() > deadline:
+                return False
+            if not self._alive():
+                self._start()
+            if self._conn is not None:
+                self._conn.poll(0.2)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+        if self._proc is not None:
+            self._proc.join(timeout=10)
+            if self._proc.is_alive():
+                self._proc.kill()
+        self._proc, self._conn = None, None
+
+    def summary(self) -> dict[str, Any]:
+        """For logs, manifests and the bench: what the helper did, in seconds since the worker started it."""
+        return {
+            "helpers_started": self.starts,
+            "crashes": self.crashes,
+            "disabled": self.disabled,
+            "calls": [_call_row(r) for r in self.records.values()],
+        }
+
+    def _now(self) -> float:
+        return time.monotonic() - self._origin
+
+
+def _call_row(r: _Record) -> dict[str, Any]:
+    done = None if r.done_s is None else round(r.done_s, 2)
+    return {
+        "target": r.spec.target,
+        "sent_s": round(r.sent_s, 2),
+        "done_s": done,
+        "outcome": r.outcome,
+        "error": r.error,
+    }
+
+
+def _short(spec: CallSpec) -> str:
+    shapes = [list(a.shape) for a in spec.args if isinstance(a, TensorSpec)]
+    return f"{spec.target} {shapes[0] if shapes else ''}"
+
+
+# -- the helper process -------------------------------------------------------------------------
+
+
+def helper_main(setup: HelperSetup, conn: Connection) -> None:
+    """The helper: repeat each described call through torch.compile, report it ready or failed."""
+    die_with_parent()
+    device = torch.device(setup.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        if setup.room is not None:
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, setup.room / total), device)
+    targets = _Targets(setup, device)
+    while conn.poll(setup.idle_exit_s):
+        try:
+            spec = conn.recv()
+        except EOFError:
+            return
+        if spec is None:
+            return
+        try:
+            targets.call(spec)
+            conn.send(("ready", spec))
+        except Exception as exc:  # noqa: BLE001 - reported: the worker compiles this call itself
+            conn.send(("failed", spec, f"{type(exc).__name__}: {str(exc)[:300]}"))
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+class _Targets:
+    """The helper's compiled functions and the modules they are called with, built on first use."""
+
+    def __init__(self, setup: HelperSetup, device: torch.device) -> None:
+        self.setup, self.device = setup, device
+        self._blocks: tuple[Any, ...] | None = None
+        self._decoder: Callable[..., Any] | None = None
+
+    def call(self, spec: CallSpec) -> None:
+        fn, leading = self._target(spec.target)
+        with _grad_context(spec.grad_mode):
+            args = [materialize(a, self.device) if isinstance(a, TensorSpec) else a for a in spec.args]
+            fn(*leading, *args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _target(self, target: str) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        if target == "vae_decoder":
+            return self._vae_decoder(), ()
+        double_fn, single_fn, double, single, weights = self._block_set()
+        if target == "double_block":
+            return double_fn, (double, weights.of(double))
+        return single_fn, (single, weights.of(single))
+
+    def _block_set(self) -> tuple[Any, ...]:
+        if self._blocks is None:
+            s = self.setup
+            config = {**s.transformer_config, "num_layers": 1, "num_single_layers": 1}
+            model = _build(s.transformer_class, config, self.device, s.transformer_dtype, s.transformer_requires_grad)
+            weights = PreparedWeights(model)
+            if s.fused:
+                weights.fuse()
+            if s.fp8_granularity is not None:
+                weights.quantize_fp8(s.fp8_granularity)
+            double_fn, single_fn = compiled_blocks(s.compile_mode)
+            self._blocks = (
+                double_fn,
+                single_fn,
+                model.transformer_blocks[0],
+                model.single_transformer_blocks[0],
+                weights,
+            )
+        return self._blocks
+
+    def _vae_decoder(self) -> Callable[..., Any]:
+        if self._decoder is None:
+            s = self.setup
+            if s.vae_class is None or s.vae_config is None:
+                raise ValueError("this worker does not compile its VAE decoder")
+            vae = _build(s.vae_class, s.vae_config, self.device, s.vae_dtype, s.vae_requires_grad)
+            vae.to(memory_format=torch.channels_last_3d)  # as vae_accel lays out a compiled decoder
+            configure_dynamo()
+            self._decoder = torch.compile(vae.decoder.forward)
+        return self._decoder
+
+
+def _grad_context(mode: str) -> Any:
+    if mode == "inference":
+        return torch.inference_mode()
+    return torch.no_grad() if mode == "no_grad" else torch.enable_grad()
+
+
+def _build(class_path: str, config: dict[str, Any], device: torch.device, dtype: str, requires_grad: bool) -> nn.Module:
+    module_name, _, qualname = class_path.partition(":")
+    cls: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        cls = getattr(cls, part)
+    with torch.device(device):
+        model = cls.from_config(config)
+    return model.to(dtype=getattr(torch, dtype)).eval().requires_grad_(requires_grad)
+
+
+__all__ = ["MIN_ROOM", "TARGETS", "CallSpec", "CompileAhead", "HelperSetup", "TensorSpec", "attach", "describe",
+           "materialize", "setup_for"]  # fmt: skip
