@@ -83,6 +83,7 @@ class BenchConfig:
     fp8: bool | None = None  # None: measure FP8 where the GPU supports it
     teacache: float = TEACACHE_DEFAULT_THRESHOLD
     low_vram_gib: float = 8.0
+    compile_ahead: bool = True  # e2e: a worker's compile helper (the daemon's default), or compile on first use
     section_repeats: int = 1
     compile_mode: str | None = None  # also time torch.compile in this mode (e.g. max-autotune-no-cudagraphs)
     command: str = ""

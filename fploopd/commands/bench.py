@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile-mode", default=None, help="also time torch.compile in this mode "
                    "(e.g. max-autotune-no-cudagraphs; slow to compile)")
     p.add_argument("--teacache", type=float, default=TEACACHE_DEFAULT_THRESHOLD, help="TeaCache threshold of the TeaCache section figure")
+    p.add_argument("--no-compile-ahead", action="store_true",
+                   help="e2e: compile on first use in the job's process, as workers did before the compile helper")
     p.add_argument("--low-vram-gib", type=float, default=8.0, help="GPU memory limit of the low-VRAM figure (0: no low-VRAM loop job in e2e)")
     p.add_argument("--tier-budgets", default="all", help="the tiers stage's budgets, largest first: a comma list of "
                    "GiB and 'unlimited' (default all: unlimited,48,24,16,12,8,6)")
@@ -131,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         fp8=False if args.no_fp8 else None,
         teacache=args.teacache,
         low_vram_gib=args.low_vram_gib,
+        compile_ahead=not args.no_compile_ahead,
         section_repeats=args.section_repeats,
         compile_mode=args.compile_mode,
         tier_budgets=_budgets(args.tier_budgets),
