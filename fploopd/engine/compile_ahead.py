@@ -162,8 +162,7 @@ def attach(components: Any, room: int | None = None) -> CompileAhead | None:
     else:
         if room is None:
             room = components.tier.spare if components.tier is not None else 0
-        if room < MIN_ROOM:
-            why = f"{room / 2**30:.1f} GiB spare beside the VRAM tier, {MIN_ROOM / 2**30:.0f} GiB needed"
+        why = too_little_room(room)
     if why is not None:
         logger.info("compiling in the worker on first use ({}): the first job waits for it", why)
         return None
@@ -175,6 +174,13 @@ def attach(components: Any, room: int | None = None) -> CompileAhead | None:
     logger.info("compiling ahead in a helper process ({:.1f} GiB of GPU memory): calls run eagerly until "
                 "their graphs are compiled", room / 2**30)  # fmt: skip
     return ahead
+
+
+def too_little_room(room: int) -> str | None:
+    """Why a helper cannot run in ``room`` bytes of spare GPU memory (None: it can)."""
+    if room >= MIN_ROOM:
+        return None
+    return f"{room / 2**30:.1f} GiB spare beside the VRAM tier, {MIN_ROOM / 2**30:.0f} GiB needed"
 
 
 def _class_path(obj: Any) -> str:
@@ -504,4 +510,4 @@ def _build(class_path: str, config: dict[str, Any], device: torch.device, dtype:
 
 
 __all__ = ["MIN_ROOM", "TARGETS", "CallSpec", "CompileAhead", "HelperSetup", "TensorSpec", "attach", "describe",
-           "materialize", "setup_for"]  # fmt: skip
+           "materialize", "setup_for", "too_little_room"]  # fmt: skip
