@@ -22,6 +22,8 @@ import pytest
 import torch
 
 from fploopd.engine.compile_ahead import (
+    EAGER_EXTRA,
+    MIN_ROOM,
     CallSpec,
     CompileAhead,
     HelperSetup,
@@ -29,8 +31,10 @@ from fploopd.engine.compile_ahead import (
     _Record,
     attach,
     describe,
+    helper_room,
     materialize,
     setup_for,
+    too_little_room,
 )
 from fploopd.engine.tiers import FULL_SIZE, choose_tier, need_bytes
 
@@ -177,6 +181,11 @@ def test_the_helper_gets_the_room_the_tier_leaves_and_none_on_the_cpu(tiny_compo
     assert fp8.spare == fp8.usable - need_bytes("fp8-resident", FULL_SIZE) - FULL_SIZE.vae - FULL_SIZE.untiled_decode
     assert choose_tier(24 * GiB, HOPPER).spare == 0  # fp8-resident with strips: the spare is the decode's
     assert choose_tier(12 * GiB, HOPPER).spare == 0  # streamed
+    # An eager first job peaks above the compiled one the tiers plan for: the helper gets the rest.
+    assert helper_room(resident.spare) == resident.spare - EAGER_EXTRA
+    assert helper_room(EAGER_EXTRA // 2) == 0
+    assert too_little_room(MIN_ROOM) is None
+    assert too_little_room(MIN_ROOM - 2**28) == "3.8 GiB for it beside the VRAM tier, 4 GiB needed"
     assert attach(tiny_components) is None and tiny_components.compile_ahead is None
     setup = setup_for(tiny_components, room=None)
     assert setup.transformer_class == "diffusers.models.transformers.transformer_hunyuan_video_framepack:HunyuanVideoFramepackTransformer3DModel"

@@ -243,9 +243,9 @@ def test_doctor_says_which_tier_and_why(tmp_path: Path) -> None:
     assert forced.status == "warn" and "run out of memory" in forced.detail and forced.fix
     # Whether a new worker's first job waits for the compiler (engine/compile_ahead.py).
     assert card_24.detail.endswith("; a new worker's first job waits for the compiler "
-                                   "(0.0 GiB spare beside the VRAM tier, 4 GiB needed)")  # fmt: skip
+                                   "(0.0 GiB for it beside the VRAM tier, 4 GiB needed)")  # fmt: skip
     h200 = vram_tier_check("cuda:0", 140 * GiB, HOPPER, auto)
     assert h200.detail.startswith("bf16-resident: ")
-    assert h200.detail.endswith("; a new worker's first job runs while a helper process compiles (75.0 GiB spare)")
+    assert h200.detail.endswith("; a new worker's first job runs while a helper process compiles (in 68.5 GiB)")
     off = vram_tier_check("cuda:0", 140 * GiB, HOPPER, load_settings(tmp_path, {"compile_ahead": False}, env={}))
     assert off.detail.endswith("; compile_ahead is off: a new worker's first job waits for the compiler")

@@ -84,14 +84,14 @@ def run_e2e(bench: Bench) -> None:
 
 
 def start_compile_ahead(comps: Any) -> Any:
-    """A worker's compile helper beside ``comps`` (placed without a VRAM tier here, so its memory
-    is what is free less the bf16-resident tier's own headroom)."""
-    from fploopd.engine.compile_ahead import attach
+    """A worker's compile helper beside ``comps`` (placed without a VRAM tier here, so the spare
+    memory is what is free less the margin and the bf16-resident tier's own headroom)."""
+    from fploopd.engine.compile_ahead import attach, helper_room
     from fploopd.engine.tiers import FULL_SIZE, margin, need_bytes
 
     free_bytes, _ = torch.cuda.mem_get_info(comps.device)
     headroom = need_bytes("bf16-resident", FULL_SIZE) - FULL_SIZE.resident_bytes
-    return attach(comps, room=max(0, free_bytes - margin(free_bytes) - headroom))
+    return attach(comps, room=helper_room(max(0, free_bytes - margin(free_bytes) - headroom)))
 
 
 def compile_counters() -> dict[str, int]:

@@ -86,17 +86,18 @@ def _torch(settings: Settings) -> Iterator[Check]:
 
 def vram_tier_check(device: str, free: int, capability: tuple[int, int], settings: Settings) -> Check:
     """The tier a worker on ``device`` would take now (for the full-size weights) and why."""
-    from fploopd.engine.compile_ahead import too_little_room
+    from fploopd.engine.compile_ahead import helper_room, too_little_room
     from fploopd.engine.tiers import choose_tier
 
     choice = choose_tier(free, capability, settings.vram, prefer_fp8=settings.fp8)
     risky = "run out of memory" in choice.reason
     if not settings.compile_ahead:
         first = "compile_ahead is off: a new worker's first job waits for the compiler"
-    elif (why := too_little_room(choice.spare)) is not None:
+    elif (why := too_little_room(helper_room(choice.spare))) is not None:
         first = f"a new worker's first job waits for the compiler ({why})"
     else:
-        first = f"a new worker's first job runs while a helper process compiles ({choice.spare / 2**30:.1f} GiB spare)"
+        room = helper_room(choice.spare) / 2**30
+        first = f"a new worker's first job runs while a helper process compiles (in {room:.1f} GiB)"
     return Check(
         f"vram tier {device}",
         "warn" if risky else "ok",

@@ -207,8 +207,9 @@ SETTINGS_TEMPLATE = """\
 # Compile the VAE decoder on a GPU (high VRAM): decodes about 1.9x faster after about a minute of
 # compiling per new video size, once per worker.
 # compile_vae = true
-# Compile in a helper process beside each worker (where the VRAM tier leaves 4 GiB spare): a new
-# worker's first jobs run uncompiled instead of waiting about two minutes for the compiler.
+# Compile in a helper process beside each worker (where 4 GiB are left for it beside the VRAM
+# tier; fploopd doctor says): a new worker's first job runs uncompiled instead of waiting about two
+# minutes for the compiler.
 # compile_ahead = true
 # Allow downloading missing FramePack weights from the Hugging Face hub.
 # allow_download = false

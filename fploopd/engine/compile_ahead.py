@@ -37,6 +37,9 @@ from fploopd.procutil import die_with_parent
 
 TARGETS = ("double_block", "single_block", "vae_decoder")
 MIN_ROOM = 4 * 2**30  # the two block kinds at the 640 bucket fit in about 3 GiB
+# An eager job peaks above a compiled one (an H200, the 640 loop job: 60.7 against 54.3 GiB), and
+# the tiers plan for compiled jobs: the helper gets what is spare beyond that.
+EAGER_EXTRA = int(6.5 * 2**30)
 IDLE_EXIT_S = 300.0  # a helper with nothing to compile gives its memory back
 MAX_CRASHES = 2  # helpers that died mid-compile before the worker stops starting them
 
@@ -151,7 +154,8 @@ def setup_for(components: Any, room: int | None, *, idle_exit_s: float = IDLE_EX
 
 def attach(components: Any, room: int | None = None) -> CompileAhead | None:
     """Compile ahead for a worker's placed ``components`` where it applies: a GPU, compiled blocks,
-    and at least ``MIN_ROOM`` spare beside the VRAM tier (``room``: instead of the tier's spare).
+    and at least ``MIN_ROOM`` for the helper beside the VRAM tier (``room``: the helper's memory,
+    instead of ``helper_room`` of the tier's spare).
     None where it does not, with the reason logged: the worker then compiles on first use."""
     why = None
     device = getattr(components, "device", None)
@@ -160,8 +164,7 @@ def attach(components: Any, room: int | None = None) -> CompileAhead | None:
     elif not components.runner_options.compile:
         why = "the blocks are not compiled"
     else:
-        if room is None:
-            room = components.tier.spare if components.tier is not None else 0
+        room = helper_room(components.tier.spare if components.tier is not None else 0) if room is None else room
         why = too_little_room(room)
     if why is not None:
         logger.info("compiling in the worker on first use ({}): the first job waits for it", why)
@@ -176,11 +179,16 @@ def attach(components: Any, room: int | None = None) -> CompileAhead | None:
     return ahead
 
 
+def helper_room(spare: int) -> int:
+    """The helper's share of ``spare`` bytes beside a tier planned for compiled jobs."""
+    return max(0, spare - EAGER_EXTRA)
+
+
 def too_little_room(room: int) -> str | None:
-    """Why a helper cannot run in ``room`` bytes of spare GPU memory (None: it can)."""
+    """Why a helper cannot run in ``room`` bytes (``helper_room``) of GPU memory (None: it can)."""
     if room >= MIN_ROOM:
         return None
-    return f"{room / 2**30:.1f} GiB spare beside the VRAM tier, {MIN_ROOM / 2**30:.0f} GiB needed"
+    return f"{room / 2**30:.1f} GiB for it beside the VRAM tier, {MIN_ROOM / 2**30:.0f} GiB needed"
 
 
 def _class_path(obj: Any) -> str:
@@ -510,4 +518,4 @@ def _build(class_path: str, config: dict[str, Any], device: torch.device, dtype:
 
 
 __all__ = ["MIN_ROOM", "TARGETS", "CallSpec", "CompileAhead", "HelperSetup", "TensorSpec", "attach", "describe",
-           "materialize", "setup_for", "too_little_room"]  # fmt: skip
+           "helper_room", "materialize", "setup_for", "too_little_room"]  # fmt: skip
