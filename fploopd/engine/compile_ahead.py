@@ -155,17 +155,13 @@ def setup_for(components: Any, room: int | None, *, idle_exit_s: float = IDLE_EX
 def attach(components: Any, room: int | None = None) -> CompileAhead | None:
     """Compile ahead for a worker's placed ``components`` where it applies: a GPU, compiled blocks,
     and at least ``MIN_ROOM`` for the helper beside the VRAM tier (``room``: the helper's memory,
-    instead of ``helper_room`` of the tier's spare).
-    None where it does not, with the reason logged: the worker then compiles on first use."""
-    why = None
+    instead of ``helper_room`` of the tier's spare). None where it does not (a GPU worker logs
+    why): the worker then compiles on first use."""
     device = getattr(components, "device", None)
-    if not isinstance(device, torch.device) or device.type != "cuda":
-        why = "not on a GPU"
-    elif not components.runner_options.compile:
-        why = "the blocks are not compiled"
-    else:
-        room = helper_room(components.tier.spare if components.tier is not None else 0) if room is None else room
-        why = too_little_room(room)
+    if not isinstance(device, torch.device) or device.type != "cuda" or not components.runner_options.compile:
+        return None  # nothing to compile
+    room = helper_room(components.tier.spare if components.tier is not None else 0) if room is None else room
+    why = too_little_room(room)
     if why is not None:
         logger.info("compiling in the worker on first use ({}): the first job waits for it", why)
         return None
