@@ -33,12 +33,10 @@ class VaeAccel:
         self._channels_last = False
         self.room: int | None = None  # bytes a decode may use; None: whole frames (diffusers' decode)
 
-    def apply(self, device: torch.device | str, *, compile: bool | None = None, room: int | None = None,
-              ahead: CompileAhead | None = None) -> dict[str, Any]:  # fmt: skip
+    def apply(self, device: torch.device | str, *, compile: bool | None = None, room: int | None = None) -> dict[str, Any]:
         """Compile the decoder (and lay the weights out channels-last) on a CUDA device; ``None``:
-        when Triton is there. ``room``: decode in strips that fit it (None: whole frames).
-        ``ahead``: a worker's compile helper (eager until it has compiled each decode shape).
-        Returns what was applied."""
+        when Triton is there. ``room``: decode in strips that fit it (None: whole frames). Returns
+        what was applied."""
         device = torch.device(device)
         self.room = room
         if compile is None:
@@ -46,7 +44,7 @@ class VaeAccel:
         if device.type != "cuda" or not compile:
             self._uninstall()
             return {"compile": False, "strips": room is not None}
-        return {**self.compile(ahead), "strips": room is not None}
+        return {**self.compile(), "strips": room is not None}
 
     def compile(self, ahead: CompileAhead | None = None) -> dict[str, Any]:
         """Install the compiled decoder, on any device (on the CPU inductor generates C++: the tests).
