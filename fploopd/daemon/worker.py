@@ -229,8 +229,6 @@ def gpu_memory(device: str) -> dict[str, int] | None:
         return None
 
 
-
-
 def use_compile_cache(layout: Layout) -> None:
     """Keep compiled kernels under the root's state (unless the environment names a place), set
     before torch or flash-attn-4 are imported: torch.compile's (measured on an H200, a restarted
