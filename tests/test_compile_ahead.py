@@ -1,5 +1,6 @@
-"""The compile helper (``engine/compile_ahead.py``): a worker's first job runs eagerly while a helper
-process compiles the same graphs into inductor's cache, and the next jobs load them.
+"""The compile helper (``engine/compile_ahead.py``, ``engine/compile_helper.py``): a worker's first
+job runs eagerly while a helper process compiles the same graphs into inductor's cache, and the
+next jobs load them.
 
 On the CPU, where inductor generates C++: the graphs and their cache keys are made the same way as
 on a GPU. The helper is a real process, killed for real where a test says so.
@@ -24,18 +25,14 @@ import torch
 from fploopd.engine.compile_ahead import (
     EAGER_EXTRA,
     MIN_ROOM,
-    CallSpec,
     CompileAhead,
-    HelperSetup,
-    TensorSpec,
     _Record,
     attach,
-    describe,
     helper_room,
-    materialize,
     setup_for,
     too_little_room,
 )
+from fploopd.engine.compile_helper import CallSpec, HelperSetup, TensorSpec, describe, materialize
 from fploopd.engine.tiers import FULL_SIZE, choose_tier, need_bytes
 
 GiB = 2**30

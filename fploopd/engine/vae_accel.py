@@ -4,7 +4,8 @@ workers, whole frames or horizontal strips (``vae_tiles``) where a tier has no r
 Measured on an H200 (docs/benchmarks.md): one section's decode 3.78 s -> 1.88 s compiled, within
 fp16 rounding of the stock decode; eager channels-last alone is 1.6x slower, so it only comes with
 the compile. The first decode of each new shape compiles (about a minute), which is why the
-daemon's long-lived workers use it and one-shot commands do not.
+daemon's long-lived workers use it (beside a compile helper where there is room: ``compile_ahead``)
+and one-shot commands do not.
 """
 
 from __future__ import annotations
