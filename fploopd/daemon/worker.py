@@ -27,28 +27,30 @@ from fploopd.daemon.crash import crashpoint, failpoint, step_delay
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.livepreview import LivePreview
 from fploopd.daemon.settings import Settings
+from fploopd.engine.cuda_env import own_gpus, prefer_expandable_segments
 from fploopd.errors import Cancelled, ErrorRecord, FploopdError, InputError, ModelError
 from fploopd.procutil import die_with_parent
 
 
-def load_models(settings: Settings, device: str) -> Any:
-    """The models, loaded once per worker and kept between jobs."""
+def load_models(settings: Settings, device: str, name: str | None = None) -> Any:
+    """The models, loaded once per worker and kept between jobs. ``device``: as this process numbers
+    its GPUs (``engine.cuda_env.own_gpus``); ``name``: as the settings do, for messages."""
     from fploopd.bench.random_source import WARNING, is_random, load_random
     from fploopd.engine.components import load_components
     from fploopd.engine.sources import resolve
 
+    name = name or device
     first = device.split("+")[0]  # a device group's rank 0, which holds every model
     if first.startswith("cuda:"):
         import torch
 
-        # One GPU per worker: what names no device (streams, events, kernel timing) means this one,
-        # and no other worker's GPU gets a context of this process.
+        # What names no device (streams, events, kernel timing) means this worker's GPU.
         torch.cuda.set_device(first)
     if is_random(settings.model) and "+" in device:
-        raise ModelError(f"model {settings.model} runs on workers of one device, not on the device group {device}",
+        raise ModelError(f"model {settings.model} runs on workers of one device, not on the device group {name}",
                          field="model")  # fmt: skip
     if is_random(settings.model):
-        logger.warning("model {} on {}: {}", settings.model, device, WARNING)
+        logger.warning("model {} on {}: {}", settings.model, name, WARNING)
         return load_random(settings.model, device, vram=settings.vram, fp8=settings.fp8, compile_vae=settings.compile_vae)
     paths = resolve(settings.model, allow_download=settings.allow_download)
     if "+" in device:  # a device group: this process is its rank 0 and owns the followers
@@ -72,7 +74,8 @@ def identity_of(components: Any) -> Any:
 class Worker:
     def __init__(self, settings: Settings, device: str, conn: Connection) -> None:
         self.settings = settings
-        self.device = device
+        self.device = device  # as the settings name it; its GPUs are cuda:0.. in this process
+        self.local = device
         self.conn = conn
         self.parent = os.getppid()
         self.signalled = False  # SIGTERM to the worker itself: stop warm, then exit
@@ -84,11 +87,18 @@ class Worker:
     def serve(self) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
         signal.signal(signal.SIGTERM, self._on_term)
+        try:
+            self.local = own_gpus(self.device)  # before CUDA starts in this process
+        except ValueError as exc:
+            error = ModelError(str(exc), field="device")
+            logger.error("worker on {}: {}", self.device, error.message)
+            self._send(m.Fatal(error.record()))
+            return 2
         # Before the models load (minutes for real weights): a slow load is not a frozen worker.
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         started = time.monotonic()
         try:
-            components = load_models(self.settings, self.device)
+            components = load_models(self.settings, self.local, name=self.device)
         except Exception as exc:  # noqa: BLE001 - every failure to load is reported, not raised
             error = exc if isinstance(exc, FploopdError) else ModelError(f"loading the models failed: {type(exc).__name__}: {exc}")
             logger.opt(exception=not isinstance(exc, FploopdError)).error("worker on {}: {}", self.device, error.message)
@@ -126,7 +136,7 @@ class Worker:
     def _heartbeat(self) -> None:
         while True:
             time.sleep(m.HEARTBEAT_S)
-            self._send(m.Beat(gpu_memory(self.device)))
+            self._send(m.Beat(gpu_memory(self.local)))
 
     def _run(self, job: m.RunJob, components: Any) -> bool:
         """Run one job and report its outcome; False when the process should be replaced."""
@@ -234,8 +244,6 @@ def use_compile_cache(layout: Layout) -> None:
     before torch or flash-attn-4 are imported: torch.compile's (measured on an H200, a restarted
     worker's first loop job drops from 120 s to 53 s) and FlashAttention 4's (about 1 s a kernel;
     its entries are written atomically and a bad one is recompiled)."""
-    from fploopd.engine.cuda_env import prefer_expandable_segments
-
     prefer_expandable_segments()  # before CUDA starts: the streamed tiers need it under tight budgets
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(layout.compile_cache))
     os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
