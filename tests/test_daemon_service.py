@@ -128,3 +128,25 @@ def test_workers_keep_compiled_kernels_under_the_state_folder(tmp_path: Path, mo
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")  # an operator's choice wins
     use_compile_cache(Layout(tmp_path))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
+
+
+def _start_a_helper() -> None:
+    """A worker's body that starts a process of its own, as the compile helper is started."""
+    import multiprocessing
+
+    helper = multiprocessing.get_context("spawn").Process(target=int)
+    helper.start()
+    helper.join()
+    raise SystemExit(helper.exitcode)
+
+
+def test_a_worker_may_start_processes_of_its_own() -> None:
+    # A daemonic worker could not: its first job with a compile helper failed with "daemonic
+    # processes are not allowed to have children" on every GPU.
+    import multiprocessing
+
+    from fploopd.daemon.supervisor import spawn_worker
+
+    worker = spawn_worker(multiprocessing.get_context("spawn"), _start_a_helper, (), "fploopd-worker-test")
+    worker.join(timeout=120)
+    assert worker.exitcode == 0

@@ -81,7 +81,8 @@ def run_workers(bench: Bench) -> None:
             try:
                 row = run.measure()
             except Exception as exc:  # noqa: BLE001 - the JSON says what broke; the other counts go on
-                bench.errors[name] = f"{type(exc).__name__}: {exc}"
+                kept = keep_logs(run.root, cfg.out.parent / f"{cfg.out.stem}-{name}-logs")
+                bench.errors[name] = f"{type(exc).__name__}: {exc}" + (f" (logs: {kept})" if kept else "")
                 bench.write()
                 continue
             if count == 1:
@@ -224,6 +225,22 @@ class Waiter:
             return "(no log)"
 
 
+def keep_logs(root: Path, dest: Path) -> Path | None:
+    """A failed count's daemon and worker logs copied out of its temporary root, for the post-mortem."""
+    import shutil
+
+    from fploopd.daemon.layout import Layout
+
+    logs = [root / "daemon.log", *sorted(Layout(root).logs.glob("*.log*"))]
+    logs = [p for p in logs if p.is_file()]
+    if not logs:
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in logs:
+        shutil.copy2(path, dest / path.name)
+    return dest
+
+
 def daemon_env(caches: Path) -> dict[str, str]:
     """The daemon's environment: fploopd importable as this process imports it (a GPU machine may
     run it from a checkout), the compile caches shared by the counts, no setting from this one's
@@ -303,7 +320,7 @@ def summarize(jobs: list[dict[str, Any]], workers: int) -> dict[str, Any]:
     """Jobs per hour over the measured window and what the supervisor added between jobs."""
     done = [j for j in jobs if j["state"] == "done"]
     if not done or len(done) != len(jobs):
-        bad = [f"{j['name']}: {j['state']}" for j in jobs if j["state"] != "done"]
+        bad = [f"{j['name']}: {j['state']}" + (f" ({j['error']})" if j["error"] else "") for j in jobs if j["state"] != "done"]
         raise RuntimeError(f"measured jobs did not all finish: {', '.join(bad) or 'none ran'}")
     first, last = min(j["started_at"] for j in done), max(j["finished_at"] for j in done)
     window = last - first

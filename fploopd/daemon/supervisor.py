@@ -97,6 +97,15 @@ class WorkerHandle:
         return self.ready and self.job is None and self.retiring is None and not self.silent and self.process.is_alive()
 
 
+
+def spawn_worker(ctx: Any, target: Callable[..., None], args: tuple[Any, ...], name: str) -> BaseProcess:
+    """A started worker process. Not daemonic: a worker starts processes of its own (the compile
+    helper), which multiprocessing refuses a daemonic one. The supervisor stops and joins its
+    workers itself (``close``, the cold stop), and a worker dies with it (``die_with_parent``)."""
+    process = ctx.Process(target=target, args=args, name=name)
+    process.start()
+    return process
+
 class Supervisor:
     def __init__(self, settings: Settings, *, once: bool = False, notifier: Notifier | None = None) -> None:
         self.settings = settings
@@ -486,10 +495,7 @@ class Supervisor:
 
     def _start_worker(self, device: str) -> None:
         parent, child = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(
-            target=worker_main, args=(self.settings, device, child), name=f"fploopd-worker-{device}", daemon=True
-        )
-        process.start()
+        process = spawn_worker(self.ctx, worker_main, (self.settings, device, child), f"fploopd-worker-{device}")
         child.close()
         self.workers[device] = WorkerHandle(device=device, process=process, conn=parent, last_heard=time.monotonic())
         self.restart_at.pop(device, None)
