@@ -9,6 +9,7 @@ Run as ``python compile_ahead_worker.py OUT_DIR`` with TORCHINDUCTOR_CACHE_DIR s
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ def main(out: Path) -> None:
 
     from fploopd.bench import models
     from fploopd.bench.e2e import compile_counters, job_image, loop_spec
-    from fploopd.engine.compile_ahead import CompileAhead, setup_for
+    from fploopd.engine.compile_ahead import CompileAhead, setup_for, warm_marker
     from fploopd.engine.vae_accel import VaeAccel
     from fploopd.media import MediaLimits, read_video
     from fploopd.pipelines import run_job
@@ -29,7 +30,8 @@ def main(out: Path) -> None:
     comps.runner_options = comps.runner_options.replace(compile=True)
     comps.compile_vae = True
     comps.vae_accel = comps.vae_accel or VaeAccel(comps.vae)
-    ahead = CompileAhead(setup_for(comps, room=None))
+    setup = setup_for(comps, room=None)
+    ahead = CompileAhead(setup, marker=warm_marker(setup))
     comps.compile_ahead = ahead
     comps.vae_accel.compile(ahead)
     spec = loop_spec(False)
@@ -46,7 +48,8 @@ def main(out: Path) -> None:
         frames, _ = read_video(one.path, MediaLimits())
         np.save(out / f"frames{n}.npy", frames)
         row = {"job": n, "wall_s": round(wall, 2), "counters": compile_counters(), "calls": ahead.summary()["calls"],
-               "active": len(ahead.active), "frames": str(out / f"frames{n}.npy")}  # fmt: skip
+               "active": len(ahead.active), "frames": str(out / f"frames{n}.npy"),
+               "marker": str(ahead.marker), "cache": os.environ["TORCHINDUCTOR_CACHE_DIR"], "marked": ahead.marker is not None and ahead.marker.exists()}  # fmt: skip
         print(json.dumps(row), flush=True)
 
     job(1)  # eager: the helper compiles meanwhile

@@ -31,6 +31,7 @@ from fploopd.engine.compile_ahead import (
     helper_room,
     setup_for,
     too_little_room,
+    warm_marker,
 )
 from fploopd.engine.compile_helper import CallSpec, HelperSetup, TensorSpec, describe, materialize
 from fploopd.engine.tiers import FULL_SIZE, choose_tier, need_bytes
@@ -189,6 +190,27 @@ def test_the_helper_gets_the_room_the_tier_leaves_and_none_on_the_cpu(tiny_compo
     assert setup.vae_class is None  # the CPU placement compiles no decoder
 
 
+def test_the_cache_is_marked_warm_once_every_target_has_a_graph(tmp_path: Path) -> None:
+    ahead = _ahead()
+    ahead.marker = tmp_path / "marker.json"
+    a, b, c = _spec("double_block", 4), _spec("single_block", 4), _spec("double_block", 6)
+    for spec in (a, b, c):
+        ahead.records[spec] = _Record(spec, 0.0)
+    ahead._report(("ready", a))
+    ahead._report(("failed", b, "RuntimeError: out of memory"))
+    ahead._report(("ready", c))
+    assert not ahead.marker.exists()  # no single block graph: a helper is still worth it next time
+    b2 = _spec("single_block", 6)
+    ahead.records[b2] = _Record(b2, 0.0)
+    ahead._report(("ready", b2))
+    assert json.loads(ahead.marker.read_text())["setup"]["transformer_class"] == ahead.setup.transformer_class
+    # One marker per setup: the memory share and idle time are not part of it, the preparation is.
+    base = _ahead().setup
+    assert warm_marker(base) == warm_marker(_ahead(room=2**33, idle_exit_s=1.0).setup)
+    assert warm_marker(base) != warm_marker(_ahead(fp8_granularity="row").setup)
+    assert warm_marker(base) != warm_marker(_ahead(vae_class="diffusers:AutoencoderKLHunyuanVideo").setup)
+
+
 @pytest.fixture(scope="module")
 def worker_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """``compile_ahead_worker.py``: three tiny loop jobs in a fresh process with an empty compile cache."""
@@ -213,6 +235,10 @@ def test_the_first_job_runs_eagerly_and_the_next_load_the_helpers_graphs(worker_
     assert second["counters"] == {"fxgraph_cache_hit": made, "fxgraph_cache_miss": 0, "fxgraph_cache_bypass": 0,
                                   "unique_graphs": made}  # fmt: skip
     assert third["counters"] == second["counters"]  # nothing new later
+    # Every target had its graph: the cache is marked warm for this setup, where the cache lives.
+    assert second["marked"] and Path(second["marker"]).parent == Path(second["cache"])
+    marked = json.loads(Path(second["marker"]).read_text())
+    assert sorted(c["target"] for c in marked["calls"]) == sorted(c["target"] for c in second["calls"])
     # Compiled and eager compute the same loop: compile's fused bf16 arithmetic moves the tiny random
     # model's frames by 2.7 of 255 levels on average (measured); a wrong graph or layout would move them far more.
     eager, compiled, again = (np.load(r["frames"]).astype(np.int16) for r in worker_run)

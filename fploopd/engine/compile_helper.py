@@ -109,6 +109,10 @@ class HelperSetup:
     vae_requires_grad: bool = False
     idle_exit_s: float = IDLE_EXIT_S
 
+    def targets(self) -> set[str]:
+        """The functions a worker of this setup compiles (``TARGETS``)."""
+        return {"double_block", "single_block"} | ({"vae_decoder"} if self.vae_class is not None else set())
+
 
 def helper_main(setup: HelperSetup, conn: Connection) -> None:
     """The helper: repeat each described call through torch.compile, report it ready or failed."""
