@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,9 @@ def test_workers_stage_one_and_two_cpu_workers(tmp_path: Path) -> None:
         assert row["workers"] == count and row["devices"] == [f"cpu:{i}" for i in range(count)]
         assert row["model"] == "random:tiny" and row["model_identity"]["random_weights"] is True
         assert row["daemon_exit"] == 0  # the warm stop
+        # No compile helper on the CPU: measured right after the warm-up, the cache never marked.
+        assert (row["cache_marked_at_start"], row["cache_marked_before_measuring"]) == (False, False)
+        assert row["helper_wait_s"] < 5
         assert row["warmed_workers"] == count and len(row["warmup_jobs"]) == count
         jobs = row["jobs"]
         assert row["jobs_measured"] == len(jobs) == count  # one measured job per worker
@@ -50,6 +56,25 @@ def test_workers_stage_one_and_two_cpu_workers(tmp_path: Path) -> None:
         assert row["supervisor_cpu_share"] == pytest.approx(row["supervisor_cpu_s"] / row["supervisor_cpu_window_s"])
     assert doc["results"]["workers.1"]["compile_cache"] == "empty"
     assert doc["results"]["workers.2"]["compile_cache"].startswith("kept from the counts before")
+
+
+def test_a_helper_marked_cache_is_seen_and_the_wait_for_it_is_bounded(tmp_path: Path) -> None:
+    from fploopd.bench.workers import INDUCTOR, Waiter, cache_marked
+    from fploopd.engine.compile_ahead import MARKER_PREFIX
+
+    assert not cache_marked(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        wait = Waiter(proc, tmp_path / "daemon.log", time.monotonic() + 60)
+        assert wait.at_most(lambda: cache_marked(tmp_path), 0.6) is False
+        (tmp_path / INDUCTOR).mkdir()
+        (tmp_path / INDUCTOR / f"{MARKER_PREFIX}0123456789abcdef.json").write_text("{}")
+        assert wait.at_most(lambda: cache_marked(tmp_path), 0.6) is True
+    finally:
+        proc.kill()
+        proc.wait()
+    with pytest.raises(RuntimeError, match=r"the daemon exited \(-9\)"):
+        wait.at_most(lambda: False, 5)
 
 
 def test_dispatch_gaps_per_worker() -> None:

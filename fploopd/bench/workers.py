@@ -49,6 +49,12 @@ if TYPE_CHECKING:
     from fploopd.bench.run import Bench
 
 POLL_S = 0.5
+# After the warm-up jobs, how long to wait for the workers' compile helpers to mark the cache warm
+# (engine/compile_ahead.py): a job switches to compiled code only at its start, so measured jobs
+# that start before the helper is done run partly eager (58-61 s against 48 s on an H200). The
+# helper finished the 640 loop job's graphs about 185 s after it started there.
+HELPER_WAIT_S = 360.0
+INDUCTOR = "inductor"  # TorchInductor's folder in the counts' shared compile cache
 STOP_TIMEOUT_S = 180.0  # a warm stop waits for a running job's next step; the queue is empty by then
 # Settings of the bench's roots: quick intake (the drops are written the safe way, complete at once).
 ROOT_SETTINGS: dict[str, Any] = {"settle_s": 0.5, "rescan_interval_s": 0.5, "min_free_mb": 16, "log_level": "INFO"}
@@ -77,7 +83,7 @@ def run_workers(bench: Bench) -> None:
                 bench.record(name, None, workers=count, note=f"skipped: {visible} GPU(s) visible")
                 continue
             run = CountRun(Path(tmp) / f"root-{count}", model, devices_for(count, cuda), spec, cfg.jobs_per_worker,
-                           caches, cfg.workers_timeout_s)  # fmt: skip
+                           caches, cfg.workers_timeout_s, HELPER_WAIT_S if cuda else 0.0)  # fmt: skip
             try:
                 row = run.measure()
             except Exception as exc:  # noqa: BLE001 - the JSON says what broke; the other counts go on
@@ -110,6 +116,7 @@ class CountRun:
     per_worker: int
     caches: Path
     timeout_s: float
+    helper_wait_s: float = 0.0  # see HELPER_WAIT_S; 0: measure right after the warm-up jobs
 
     def measure(self) -> dict[str, Any]:
         from fploopd.daemon.layout import Layout
@@ -120,6 +127,7 @@ class CountRun:
         n = len(self.devices)
         log_path = self.root / "daemon.log"
         t_start = time.time()
+        marked_before = cache_marked(self.caches)
         with log_path.open("wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "fploopd", "run", "--root", str(self.root)],
                                     env=daemon_env(self.caches), stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -130,6 +138,9 @@ class CountRun:
                 warm = self.drop(image, [f"warm-{i + 1}" for i in range(n)])
                 wait.until(lambda: self.ended(warm), "the warm-up jobs")
                 warm_at = time.time()
+                marked = marked_before or (self.helper_wait_s > 0
+                                           and wait.at_most(lambda: cache_marked(self.caches), self.helper_wait_s))  # fmt: skip
+                helper_wait_s = time.time() - warm_at
                 cpu0, t0 = cpu_seconds(proc.pid), time.time()
                 measured = self.drop(image, [f"job-{i + 1}" for i in range(self.per_worker * n)])
                 wait.until(lambda: self.ended(measured), "the measured jobs")
@@ -147,6 +158,7 @@ class CountRun:
             job=f"loop, main {self.spec.main_sections} + connection {self.spec.connection_sections}, "
                 f"{self.spec.steps} steps, {self.spec.resolution} bucket",
             startup_s=ready_at - t_start, warmup_s=warm_at - ready_at, warmed_workers=len(warmed),
+            cache_marked_at_start=marked_before, cache_marked_before_measuring=marked, helper_wait_s=helper_wait_s,
             warmup_jobs=lean([j for j in jobs if j["name"] in warm]),
             supervisor_cpu_s=(cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
             supervisor_cpu_window_s=t1 - t0, daemon_exit=code,
@@ -218,11 +230,29 @@ class Waiter:
                 raise RuntimeError(f"timed out waiting for {what} (--workers-timeout): {self._tail()}")
             time.sleep(POLL_S)
 
+    def at_most(self, condition: Callable[[], bool], seconds: float) -> bool:
+        """Poll ``condition`` for up to ``seconds`` (a dead daemon raises); whether it came true."""
+        give_up = time.monotonic() + seconds
+        while not condition():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited ({self.proc.returncode}): {self._tail()}")
+            if time.monotonic() > give_up:
+                return False
+            time.sleep(POLL_S)
+        return True
+
     def _tail(self) -> str:
         try:
             return self.log.read_text(errors="replace")[-2000:]
         except OSError:
             return "(no log)"
+
+
+def cache_marked(caches: Path) -> bool:
+    """Whether a compile helper has marked the daemon's compile cache (``daemon_env``) warm."""
+    from fploopd.engine.compile_ahead import MARKER_PREFIX
+
+    return any((caches / INDUCTOR).glob(f"{MARKER_PREFIX}*.json"))
 
 
 def keep_logs(root: Path, dest: Path) -> Path | None:
@@ -251,7 +281,7 @@ def daemon_env(caches: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in settings}
     here = str(Path(fploopd.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
-    env["TORCHINDUCTOR_CACHE_DIR"] = str(caches / "inductor")
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(caches / INDUCTOR)
     env["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] = str(caches / "flash-attention")
     return env
 

@@ -16,8 +16,8 @@ side. If the helper cannot compile a call (out of its memory share, a compiler e
 worker compiles that call itself, as it did without a helper. The helper lives under a share of the GPU's
 memory that the worker's tier leaves spare, and exits when idle (the next new call starts another).
 
-Once a helper has compiled every target (the two block kinds and, where compiled, the VAE decoder),
-a marker for the setup (models, preparation, GPU model, torch) goes into the compile cache. A worker
+Once a helper has settled every target (the two block kinds and, where compiled, the VAE decoder:
+compiled, or left to the worker), a marker for the setup (models, preparation, GPU model, torch) goes into the compile cache. A worker
 that finds it compiles on first use instead: its graphs are cache hits, and that is faster than the
 eager first job and the switch (2 x H200, the 640 loop job: first jobs 53 s against 68 s).
 """
@@ -55,6 +55,7 @@ MIN_ROOM = 4 * 2**30  # the two block kinds at the 640 bucket fit in about 3 GiB
 # An eager job peaks above a compiled one (an H200, the 640 loop job: 60.7 against 54.3 GiB), and
 # the tiers plan for compiled jobs: the helper gets what is spare beyond that.
 EAGER_EXTRA = int(6.5 * 2**30)
+MARKER_PREFIX = "fploopd-compiled-ahead-"  # the warm markers' names in the compile cache
 MAX_CRASHES = 2  # helpers that died mid-compile before the worker stops starting them
 
 
@@ -125,7 +126,7 @@ def warm_marker(setup: HelperSetup) -> Path | None:
     key["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     key["torch"] = torch.__version__
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return folder / f"fploopd-compiled-ahead-{digest}.json"
+    return folder / f"{MARKER_PREFIX}{digest}.json"
 
 
 def helper_room(spare: int) -> int:
@@ -159,7 +160,7 @@ class CompileAhead:
     and keeps the helper process fed. One per worker; single-threaded like the worker's jobs."""
 
     setup: HelperSetup
-    marker: Path | None = None  # written once every target has a graph (``warm_marker``)
+    marker: Path | None = None  # written once every target is settled (``warm_marker``)
     # Calls that go to the compiled function, fixed at job boundaries (``begin_job``): the helper
     # compiled them (here a cache hit) or could not (compiled here, as without a helper).
     active: set[CallSpec] = field(default_factory=set)
@@ -286,19 +287,20 @@ class CompileAhead:
         record.done_s, record.outcome = self._now(), kind
         if kind == "ready":
             logger.info("compile helper: {} ready after {:.1f} s", _short(spec), record.done_s - record.sent_s)
-            self._mark_if_complete()
         else:
             record.error = msg[2]
             logger.warning("compile helper could not compile {} ({}): this worker compiles it itself",
                            _short(spec), msg[2])  # fmt: skip
+        self._mark_if_complete()
 
     def _mark_if_complete(self) -> None:
-        """The marker, once a graph of every target this worker calls is ready and none pending."""
+        """The marker, once every target this worker compiles is settled: nothing pending, and a
+        graph of each ready or left to the worker (which then compiles it into the cache itself)."""
         if self.marker is None or self.marker.exists():
             return
         records = self.records.values()
-        ready = {r.spec.target for r in records if r.outcome == "ready"}
-        if any(r.outcome == "pending" for r in records) or not self.setup.targets() <= ready:
+        settled = {r.spec.target for r in records}
+        if any(r.outcome == "pending" for r in records) or not self.setup.targets() <= settled:
             return
         from fploopd.fsutil import write_json_atomic
 
