@@ -19,8 +19,8 @@ def main(out: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from fploopd.bench import models
     from fploopd.bench.e2e import compile_counters, job_image, loop_spec
+    from fploopd.engine import random_models as models
     from fploopd.engine.compile_ahead import CompileAhead, setup_for, warm_marker
     from fploopd.engine.vae_accel import VaeAccel
     from fploopd.media import MediaLimits, read_video

@@ -86,7 +86,7 @@ def test_memory_formats_pickle_the_same_whatever_the_import_order(tmp_path: Path
         "sys.stdout.write(pickle.dumps((torch.contiguous_format, torch.channels_last_3d)).hex())\n"
     )
     outs = []
-    for first in ("", "import fploopd.bench.models", "import fploopd.engine.compile_ahead, fploopd.media"):
+    for first in ("", "import fploopd.engine.random_models", "import fploopd.engine.compile_ahead, fploopd.media"):
         done = subprocess.run([sys.executable, "-c", code.format(first=first)], capture_output=True, text=True, check=True)
         outs.append(done.stdout)
     assert len(set(outs)) == 1

@@ -13,12 +13,12 @@ import torch
 
 from fploopd.bench.e2e import job_image, loop_spec
 from fploopd.bench.inputs import section_kwargs, tiny_spec
-from fploopd.bench.models import build_transformer
 from fploopd.engine.attention import KERNELS
 from fploopd.engine.context_parallel import ContextParallelRunner, check_heads, shard_sizes
 from fploopd.engine.device_group import DeviceGroup, model_loader
 from fploopd.engine.forward import TransformerRunner
 from fploopd.engine.options import RunnerOptions
+from fploopd.engine.random_models import build_transformer
 from fploopd.engine.tiny import TRANSFORMER as TINY
 
 SDPA = RunnerOptions(attention="sdpa")

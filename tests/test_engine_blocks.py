@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fploopd.bench.models import build_transformer
 from fploopd.engine.blocks import double_block, single_block
+from fploopd.engine.random_models import build_transformer
 from fploopd.engine.weights import NO_WEIGHTS, PreparedWeights
 
 

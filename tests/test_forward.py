@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from fploopd.bench.inputs import section_kwargs, tiny_spec
-from fploopd.bench.models import build_transformer
 from fploopd.engine import accel
 from fploopd.engine import attention as attention_mod
 from fploopd.engine.attention import attention_candidates, fa4_would_help
@@ -17,6 +16,7 @@ from fploopd.engine.compile import guarded
 from fploopd.engine.forward import TransformerRunner, teacache_rescale
 from fploopd.engine.fp8 import fp8_linears
 from fploopd.engine.options import RunnerOptions
+from fploopd.engine.random_models import build_transformer
 from fploopd.engine.tiny import TRANSFORMER as TINY_TRANSFORMER
 from fploopd.engine.vae_accel import VaeAccel
 from fploopd.engine.weights import PreparedWeights
@@ -273,7 +273,7 @@ def test_guarded_compile_falls_back_to_eager_for_good() -> None:
 
 
 def test_vae_accel_is_a_no_op_on_cpu() -> None:
-    from fploopd.bench.models import build_vae
+    from fploopd.engine.random_models import build_vae
 
     vae = build_vae("tiny", "cpu", torch.float32)
     z = torch.randn(1, vae.config.latent_channels, 2, 4, 4, generator=torch.Generator().manual_seed(3))

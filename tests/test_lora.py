@@ -11,7 +11,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fploopd.bench.inputs import section_kwargs, tiny_spec
-from fploopd.bench.models import FULL_TRANSFORMER, build_transformer
 from fploopd.engine.lora import (
     LinearIndex,
     LoraError,
@@ -30,6 +29,7 @@ from fploopd.engine.lora_testdata import (
     tiny_transformer_meta,
     write_tiny_lora,
 )
+from fploopd.engine.random_models import FULL_TRANSFORMER, build_transformer
 from fploopd.engine.tiny import TRANSFORMER as TINY_TRANSFORMER
 from fploopd.engine.weights import FUSED_QKV, PreparedWeights
 from fploopd.errors import InputError

@@ -124,8 +124,8 @@ def test_full_size_constants_match_the_architecture() -> None:
     """FULL_SIZE counted again on the meta device (no memory): the choice's numbers are the model's."""
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-    from fploopd.bench.models import FULL_TRANSFORMER
     from fploopd.engine.fp8 import block_fp8_linears
+    from fploopd.engine.random_models import FULL_TRANSFORMER
 
     with torch.device("meta"):
         t = HunyuanVideoFramepackTransformer3DModel(**FULL_TRANSFORMER).to(torch.bfloat16)

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from fploopd.bench.models import build_vae
+from fploopd.engine.random_models import build_vae
 from fploopd.engine.vae_accel import VaeAccel
 from fploopd.engine.vae_tiles import (
     OVERLAP,

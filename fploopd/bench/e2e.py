@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fploopd.bench import models
 from fploopd.bench.timing import Measurement, free, peak_gib, sync
+from fploopd.engine import random_models as models
 
 if TYPE_CHECKING:
     from fploopd.bench.run import Bench

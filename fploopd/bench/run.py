@@ -42,7 +42,6 @@ import torch
 from loguru import logger
 
 from fploopd.bench import inputs as binputs
-from fploopd.bench import models
 from fploopd.bench.report import gpu_name, kernel_family, short
 from fploopd.bench.timing import (
     Measurement,
@@ -53,6 +52,7 @@ from fploopd.bench.timing import (
     reset_peak,
     sync,
 )
+from fploopd.engine import random_models as models
 from fploopd.spec import TEACACHE_DEFAULT_THRESHOLD
 
 STAGES = ("text", "transformer", "vae", "section", "lora", "lowvram", "e2e", "tiers", "workers", "context-parallel")

@@ -3,7 +3,7 @@
 For each worker count N (smallest first: the 1-worker figure is the others' baseline, and only the
 first count compiles with an empty compile cache), in a fresh root under a temporary folder:
 
-1. settings ``model = "random:full"`` (``random:tiny`` on the CPU: ``bench.random_source``) and
+1. settings ``model = "random:full"`` (``random:tiny`` on the CPU: ``engine.random_source``) and
    ``device = "cuda:0,...,cuda:N-1"`` (``cpu:0,...`` on the CPU); the compile caches
    (TorchInductor's, FlashAttention 4's) are one folder shared by the counts, given to the daemon
    through the environment variables the worker honours (``worker.use_compile_cache``);

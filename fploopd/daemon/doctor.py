@@ -125,7 +125,7 @@ def _codecs(settings: Settings) -> Iterator[Check]:
 
 def _models(settings: Settings) -> Iterator[Check]:
     """The weights the daemon's workers would load, found as they would find them."""
-    from fploopd.bench.random_source import WARNING, is_random
+    from fploopd.engine.random_source import WARNING, is_random
     from fploopd.engine.sources import resolve
     from fploopd.errors import ModelError
 

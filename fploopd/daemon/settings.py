@@ -41,7 +41,7 @@ class SettingsError(FploopdError):
 class Settings:
     root: Path = Path(".")
     # Weights: "tiny", "auto" (FramePack weights wherever found) or a folder; "random:full" and
-    # "random:tiny" are random weights built by the workers, for benchmarks only (bench/random_source.py).
+    # "random:tiny" are random weights built by the workers, for benchmarks only (engine/random_source.py).
     model: str = "auto"
     # "auto", "cpu", "cuda", "cuda:1" or a comma list: one worker process per entry. An entry
     # "cuda:0+cuda:1" is a device group: one worker whose jobs run on both GPUs (README).
@@ -121,7 +121,7 @@ class Settings:
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
-        from fploopd.bench.random_source import check_name, is_random  # torch-free
+        from fploopd.engine.random_source import check_name, is_random  # torch-free
 
         return check_name(value) if is_random(value) else value
 

@@ -175,7 +175,7 @@ class Supervisor:
 
     def _check_model(self) -> None:
         """Say at once when the weights cannot be found, not only in a worker's log: jobs would wait."""
-        from fploopd.bench.random_source import WARNING, is_random
+        from fploopd.engine.random_source import WARNING, is_random
 
         if is_random(self.settings.model):
             logger.warning("model {}: {}", self.settings.model, WARNING)

@@ -35,8 +35,8 @@ from fploopd.procutil import die_with_parent
 def load_models(settings: Settings, device: str, name: str | None = None) -> Any:
     """The models, loaded once per worker and kept between jobs. ``device``: as this process numbers
     its GPUs (``engine.cuda_env.own_gpus``); ``name``: as the settings do, for messages."""
-    from fploopd.bench.random_source import WARNING, is_random, load_random
     from fploopd.engine.components import load_components
+    from fploopd.engine.random_source import WARNING, is_random, load_random
     from fploopd.engine.sources import resolve
 
     name = name or device

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from fploopd.bench import inputs, models
+from fploopd.bench import inputs
 from fploopd.bench.report import kernel_family
 from fploopd.bench.timing import deviation, measure
+from fploopd.engine import random_models as models
 from fploopd.engine.forward import TransformerRunner
 from fploopd.engine.options import RunnerOptions
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from fploopd.bench.models import build_vae
 from fploopd.bench.timing import deviation, measure, peak_gib, reset_peak
+from fploopd.engine.random_models import build_vae
 
 
 def families(vae: torch.nn.Module, z: torch.Tensor) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""The bench's models: the tiny family, or FramePack's full-size architectures with random weights.
+"""FramePack's architectures with random weights, for the bench and ``model = "random:..."``
+(``random_source``): the tiny family, or the full-size models.
 
 Speed does not depend on weight values, so the full-size models are made without any download:
 parameters are created in the target dtype on the target device and initialised there. The tiny

@@ -47,17 +47,17 @@ def load_random(model: str, device: str, *, vram: str = "auto", fp8: bool = Fals
     """The model set ``model`` names, built on ``device`` and placed as a worker places real weights."""
     import torch
 
-    from fploopd.bench import models
+    from fploopd.engine import random_models
     from fploopd.engine.components import encoder_dtype, placed_components, resolve_device
 
     size = check_name(model)[len(PREFIX):]
     dev = resolve_device(device)
-    transformer = models.build_transformer(size, dev, torch.bfloat16)
-    vae = models.build_vae(size, dev, encoder_dtype(dev))
+    transformer = random_models.build_transformer(size, dev, torch.bfloat16)
+    vae = random_models.build_vae(size, dev, encoder_dtype(dev))
     if size == "full":
-        built = models.random_components(transformer, vae, dev)
+        built = random_models.random_components(transformer, vae, dev)
     else:  # the tiny family's encoders and tokenizers (from disk, loaded on the CPU: nothing placed twice)
-        built = models.components("tiny", "cpu")
+        built = random_models.components("tiny", "cpu")
         built.transformer, built.vae = transformer, vae
     names = ("transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae", "image_encoder",
              "feature_extractor")  # fmt: skip
