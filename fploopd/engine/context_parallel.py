@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from fploopd.engine.attention import KERNELS, AttentionKernel, get_kernel, register
-from fploopd.engine.forward import TransformerRunner, _BranchState, _SectionConstants
+from fploopd.engine.forward import BranchState, SectionConstants, TransformerRunner
 from fploopd.engine.options import RunnerOptions
 from fploopd.engine.weights import PreparedWeights
 
@@ -267,11 +267,11 @@ class ContextParallelRunner(TransformerRunner):
 
     # -- every rank ------------------------------------------------------------------------------
 
-    def _teacache_decide(self, state: _BranchState, modulated: Tensor) -> bool:
+    def _teacache_decide(self, state: BranchState, modulated: Tensor) -> bool:
         return self.link.flag(super()._teacache_decide(state, modulated))
 
     def _run_blocks(
-        self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants, attention: str | None = None
+        self, x: Tensor, cond: Tensor, temb: Tensor, prep: SectionConstants, attention: str | None = None
     ) -> Tensor:
         link = self.link
         splits = shard_sizes(x.shape[1], link.size)

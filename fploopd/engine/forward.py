@@ -66,8 +66,9 @@ class Offloader(Protocol):
 
 
 @dataclass
-class _BranchState:
-    """TeaCache state of one CFG branch within a section."""
+class BranchState:
+    """TeaCache state of one CFG branch within a section (public for runners that override
+    ``_teacache_decide``, as ``context_parallel`` does)."""
 
     step: int = 0
     accumulated: float = 0.0
@@ -85,8 +86,9 @@ class RunnerStats:
 
 
 @dataclass
-class _SectionConstants:
-    """Per-section constants: rope tables of the packed latent stream and the embedded history."""
+class SectionConstants:
+    """Per-section constants: rope tables of the packed latent stream and the embedded history
+    (public for runners that override ``_run_blocks``, as ``context_parallel`` does)."""
 
     cos: Tensor
     sin: Tensor
@@ -123,8 +125,8 @@ class TransformerRunner:
         self.offloader = offloader
         self.ahead = ahead
         self._cache_size = cache_size
-        self._prepared: OrderedDict[tuple, _SectionConstants] = OrderedDict()
-        self._branches: dict[str, _BranchState] = {}
+        self._prepared: OrderedDict[tuple, SectionConstants] = OrderedDict()
+        self._branches: dict[str, BranchState] = {}
         self._host = _HostValues()
         self.num_steps: int | None = None
         self.stats = RunnerStats()
@@ -261,7 +263,7 @@ class TransformerRunner:
         context: dict[str, Tensor | None],
         height: int,
         width: int,
-    ) -> _SectionConstants:
+    ) -> SectionConstants:
         """Rope tables and the embedded history, cached on indices, sizes and the context tensors'
         identity and version (the cache keeps the tensors alive, so their memory cannot be reused
         by new tensors while the entry exists)."""
@@ -298,19 +300,19 @@ class TransformerRunner:
             cos, sin = torch.cat([rc, cos], dim=0), torch.cat([rs, sin], dim=0)
             parts.insert(0, tokens)
         history = torch.cat(parts, dim=1) if parts else None
-        prep = _SectionConstants(cos=cos, sin=sin, history=history, keepalive=latents)
+        prep = SectionConstants(cos=cos, sin=sin, history=history, keepalive=latents)
         self._prepared[key] = prep
         while len(self._prepared) > self._cache_size:
             self._prepared.popitem(last=False)
         return prep
 
-    def _blocks_with_cache(self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants, branch: str) -> Tensor:
+    def _blocks_with_cache(self, x: Tensor, cond: Tensor, temb: Tensor, prep: SectionConstants, branch: str) -> Tensor:
         self.stats.forwards += 1
         if not self.teacache_threshold:
             self.stats.computed += 1
             return self._run_blocks(x, cond, temb, prep)
 
-        state = self._branches.setdefault(branch, _BranchState())
+        state = self._branches.setdefault(branch, BranchState())
         if self.num_steps is None:
             logger.warning("TransformerRunner: TeaCache without reset(num_steps); only the first step is forced")
             self.num_steps = 0
@@ -330,7 +332,7 @@ class TransformerRunner:
         state.prev_residual = out - x
         return out
 
-    def _teacache_decide(self, state: _BranchState, modulated: Tensor) -> bool:
+    def _teacache_decide(self, state: BranchState, modulated: Tensor) -> bool:
         """Whether this step runs the blocks (else it reuses the branch's residual)."""
         last = (self.num_steps or 0) - 1
         if state.step == 0 or state.step == last or state.prev_residual is None or (
@@ -347,7 +349,7 @@ class TransformerRunner:
         return compute
 
     def _run_blocks(
-        self, x: Tensor, cond: Tensor, temb: Tensor, prep: _SectionConstants, attention: str | None = None
+        self, x: Tensor, cond: Tensor, temb: Tensor, prep: SectionConstants, attention: str | None = None
     ) -> Tensor:
         """The block stack; ``attention``: a kernel name in place of the options' (context parallel)."""
         t = self.transformer
@@ -442,8 +444,10 @@ def count_flops(tokens_latent: int, tokens_context: int, cfg: dict[str, Any]) ->
 
 __all__ = [
     "TEACACHE_COEFFS",
+    "BranchState",
     "Offloader",
     "RunnerStats",
+    "SectionConstants",
     "TransformerRunner",
     "context_kwargs",
     "count_flops",
