@@ -88,33 +88,35 @@ class UlyssesAttention:
         if len(splits) != size:
             raise RuntimeError(f"{self.name}: the runner set no shard sizes for this forward")
         b, s, heads, d = q.shape
+        if b != 1:  # the runner runs the blocks one sample at a time (TransformerRunner.__call__)
+            raise ValueError(f"{self.name}: a batch of 1 is expected, not {b}")
         n = splits[rank]
         m = s - n
         h = heads // size
         total = sum(splits)
-        # 1. latent q|k|v [n, H] -> [N, H/P]: one all-to-all, chunk p (heads p*h..) to rank p.
-        lat = torch.stack([q[:, :n], k[:, :n], v[:, :n]])  # (3, B, n, H, D)
-        send = lat.view(3, b, n, size, h, d).permute(3, 2, 0, 1, 4, 5).reshape(size * n, 3, b, h, d)
-        recv = send.new_empty((total, 3, b, h, d))
-        dist.all_to_all_single(recv, send.contiguous(), list(splits), [n] * size, group=self.group)
-        qf, kf, vf = recv.permute(1, 2, 0, 3, 4).unbind(0)  # each (B, N, h, D)
+        # 1. latent q|k|v [n, H] -> [N, H/P]: one all-to-all, chunk p (heads p*h..) to rank p. The
+        # send buffer is made in one copy; the receive buffer holds q|k|v interleaved per token,
+        # with room after the latent tokens for this rank's heads of the conditioning, so the
+        # kernel takes strided views of it instead of three concatenated copies.
+        send = torch.stack([t[0, :n].view(n, size, h, d).transpose(0, 1) for t in (q, k, v)], 2)  # (P, n, 3, h, D)
+        qkv = q.new_empty((1, total + m, 3, h, d))
+        dist.all_to_all_single(qkv[0, :total], send.view(size * n, 3, h, d), list(splits), [n] * size,
+                               group=self.group)  # fmt: skip
         heads_r = slice(rank * h, (rank + 1) * h)
+        qkv[0, total:] = torch.stack([t[0, n:, heads_r] for t in (q, k, v)], 1)
         # 2. attention over all latent tokens and the whole conditioning, this rank's heads.
-        out = get_kernel(self.kernel).run(
-            torch.cat([qf, q[:, n:, heads_r]], 1), torch.cat([kf, k[:, n:, heads_r]], 1),
-            torch.cat([vf, v[:, n:, heads_r]], 1),
-        )  # (B, N + M, h, D)
+        out = get_kernel(self.kernel).run(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])  # (1, N + M, h, D)
         # 3. back: rank j gets its shard's tokens and this rank's conditioning output, h heads each.
-        o_lat, o_cond = out[:, :total], out[:, total:]
+        o_lat, o_cond = out[0, :total], out[0, total:]
         parts: list[Tensor] = []
         start = 0
         for length in splits:
-            parts += [o_lat[:, start : start + length], o_cond]
+            parts += [o_lat[start : start + length], o_cond]
             start += length
-        send = torch.cat(parts, 1).transpose(0, 1).contiguous()  # (N + P*M, B, h, D)
-        recv = send.new_empty((size * (n + m), b, h, d))
-        dist.all_to_all_single(recv, send, [n + m] * size, [length + m for length in splits], group=self.group)
-        return recv.view(size, n + m, b, h, d).permute(2, 1, 0, 3, 4).reshape(b, n + m, heads, d)
+        recv = out.new_empty((size, n + m, h, d))
+        dist.all_to_all_single(recv.view(size * (n + m), h, d), torch.cat(parts), [n + m] * size, [length + m for length in splits],
+                               group=self.group)  # fmt: skip
+        return recv.transpose(0, 1).reshape(1, n + m, heads, d)
 
 
 def ulysses_kernel(kernel: str, rank: int, size: int, group: Any = None) -> UlyssesAttention:
