@@ -12,7 +12,7 @@ import pytest
 from daemon_util import env, fploopd, make_root, wait_for
 
 from fploopd.daemon.claim import Drop, claim_record, finish_stale_claims, first_move
-from fploopd.daemon.journal import IllegalTransition, JobState, Journal, LeaseLost
+from fploopd.daemon.journal import CHOICES, IllegalTransition, JobState, Journal, LeaseLost
 from fploopd.daemon.journalcheck import fs_type, is_network
 from fploopd.daemon.layout import Layout
 from fploopd.daemon.pgjournal import PgJournal
@@ -51,6 +51,15 @@ def test_both_stores_keep_the_same_records_and_transitions(journal: Journal) -> 
     assert journal.daemon_state() == {"workers": {"cpu": {"state": "busy"}}}
     journal.set_waiting([{"sidecar": "inbox/a.json"}, {"sidecar": "inbox/a.json"}])
     assert journal.waiting() == [{"sidecar": "inbox/a.json"}]
+
+
+def test_an_eligible_job_is_found_past_a_page_of_others(journal: Journal) -> None:
+    for i in range(CHOICES + 2):
+        add(journal, f"s{i:03d}", f"styled-{i}")
+    add(journal, "z-plain", "plain")  # last in the queue, whatever the clock's resolution
+    job = journal.claim_next("group", eligible=lambda j: j.name == "plain")
+    assert job is not None and job.id == "z-plain" and job.state == JobState.RUNNING
+    assert journal.claim_next("group", eligible=lambda j: j.name == "plain") is None
 
 
 def test_a_lost_lease_fences_the_run_out(journal: Journal) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fploopd.daemon.journal import Journal
+from fploopd.daemon.journal import CHOICES, Journal
 from fploopd.daemon.loras import MAX_PASSES, LoraAffinity, lora_set
 
 STYLE = [{"file": "style.safetensors", "scale": 0.8}]
@@ -81,3 +81,14 @@ def test_a_worker_takes_only_the_jobs_it_can_run_whatever_their_priority(journal
     assert journal.claim_next("group", eligible=plain_only) is None  # nothing it can run: nothing claimed
     assert {j.id: j.state for j in journal.jobs()} == {"styled-urgent": "queued", "styled": "queued", "plain": "running"}
     assert take(journal, LoraAffinity(), []) == "styled-urgent"  # a one-GPU worker: priority first, as ever
+
+
+def test_a_worker_finds_a_job_it_can_run_behind_a_page_of_ones_it_cannot(journal: Journal) -> None:
+    for i in range(CHOICES + 3):  # more LoRA jobs than one read of the queue holds
+        add(journal, f"styled-{i}", STYLE, at=i)
+    add(journal, "plain", [], at=CHOICES + 10)
+    plain_only = lambda job: not lora_set(job.spec or {})
+    job = journal.claim_next("group", eligible=plain_only)
+    assert job is not None and job.id == "plain"
+    assert journal.claim_next("group", eligible=plain_only) is None
+    assert sum(j.state == "queued" for j in journal.jobs()) == CHOICES + 3

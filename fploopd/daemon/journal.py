@@ -649,18 +649,24 @@ class Journal:
         """Atomically take the next due queued job and mark it running: the first by priority, then
         age, or the one ``choose`` picks among the due jobs of the top priority (oldest first).
         ``eligible``: only jobs this worker can run count (a device group takes no LoRA job while a
-        one-GPU worker can); None when there is none among the first due ones."""
+        one-GPU worker can); the queue is read in pages of ``CHOICES`` until one is found. None when
+        no due job is eligible."""
         now = time.time() if now is None else now
+        limit = CHOICES if choose is not None or eligible is not None else 1
         with self.transaction():
-            rows = self.db.execute(
-                "SELECT * FROM jobs WHERE state = 'queued' AND next_attempt_at <= ? AND cancel_requested = 0"
-                " AND (delivery IS NULL OR delivered_at IS NOT NULL)"
-                f" ORDER BY priority DESC, created_at, id LIMIT ?{self._SKIP_LOCKED}",
-                (now, CHOICES if choose is not None or eligible is not None else 1),
-            ).fetchall()
-            jobs = [Job.from_row(r) for r in rows]
-            if eligible is not None:
-                jobs = [j for j in jobs if eligible(j)]
+            jobs: list[Job] = []
+            offset = 0
+            while not jobs:
+                rows = self.db.execute(
+                    "SELECT * FROM jobs WHERE state = 'queued' AND next_attempt_at <= ? AND cancel_requested = 0"
+                    " AND (delivery IS NULL OR delivered_at IS NOT NULL)"
+                    f" ORDER BY priority DESC, created_at, id LIMIT ? OFFSET ?{self._SKIP_LOCKED}",
+                    (now, limit, offset),
+                ).fetchall()
+                jobs = [j for j in map(Job.from_row, rows) if eligible is None or eligible(j)]
+                if len(rows) < limit:
+                    break
+                offset += limit
             if not jobs:
                 return None
             candidates = [j for j in jobs if j.priority == jobs[0].priority]
