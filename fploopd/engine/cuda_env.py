@@ -10,8 +10,9 @@ and 1.16x. A value the user set is kept.
 **The GPUs a worker sees.** A worker sees only its own GPUs, numbered from 0, so every worker
 names its GPU ``cuda:0``. TorchInductor's cache keys hold the device, so with the real numbers a
 box's second GPU compiled everything again: its worker's first loop job took 167 s where the first
-GPU's took 65 s from the same cache (2 x H200, docs/benchmarks.md). Hidden GPUs also get no CUDA
-context (about 500 MB each) from a process that never uses them.
+GPU's took 65 s from the same cache; seeing only its own, 67.7 s (2 x H200, docs/benchmarks.md).
+Nothing in a worker (a library that enumerates GPUs, a kernel timing that names no device) can
+touch another worker's GPU either.
 """
 
 from __future__ import annotations
