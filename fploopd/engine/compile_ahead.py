@@ -17,9 +17,10 @@ worker compiles that call itself, as it did without a helper. The helper lives u
 memory that the worker's tier leaves spare, and exits when idle (the next new call starts another).
 
 Once a helper has settled every target (the two block kinds and, where compiled, the VAE decoder:
-compiled, or left to the worker), a marker for the setup (models, preparation, GPU model, torch) goes into the compile cache. A worker
-that finds it compiles on first use instead: its graphs are cache hits, and that is faster than the
-eager first job and the switch (2 x H200, the 640 loop job: first jobs 53 s against 68 s).
+compiled, or left to the worker), a marker for the setup (models, preparation, GPU model, torch)
+goes into the compile cache. A worker that finds it compiles on first use instead: its graphs are
+cache hits, and that beats an eager first job and the switch (H200s, the 640 loop job: a first job
+of 53 s from the cache, of 68 s eager beside a helper).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from fploopd.engine.compile_helper import (
     dtype_name,
     helper_main,
 )
+from fploopd.fsutil import write_json_atomic
 
 MIN_ROOM = 4 * 2**30  # the two block kinds at the 640 bucket fit in about 3 GiB
 # An eager job peaks above a compiled one (an H200, the 640 loop job: 60.7 against 54.3 GiB), and
@@ -113,7 +115,7 @@ def attach(components: Any, room: int | None = None) -> CompileAhead | None:
 
 
 def warm_marker(setup: HelperSetup) -> Path | None:
-    """Where a helper that compiled every target of ``setup`` marks the compile cache (None: no
+    """Where a helper that settled every target of ``setup`` marks the compile cache (None: no
     cache folder known). One per setup, GPU model and torch version, as inductor's graphs are."""
     try:
         from torch._inductor.runtime.cache_dir_utils import cache_dir
@@ -302,8 +304,6 @@ class CompileAhead:
         settled = {r.spec.target for r in records}
         if any(r.outcome == "pending" for r in records) or not self.setup.targets() <= settled:
             return
-        from fploopd.fsutil import write_json_atomic
-
         try:
             write_json_atomic(self.marker, {"setup": dataclasses.asdict(self.setup), "pid": os.getpid(),
                                             "calls": [_call_row(r) for r in records]})  # fmt: skip
