@@ -36,7 +36,7 @@ def load_models(settings: Settings, device: str, name: str | None = None) -> Any
     """The models, loaded once per worker and kept between jobs. ``device``: as this process numbers
     its GPUs (``engine.cuda_env.own_gpus``); ``name``: as the settings do, for messages."""
     from fploopd.engine.components import load_components
-    from fploopd.engine.random_source import WARNING, is_random, load_random
+    from fploopd.engine.random_source import WARNING, is_random
     from fploopd.engine.sources import resolve
 
     name = name or device
@@ -51,6 +51,8 @@ def load_models(settings: Settings, device: str, name: str | None = None) -> Any
                          field="model")  # fmt: skip
     if is_random(settings.model):
         logger.warning("model {} on {}: {}", settings.model, name, WARNING)
+        from fploopd.engine.random_models import load_random
+
         return load_random(settings.model, device, vram=settings.vram, fp8=settings.fp8, compile_vae=settings.compile_vae)
     paths = resolve(settings.model, allow_download=settings.allow_download)
     if "+" in device:  # a device group: this process is its rank 0 and owns the followers

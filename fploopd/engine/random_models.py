@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from fploopd.engine import tiny
-from fploopd.engine.components import Components, encoder_dtype, load_components
+from fploopd.engine.components import Components, encoder_dtype, load_components, placed_components, resolve_device
 from fploopd.engine.loaders import hf_loader
+from fploopd.engine.random_source import PREFIX, check_name, random_identity
 from fploopd.engine.sources import resolve
 
 FULL_TRANSFORMER: dict[str, Any] = {
@@ -163,3 +164,21 @@ def random_components(transformer: Any, vae: Any, device: torch.device | str) ->
         vram="high",
         identity={"source": "full-random", "note": "random weights; tokenizers from the tiny family"},
     )
+
+
+def load_random(model: str, device: str, *, vram: str = "auto", fp8: bool = False, compile_vae: bool = False) -> Any:
+    """The model set ``model`` (``random_source.NAMES``) names, built on ``device`` and placed as a
+    worker places real weights."""
+    size = check_name(model)[len(PREFIX):]
+    dev = resolve_device(device)
+    transformer = build_transformer(size, dev, torch.bfloat16)
+    vae = build_vae(size, dev, encoder_dtype(dev))
+    if size == "full":
+        built = random_components(transformer, vae, dev)
+    else:  # the tiny family's encoders and tokenizers (from disk, loaded on the CPU: nothing placed twice)
+        built = components("tiny", "cpu")
+        built.transformer, built.vae = transformer, vae
+    names = ("transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae", "image_encoder",
+             "feature_extractor")  # fmt: skip
+    return placed_components({n: getattr(built, n) for n in names}, dev, random_identity(model), vram=vram, fp8=fp8,
+                             compile_vae=compile_vae)  # fmt: skip
