@@ -33,7 +33,7 @@ def test_workers_stage_one_and_two_cpu_workers(tmp_path: Path) -> None:
         assert row["daemon_exit"] == 0  # the warm stop
         # No compile helper on the CPU: measured right after the warm-up, the cache never marked.
         assert (row["cache_marked_at_start"], row["cache_marked_before_measuring"]) == (False, False)
-        assert row["helper_wait_s"] < 5
+        assert row["helper_wait_s"] < 5 and row["warmup_rounds"] == 1
         assert row["warmed_workers"] == count and len(row["warmup_jobs"]) == count
         jobs = row["jobs"]
         assert row["jobs_measured"] == len(jobs) == count  # one measured job per worker
@@ -119,3 +119,37 @@ def test_a_random_model_on_a_device_group_is_refused_by_name() -> None:
         load_models(Settings(model="random:tiny", device="cpu+cpu"), "cpu+cpu")
     assert caught.value.message == "model random:tiny runs on workers of one device, not on the device group cpu+cpu"
     assert caught.value.field == "model"
+
+
+def test_a_count_whose_helpers_mark_the_cache_warms_up_twice(tmp_path: Path) -> None:
+    """Where this count's compile helpers made the mark (here: written by the test while the count
+    runs, as no helper runs on the CPU), every worker runs a second warm-up job before the measured
+    ones, so a graph a helper left to its worker is not compiled in a measured job."""
+    import threading
+
+    from fploopd.bench.e2e import loop_spec
+    from fploopd.bench.workers import INDUCTOR, CountRun
+    from fploopd.engine.compile_ahead import MARKER_PREFIX
+
+    caches = tmp_path / "caches"
+    run = CountRun(tmp_path / "root", "random:tiny", ["cpu:0"], loop_spec(False), 1, caches, 600.0, helper_wait_s=300.0)
+
+    done = threading.Event()
+
+    def mark() -> None:  # once the first warm-up job is dropped: after the count looked at the cache
+        while not done.wait(0.1):
+            if any((tmp_path / "root").rglob("warm-1*")):  # in the inbox, then work, outbox, archive
+                (caches / INDUCTOR).mkdir(parents=True, exist_ok=True)
+                (caches / INDUCTOR / f"{MARKER_PREFIX}0123456789abcdef.json").write_text("{}")
+                return
+
+    marker = threading.Thread(target=mark)
+    marker.start()
+    try:
+        row = run.measure()
+    finally:
+        done.set()
+        marker.join()
+    assert (row["cache_marked_at_start"], row["cache_marked_before_measuring"], row["warmup_rounds"]) == (False, True, 2)
+    assert sorted(j["name"] for j in row["warmup_jobs"]) == ["warm-1", "warm-2"]
+    assert all(j["state"] == "done" for j in row["warmup_jobs"]) and row["jobs_measured"] == 1
