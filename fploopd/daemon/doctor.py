@@ -91,13 +91,13 @@ def vram_tier_check(device: str, free: int, capability: tuple[int, int], setting
 
     choice = choose_tier(free, capability, settings.vram, prefer_fp8=settings.fp8)
     risky = "run out of memory" in choice.reason
+    room = helper_room(choice.spare)
     if not settings.compile_ahead:
         first = "compile_ahead is off: a new worker's first job waits for the compiler"
-    elif (why := too_little_room(helper_room(choice.spare))) is not None:
+    elif (why := too_little_room(room)) is not None:
         first = f"a new worker's first job waits for the compiler ({why})"
     else:
-        room = helper_room(choice.spare) / 2**30
-        first = f"a new worker's first job runs while a helper process compiles (in {room:.1f} GiB)"
+        first = f"a new worker's first job runs while a helper process compiles (in {room / 2**30:.1f} GiB)"
     return Check(
         f"vram tier {device}",
         "warn" if risky else "ok",

@@ -97,7 +97,6 @@ class WorkerHandle:
         return self.ready and self.job is None and self.retiring is None and not self.silent and self.process.is_alive()
 
 
-
 def spawn_worker(ctx: Any, target: Callable[..., None], args: tuple[Any, ...], name: str) -> BaseProcess:
     """A started worker process. Not daemonic: a worker starts processes of its own (the compile
     helper), which multiprocessing refuses a daemonic one. The supervisor stops and joins its
@@ -105,6 +104,7 @@ def spawn_worker(ctx: Any, target: Callable[..., None], args: tuple[Any, ...], n
     process = ctx.Process(target=target, args=args, name=name)
     process.start()
     return process
+
 
 class Supervisor:
     def __init__(self, settings: Settings, *, once: bool = False, notifier: Notifier | None = None) -> None:

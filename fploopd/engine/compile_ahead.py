@@ -384,4 +384,5 @@ def _short(spec: CallSpec) -> str:
     return f"{spec.target} {shapes[0] if shapes else ''}"
 
 
-__all__ = ["EAGER_EXTRA", "MIN_ROOM", "CompileAhead", "attach", "helper_room", "setup_for", "too_little_room"]
+__all__ = ["EAGER_EXTRA", "MARKER_PREFIX", "MIN_ROOM", "CompileAhead", "attach", "helper_room", "setup_for",
+           "too_little_room", "warm_marker"]  # fmt: skip

@@ -114,7 +114,8 @@ class UlyssesAttention:
             parts += [o_lat[start : start + length], o_cond]
             start += length
         recv = out.new_empty((size, n + m, h, d))
-        dist.all_to_all_single(recv.view(size * (n + m), h, d), torch.cat(parts), [n + m] * size, [length + m for length in splits],
+        send_sizes = [length + m for length in splits]  # rank j: its shard and our conditioning
+        dist.all_to_all_single(recv.view(size * (n + m), h, d), torch.cat(parts), [n + m] * size, send_sizes,
                                group=self.group)  # fmt: skip
         return recv.transpose(0, 1).reshape(1, n + m, heads, d)
 
