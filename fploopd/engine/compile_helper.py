@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fploopd.engine.compile import compiled_blocks, configure_dynamo
+from fploopd.engine.compile import compiled_blocks
+from fploopd.engine.vae_accel import compile_decoder
 from fploopd.engine.weights import PreparedWeights
 from fploopd.procutil import die_with_parent
 
@@ -192,8 +193,7 @@ class _Targets:
                 raise ValueError("this worker does not compile its VAE decoder")
             vae = _build(s.vae_class, s.vae_config, self.device, s.vae_dtype, s.vae_requires_grad)
             vae.to(memory_format=torch.channels_last_3d)  # as vae_accel lays out a compiled decoder
-            configure_dynamo()
-            self._decoder = torch.compile(vae.decoder.forward)
+            self._decoder = compile_decoder(vae.decoder)
         return self._decoder
 
 

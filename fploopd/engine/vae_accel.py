@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from fploopd.engine.compile_ahead import CompileAhead
 
 
+def compile_decoder(decoder: nn.Module) -> Callable[..., Any]:
+    """``decoder.forward`` under torch.compile, unguarded: as a worker compiles it (``VaeAccel``) and
+    as its compile helper does, whose graphs must be the worker's cache hits."""
+    configure_dynamo()
+    return torch.compile(decoder.forward)
+
+
 class VaeAccel:
     """Switches ``vae``'s decoder between the stock eager one and a compiled one, and decodes whole
     frames or strips. The compiled callable is made once and kept here: a new one would compile
@@ -54,8 +61,7 @@ class VaeAccel:
         decoder = self.vae.decoder
         self._uninstall()
         if self._compiled is None:
-            configure_dynamo()
-            self._compiled = guarded(decoder.forward, torch.compile(decoder.forward), "VAE decoder")
+            self._compiled = guarded(decoder.forward, compile_decoder(decoder), "VAE decoder")
         if ahead is None:
             self._set_channels_last(True)
             decoder.forward = self._compiled
@@ -95,4 +101,4 @@ class VaeAccel:
         return decode_in_strips(self.vae.decoder, z, count, self.vae.spatial_compression_ratio)
 
 
-__all__ = ["VaeAccel"]
+__all__ = ["VaeAccel", "compile_decoder"]
