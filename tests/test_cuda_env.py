@@ -3,6 +3,11 @@ every GPU of a box), and a device the environment does not show is refused by na
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
 import pytest
 
 from fploopd.engine.cuda_env import VISIBLE, own_gpus
@@ -40,3 +45,25 @@ def test_a_gpu_the_environment_hides_is_refused(device: str, shown: str) -> None
         f"{device} is not a GPU of this process: CUDA_VISIBLE_DEVICES={shown!r} shows {len([s for s in shown.split(',') if s])}"
     )
     assert env == {VISIBLE: shown}  # untouched
+
+
+def test_a_worker_on_a_gpu_the_service_hides_fails_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker reports it to the supervisor (which shows it as a worker that cannot load the
+    models) before CUDA or the models are touched, and leaves the environment as it was."""
+    from fploopd.daemon import messages as m
+    from fploopd.daemon.settings import load_settings
+    from fploopd.daemon.worker import Worker
+
+    monkeypatch.setenv(VISIBLE, "0")
+    parent, child = multiprocessing.Pipe()
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        assert Worker(load_settings(tmp_path, env={}), "cuda:3", child).serve() == 2
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    msg = parent.recv()
+    assert isinstance(msg, m.Fatal)
+    assert (msg.error.kind, msg.error.field) == ("model", "device")
+    assert msg.error.error == "cuda:3 is not a GPU of this process: CUDA_VISIBLE_DEVICES='0' shows 1"
+    assert not parent.poll() and os.environ[VISIBLE] == "0"
