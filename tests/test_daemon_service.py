@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,47 @@ def test_a_worker_may_start_processes_of_its_own() -> None:
     worker = spawn_worker(multiprocessing.get_context("spawn"), _start_a_helper, (), "fploopd-worker-test")
     worker.join(timeout=120)
     assert worker.exitcode == 0
+
+
+class _Helper:
+    """Stands in for ``CompileAhead``: records that the worker took its reports."""
+
+    def __init__(self) -> None:
+        self.polled = threading.Event()
+
+    def poll(self) -> None:
+        self.polled.set()
+
+
+def test_an_idle_worker_takes_its_compile_helpers_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The warm mark is written when the helper's last report is taken. A worker that took them only
+    # at its next job's start left the cache unmarked however long it waited (the bench waited 6
+    # minutes for it on 4 x H200 in vain).
+    import multiprocessing
+    import signal
+    import types
+
+    from fploopd.daemon import messages as m
+    from fploopd.daemon import worker as worker_module
+
+    helper = _Helper()
+    components = types.SimpleNamespace(compile_ahead=helper, identity="stub")
+    monkeypatch.setattr(worker_module, "load_models", lambda settings, device, name=None: components)
+    parent, child = multiprocessing.Pipe()
+
+    def stop_once_polled() -> None:
+        helper.polled.wait(timeout=30)
+        parent.send(m.Exit())
+
+    stopper = threading.Thread(target=stop_once_polled, daemon=True)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    settings = load_settings(tmp_path, env={"FPLOOPD_COMPILE_AHEAD": "false"})
+    stopper.start()
+    try:
+        assert worker_module.Worker(settings, "cpu", child).serve() == 0
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+        stopper.join(timeout=60)
+    assert helper.polled.is_set()
+    assert isinstance(parent.recv(), m.Ready)

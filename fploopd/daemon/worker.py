@@ -117,6 +117,7 @@ class Worker:
             if not self.conn.poll(0.5):
                 if os.getppid() != self.parent:
                     return 0  # the supervisor is gone
+                self._idle(components)
                 continue
             try:
                 msg = self.conn.recv()
@@ -131,6 +132,13 @@ class Worker:
                     return 0
         self._send(m.Exiting("SIGTERM"))
         return 0
+
+    def _idle(self, components: Any) -> None:
+        """Between jobs: take the compile helper's reports, so that its graphs are known and the
+        cache is marked warm when it finishes, not only when the next job starts."""
+        ahead = getattr(components, "compile_ahead", None)
+        if ahead is not None:
+            ahead.poll()
 
     def _on_term(self, signum: int, frame: Any) -> None:
         self.signalled = True
