@@ -153,3 +153,19 @@ def test_a_count_whose_helpers_mark_the_cache_warms_up_twice(tmp_path: Path) -> 
     assert (row["cache_marked_at_start"], row["cache_marked_before_measuring"], row["warmup_rounds"]) == (False, True, 2)
     assert sorted(j["name"] for j in row["warmup_jobs"]) == ["warm-1", "warm-2"]
     assert all(j["state"] == "done" for j in row["warmup_jobs"]) and row["jobs_measured"] == 1
+
+
+def test_each_workers_compile_path_is_read_from_its_log(tmp_path: Path) -> None:
+    from fploopd.bench.workers import compile_paths
+    from fploopd.daemon.layout import Layout
+
+    logs = Layout(tmp_path).logs
+    logs.mkdir(parents=True)
+    helper = ("compiling ahead in a helper process (24.0 GiB of GPU memory): calls run eagerly until their graphs "
+              "are compiled; the cache is marked warm as fploopd-compiled-ahead-0123456789abcdef.json when all are")
+    (logs / "worker-cuda0.log").write_text(f"2026-11-28 05:00:00 INFO w:cuda:0 models loaded\n"
+                                          f"2026-11-28 05:00:01 INFO w:cuda:0 {helper}\n")  # fmt: skip
+    marked = "compiling in the worker on first use: the cache holds this setup's graphs (fploopd-compiled-ahead-0123456789abcdef.json)"
+    (logs / "worker-cuda1.log").write_text(f"2026-11-28 05:00:01 INFO w:cuda:1 {marked}\n")
+    (logs / "worker-cpu0.log").write_text("2026-11-28 05:00:01 INFO w:cpu:0 worker on cpu:0 ready\n")
+    assert compile_paths(tmp_path) == {"worker-cuda0": helper, "worker-cuda1": marked}

@@ -212,6 +212,11 @@ def test_the_cache_is_marked_warm_once_every_target_is_settled(tmp_path: Path) -
     assert warm_marker(base) == warm_marker(_ahead(room=2**33, idle_exit_s=1.0).setup)
     assert warm_marker(base) != warm_marker(_ahead(fp8_granularity="row").setup)
     assert warm_marker(base) != warm_marker(_ahead(vae_class="diffusers:AutoencoderKLHunyuanVideo").setup)
+    # Where the weights were read from makes no graph; the model's shape does.
+    config = {"num_layers": 20, "_name_or_path": "/models/a"}
+    moved = warm_marker(_ahead(transformer_config={**config, "_name_or_path": "/mnt/b"}).setup)
+    assert warm_marker(_ahead(transformer_config=config).setup) == moved
+    assert warm_marker(_ahead(transformer_config={**config, "num_layers": 2}).setup) != moved
 
 
 @pytest.fixture(scope="module")

@@ -169,7 +169,7 @@ class CountRun:
                 f"{self.spec.steps} steps, {self.spec.resolution} bucket",
             startup_s=ready_at - t_start, warmup_s=warm_at - ready_at, warmed_workers=len(warmed),
             cache_marked_at_start=marked_before, cache_marked_before_measuring=marked, helper_wait_s=helper_wait_s,
-            warmup_rounds=rounds,
+            warmup_rounds=rounds, compile_paths=compile_paths(self.root),
             warmup_jobs=lean([j for j in jobs if j["name"] in warm]),
             supervisor_cpu_s=(cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
             supervisor_cpu_window_s=t1 - t0, daemon_exit=code,
@@ -264,6 +264,25 @@ def cache_marked(caches: Path) -> bool:
     from fploopd.engine.compile_ahead import MARKER_PREFIX
 
     return any((caches / INDUCTOR).glob(f"{MARKER_PREFIX}*.json"))
+
+
+COMPILE_PATHS = ("compiling ahead in a helper process", "compiling in the worker on first use")
+
+
+def compile_paths(root: Path) -> dict[str, str]:
+    """How each worker of a count compiled, by its log file: its line from ``compile_ahead.attach``
+    (a helper and the marker it will write, or on first use and why). Empty where none said (the
+    CPU, compiling off)."""
+    from fploopd.daemon.layout import Layout
+
+    paths: dict[str, str] = {}
+    for log in sorted(Layout(root).logs.glob("worker-*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            at = min((i for i in (line.find(p) for p in COMPILE_PATHS) if i >= 0), default=-1)
+            if at >= 0:
+                paths[log.stem] = line[at:]
+                break
+    return paths
 
 
 def keep_logs(root: Path, dest: Path) -> Path | None:

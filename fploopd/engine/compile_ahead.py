@@ -110,7 +110,8 @@ def attach(components: Any, room: int | None = None) -> CompileAhead | None:
         components.accel["vae"].update(components.vae_accel.compile(ahead))
     components.accel["compile_ahead"] = {"room_gib": round(room / 2**30, 1)}
     logger.info("compiling ahead in a helper process ({:.1f} GiB of GPU memory): calls run eagerly until "
-                "their graphs are compiled", room / 2**30)  # fmt: skip
+                "their graphs are compiled; the cache is marked warm as {} when all are",
+                room / 2**30, marker.name if marker is not None else "(no marker: no cache folder)")  # fmt: skip
     return ahead
 
 
@@ -124,6 +125,9 @@ def warm_marker(setup: HelperSetup) -> Path | None:
     except (ImportError, OSError):  # pragma: no cover - another torch layout: no marker, always a helper
         return None
     key = {k: v for k, v in dataclasses.asdict(setup).items() if k not in ("room", "idle_exit_s")}
+    for name in ("transformer_config", "vae_config"):  # where the weights were read from makes no graph
+        if key[name] is not None:
+            key[name] = {k: v for k, v in key[name].items() if k != "_name_or_path"}
     device = torch.device(setup.device)
     key["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     key["torch"] = torch.__version__
