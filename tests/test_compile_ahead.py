@@ -253,3 +253,26 @@ def test_the_first_job_runs_eagerly_and_the_next_load_the_helpers_graphs(worker_
     assert eager.shape == compiled.shape == again.shape and eager.shape[0] > 8
     assert np.abs(compiled - eager).mean() < 6.0
     assert np.array_equal(compiled, again)
+
+
+@pytest.fixture(scope="module")
+def first_use_run(worker_run: list[dict[str, Any]]) -> dict[str, Any]:
+    """A later worker on the marked cache: a fresh process, no helper, compiling on first use."""
+    out = Path(worker_run[0]["frames"]).parent
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": worker_run[0]["cache"]}
+    done = subprocess.run([sys.executable, str(TESTS / "compile_ahead_worker.py"), str(out), "first-use"], env=env,
+                          check=False, capture_output=True, text=True, timeout=1500)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return row
+
+
+def test_a_worker_that_finds_the_mark_compiles_every_graph_from_the_cache(
+    worker_run: list[dict[str, Any]], first_use_run: dict[str, Any]
+) -> None:
+    # The mark promises the helper's graphs: compiling on first use must make the same ones, the
+    # decoder's included (its input channels-last, as the helper compiled it).
+    made = len(worker_run[1]["calls"])
+    assert first_use_run["counters"] == {"fxgraph_cache_hit": made, "fxgraph_cache_miss": 0,
+                                         "fxgraph_cache_bypass": 0, "unique_graphs": made}  # fmt: skip
+    assert np.array_equal(np.load(first_use_run["frames"]), np.load(worker_run[1]["frames"]))

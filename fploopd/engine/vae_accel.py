@@ -57,14 +57,16 @@ class VaeAccel:
     def compile(self, ahead: CompileAhead | None = None) -> dict[str, Any]:
         """Install the compiled decoder, on any device (on the CPU inductor generates C++: the tests).
         With ``ahead`` the weights stay in the default layout while decodes run eagerly (eager
-        channels-last is 1.6x slower) and turn channels-last at the first compiled decode."""
+        channels-last is 1.6x slower) and turn channels-last at the first compiled decode. Either
+        way the compiled decoder gets its input channels-last: one graph per shape, so a worker
+        compiling on first use finds the helper's graphs in the cache."""
         decoder = self.vae.decoder
         self._uninstall()
         if self._compiled is None:
             self._compiled = guarded(decoder.forward, compile_decoder(decoder), "VAE decoder")
         if ahead is None:
             self._set_channels_last(True)
-            decoder.forward = self._compiled
+            decoder.forward = self._compiled_channels_last
         else:
             self._set_channels_last(False)
             decoder.forward = ahead.wrap("vae_decoder", decoder.forward, self._compiled_channels_last,
