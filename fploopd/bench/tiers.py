@@ -80,7 +80,7 @@ def run_tiers(bench: Bench) -> None:
 
     dev, full = bench.device, bench.cfg.size == "full"
     comps = worker_components(bench)
-    spec, warm_spec, image = loop_spec(full), loop_spec(full, steps=2), job_image()
+    spec, warm_spec, image = loop_spec(full, steps=bench.cfg.steps if full else None), loop_spec(full, steps=2), job_image()
     rate = copy_rate_gbs(dev)
     bench.record("tiers.h2d_copy", None, gb_s=rate, pcie4_gb_s=PCIE4_GBS,
                  note="pinned host-to-device copy of 1 GiB, median of 5")  # fmt: skip

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed runs before each figure (default 2; tiny 1)")
     p.add_argument("--section-repeats", type=int, default=1, help="timed 25-step sections per variant (default 1)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps of the section figure and of the workers "
-                   "stage's full-size loop jobs (default 25)")
+                   "and tiers stages' full-size loop jobs (default 25; 2 fills a compile cache for a later run)")
     p.add_argument("--quick", action="store_true", help="one warm-up and one timed run of everything")
     p.add_argument("--stages", default="all", help="comma list of text,transformer,vae,section,lora,lowvram,e2e,tiers,"
                    "workers,context-parallel (default all: every stage but tiers, workers and context-parallel)")
