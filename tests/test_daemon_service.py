@@ -195,3 +195,8 @@ def test_an_idle_worker_takes_its_compile_helpers_reports(tmp_path: Path, monkey
         stopper.join(timeout=60)
     assert helper.polled.is_set()
     assert isinstance(parent.recv(), m.Ready)
+    # Its heartbeat stopped with it: nothing writes to the pipe once it is closed (its descriptor
+    # would be another file's by then).
+    assert not any(t.name == "heartbeat" and t.is_alive() for t in threading.enumerate())
+    parent.close()
+    child.close()

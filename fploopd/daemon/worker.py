@@ -85,6 +85,7 @@ class Worker:
         self.current: str | None = None
         self.stop_current = False
         self._send_lock = threading.Lock()  # the heartbeat thread sends too
+        self._done = threading.Event()  # stops the heartbeat
 
     def serve(self) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
@@ -97,7 +98,15 @@ class Worker:
             self._send(m.Fatal(error.record()))
             return 2
         # Before the models load (minutes for real weights): a slow load is not a frozen worker.
-        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+        beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            return self._load_and_serve()
+        finally:
+            self._done.set()  # no beat after the worker is done with its pipe
+            beat.join(timeout=m.HEARTBEAT_S + 1)
+
+    def _load_and_serve(self) -> int:
         started = time.monotonic()
         try:
             components = load_models(self.settings, self.local, name=self.device)
@@ -144,8 +153,7 @@ class Worker:
         self.signalled = True
 
     def _heartbeat(self) -> None:
-        while True:
-            time.sleep(m.HEARTBEAT_S)
+        while not self._done.wait(m.HEARTBEAT_S):
             self._send(m.Beat(gpu_memory(self.local)))
 
     def _run(self, job: m.RunJob, components: Any) -> bool:
