@@ -146,7 +146,7 @@ def test_a_worker_may_start_processes_of_its_own() -> None:
     # processes are not allowed to have children" on every GPU.
     import multiprocessing
 
-    from fploopd.daemon.supervisor import spawn_worker
+    from fploopd.daemon.workerpool import spawn_worker
 
     worker = spawn_worker(multiprocessing.get_context("spawn"), _start_a_helper, (), "fploopd-worker-test")
     worker.join(timeout=120)

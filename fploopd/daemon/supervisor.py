@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
+from multiprocessing.connection import wait
 from typing import Any
 
 from loguru import logger
@@ -30,7 +27,7 @@ from fploopd.daemon.followup import FollowUp
 from fploopd.daemon.intake import Intake, Waiting, start_watching
 from fploopd.daemon.journal import IllegalTransition, Job, JobState, JournalAway, LeaseLost
 from fploopd.daemon.layout import Layout
-from fploopd.daemon.loras import LoraAffinity, LoraSet, job_loras, lora_folders, lora_set
+from fploopd.daemon.loras import LoraAffinity, job_loras, lora_folders, lora_set
 from fploopd.daemon.metrics import DaemonMetrics
 from fploopd.daemon.names import display
 from fploopd.daemon.progressfiles import ProgressFiles
@@ -39,14 +36,12 @@ from fploopd.daemon.service import Notifier, StopFlags, Waker
 from fploopd.daemon.settings import Settings
 from fploopd.daemon.statusfiles import StatusFiles
 from fploopd.daemon.stores import is_postgres, open_store
-from fploopd.daemon.worker import worker_main
+from fploopd.daemon.workerpool import WorkerHandle, WorkerPool
 from fploopd.errors import ErrorRecord, FploopdError, InputError
 from fploopd.pipelines.progress import progress_text
 from fploopd.spec import MEDIA_FIELD_NAMES, JobSpec
 
 PROGRESS_WRITE_S = 0.5  # progress reaches the journal at most this often (phase changes at once)
-MAX_RESTART_DELAY_S = 60.0
-FATAL_RESTART_DELAY_S = 60.0
 SETTLE_RETRY_S = 30.0
 JOURNAL_POLL_S = 1.0
 PUBLISH_S = 5.0  # the daemon's own state (and its heartbeat) reaches the journal at least this often
@@ -72,40 +67,6 @@ def recorded_spec(values: dict[str, Any]) -> JobSpec:
         ) from None
 
 
-@dataclass
-class WorkerHandle:
-    device: str
-    process: BaseProcess
-    conn: Connection
-    last_heard: float  # monotonic time of its last message (it beats every HEARTBEAT_S)
-    ready: bool = False
-    model: Any = None
-    job: Job | None = None
-    started: bool = False  # the worker took ``job`` (Started): from then on its death costs the job a try
-    retiring: str | None = None  # why it is leaving: it gets no new job
-    stop_sent: bool = False
-    fatal: ErrorRecord | None = None
-    silent: bool = False  # reported as not responding
-    last_write: float = 0.0
-    last_progress: dict[str, Any] = field(default_factory=dict)
-    loras: LoraSet = ()  # the LoRA set merged into its models (by its last job)
-    lost: bool = False  # its job's lease was lost (several hosts): what it makes of the job is discarded
-    backlog: collections.deque[Any] = field(default_factory=collections.deque)  # read, not yet handled
-
-    @property
-    def available(self) -> bool:
-        return self.ready and self.job is None and self.retiring is None and not self.silent and self.process.is_alive()
-
-
-def spawn_worker(ctx: Any, target: Callable[..., None], args: tuple[Any, ...], name: str) -> BaseProcess:
-    """A started worker process. Not daemonic: a worker starts processes of its own (the compile
-    helper), which multiprocessing refuses a daemonic one. The supervisor stops and joins its
-    workers itself (``close``, the cold stop), and a worker dies with it (``die_with_parent``)."""
-    process = ctx.Process(target=target, args=args, name=name)
-    process.start()
-    return process
-
-
 class Supervisor:
     def __init__(self, settings: Settings, *, once: bool = False, notifier: Notifier | None = None) -> None:
         self.settings = settings
@@ -124,13 +85,10 @@ class Supervisor:
         self.intake = Intake(settings, self.layout)
         self.affinity = LoraAffinity()
         self.followup = FollowUp(settings, self.layout)  # latest slots, OBS, delivery hooks
-        self.ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self.devices: list[str] = []
-        self.workers: dict[str, WorkerHandle] = {}
-        self.restart_at: dict[str, float] = {}
-        self.deaths: dict[str, int] = {}
+        self.pool = WorkerPool(settings, on_restart=lambda device: self.metrics.worker_restarted(device))
+        self.lost: collections.deque[tuple[WorkerHandle, int | None]] = collections.deque()  # dead holding jobs
         self.settle_after: dict[str, float] = {}
-        self.fatal: dict[str, ErrorRecord] = {}  # devices whose worker could not load the models
         self.observer: Any = None
         self.next_scan = 0.0
         self.scanned_since_start = False
@@ -188,7 +146,7 @@ class Supervisor:
             resolve(self.settings.model)
         except FploopdError as exc:
             logger.error("the models cannot be loaded, so jobs will wait in the queue until they can:\n{}", exc.message)
-            self.fatal = {d: exc.record() for d in self.devices}
+            self.pool.fatal = {d: exc.record() for d in self.devices}
 
     def recover(self) -> None:
         """Start-up: finish interrupted claims, requeue interrupted jobs, finish deliveries."""
@@ -210,34 +168,23 @@ class Supervisor:
 
     def _begin_warm_stop(self) -> None:
         self.stopping = True
-        busy = [w.job.name for w in self.workers.values() if w.job is not None]
+        busy = [w.job.name for w in self.pool if w.job is not None]
         logger.info("stopping: {}", f"waiting for {', '.join(busy)} to reach a step boundary" if busy else "no job running")
         self.notifier.stopping("stopping" + (f": checkpointing {', '.join(busy)}" if busy else ""))
-        for w in self.workers.values():
-            self._send(w, m.StopJob(w.job.id) if w.job is not None else m.Exit())
+        for w in self.pool:
+            w.send(m.StopJob(w.job.id) if w.job is not None else m.Exit())
             w.stop_sent = True
 
     def _cold_stop(self) -> None:
         logger.warning("second stop request: stopping at once; running jobs resume from their checkpoints next time")
-        for w in self.workers.values():
-            if w.process.is_alive():
-                w.process.kill()
+        self.pool.kill()
         os._exit(1)
 
     def close(self) -> None:
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=5)
-        for w in self.workers.values():
-            if w.ready:
-                self._send(w, m.Exit())
-            else:
-                w.process.kill()  # still loading the models: it holds nothing
-        for w in self.workers.values():
-            w.process.join(timeout=10)
-            if w.process.is_alive():
-                w.process.kill()
-                w.process.join()
+        self.pool.close()
         self.followup.close()
         with contextlib.suppress(Exception):  # a full disk: status then finds a stale heartbeat instead
             self.journal.set_waiting([])
@@ -274,7 +221,7 @@ class Supervisor:
 
     def _journal_away(self, exc: JournalAway) -> None:
         if not self.away_logged:
-            busy = [w.job.name for w in self.workers.values() if w.job is not None]
+            busy = [w.job.name for w in self.pool if w.job is not None]
             logger.error(
                 "{}: no new jobs until it is back{}", exc.message, f"; {', '.join(busy)} go on running" if busy else ""
             )
@@ -290,7 +237,7 @@ class Supervisor:
         if not self.journal.multi_host or now < self.next_lease:
             return
         self.next_lease = now + self.settings.lease_s / 4
-        held = {w.job.id: w for w in self.workers.values() if w.job is not None and not w.lost}
+        held = {w.job.id: w for w in self.pool if w.job is not None and not w.lost}
         for job_id in self.journal.renew([(jid, w.job.fence) for jid, w in held.items() if w.job is not None]):
             w = held[job_id]
             assert w.job is not None
@@ -300,7 +247,7 @@ class Supervisor:
             )
             w.lost = True
             if not w.stop_sent:
-                self._send(w, m.StopJob(w.job.id))
+                w.send(m.StopJob(w.job.id))
                 w.stop_sent = True
         for job in self.journal.expire_leases():
             logger.warning("{} was running on {}, which stopped renewing its lease: queued again, to resume from its checkpoint", job.name, job.host)
@@ -321,9 +268,9 @@ class Supervisor:
         self._watch_workers(now)
         if not self.stopping:
             self._check_space()
-            if not self.workers and not self.restart_at and self.journal.next_due_at() is not None:
+            if not self.pool and not self.pool.restart_at and self.journal.next_due_at() is not None:
                 self._start_workers()  # --once: only when there is work
-            self._restart_workers(now)
+            self.pool.start_due(now)
             if now >= self.next_scan:
                 self._scan()
                 self.next_scan = now + self.settings.rescan_interval_s
@@ -336,7 +283,7 @@ class Supervisor:
         self.notifier.status(self._status_text())
         self._decide_exit()
         self.last_error = None
-        alive = tuple(d for d, w in self.workers.items() if w.ready and not w.silent and w.process.is_alive())
+        alive = tuple(d for d, w in self.pool.workers.items() if w.ready and not w.silent and w.process.is_alive())
         self.health = (time.monotonic(), alive)
         if self.exit_code is None:
             self._wait()
@@ -346,16 +293,16 @@ class Supervisor:
         timeouts = [max(0.0, self.next_scan - time.monotonic()), JOURNAL_POLL_S]
         if (beat := self.notifier.next_beat_in()) is not None:
             timeouts.append(beat)
-        idle = any(w.available for w in self.workers.values())
+        idle = any(w.available for w in self.pool)
         due = self.journal.next_due_at() if idle else None  # a busy or loading worker's message wakes us
         if due is not None:
             timeouts.append(max(0.0, due - time.time()))
-        if self.restart_at:
-            timeouts.append(max(0.0, min(self.restart_at.values()) - time.monotonic()))
+        if (restart := self.pool.next_restart_in(time.monotonic())) is not None:
+            timeouts.append(restart)
         waitables: list[Any] = [self.waker.r]
-        for w in self.workers.values():
+        for w in self.pool:
             waitables += [w.conn, w.process.sentinel]
-        if any(w.job is not None for w in self.workers.values()):
+        if any(w.job is not None for w in self.pool):
             timeouts.append(0.5)  # a cancel of a running job should stop it within a step or so
         woke = wait(waitables, timeout=min(timeouts) + 0.01)
         if self.waker.r in woke:
@@ -364,7 +311,7 @@ class Supervisor:
             self.next_scan = min(self.next_scan, time.monotonic() + 0.05)
 
     def _decide_exit(self) -> None:
-        busy = any(w.job is not None for w in self.workers.values())
+        busy = any(w.job is not None for w in self.pool)
         if self.stopping:
             if not busy:
                 self.exit_code = 0
@@ -381,20 +328,20 @@ class Supervisor:
             self.exit_code = 1
         elif not queued:
             self.exit_code = 0
-        elif self.devices and set(self.fatal) >= set(self.devices):
+        elif self.devices and set(self.pool.fatal) >= set(self.devices):
             logger.error("no worker could load the models; {} job(s) stay queued", len(queued))
             self.exit_code = 1
 
     def _status_text(self) -> str:
-        running = [f"{w.job.name}: {progress_text(w.last_progress)}" for w in self.workers.values() if w.job is not None]
+        running = [f"{w.job.name}: {progress_text(w.last_progress)}" for w in self.pool if w.job is not None]
         if self.stopping:
             return "stopping" + (f"; {'; '.join(running)}" if running else "")
         queued = len(self.journal.jobs((JobState.QUEUED,)))
         text = "; ".join(running) if running else "idle"
         if self.low_space:
             text += f"; paused: {self.low_space}"
-        if self.fatal:
-            text += "; cannot load the models: " + "; ".join((e.error.splitlines() or [""])[0] for e in self.fatal.values())
+        if self.pool.fatal:
+            text += "; cannot load the models: " + "; ".join((e.error.splitlines() or [""])[0] for e in self.pool.fatal.values())
         return text + (f"; {queued} queued" if queued else "")
 
     # --- what status shows besides the jobs ----------------------------------------------------
@@ -417,10 +364,10 @@ class Supervisor:
         now = time.monotonic()
         out: dict[str, dict[str, Any]] = {}
         for device in self.devices:
-            w = self.workers.get(device)
-            fatal = self.fatal.get(device)
+            w = self.pool.workers.get(device)
+            fatal = self.pool.fatal.get(device)
             if w is None:
-                state = "cannot load the models" if fatal else "restarting" if device in self.restart_at else "stopped"
+                state = "cannot load the models" if fatal else "restarting" if device in self.pool.restart_at else "stopped"
                 out[device] = {"state": state, "error": fatal.error if fatal else None}
                 continue
             state = "not responding" if w.silent else "busy" if w.job else "ready" if w.ready else "loading the models"
@@ -493,37 +440,13 @@ class Supervisor:
 
     # --- workers ------------------------------------------------------------------------------
 
-    def _start_worker(self, device: str) -> None:
-        parent, child = self.ctx.Pipe(duplex=True)
-        process = spawn_worker(self.ctx, worker_main, (self.settings, device, child), f"fploopd-worker-{device}")
-        child.close()
-        self.workers[device] = WorkerHandle(device=device, process=process, conn=parent, last_heard=time.monotonic())
-        self.restart_at.pop(device, None)
-        logger.info("started worker pid {} on {}", process.pid, device)
-
     def _start_workers(self) -> None:
         for device in self.devices:
-            self._start_worker(device)
-
-    def _restart_workers(self, now: float) -> None:
-        for device, at in list(self.restart_at.items()):
-            if now >= at:
-                self._start_worker(device)
-
-    def _send(self, w: WorkerHandle, msg: Any) -> None:
-        try:
-            w.conn.send(msg)
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            pass  # it died; _reap_workers handles that
+            self.pool.start(device)
 
     def _read_workers(self) -> None:
-        for w in list(self.workers.values()):
-            try:
-                while w.conn.poll():
-                    w.backlog.append(w.conn.recv())
-                    w.last_heard = time.monotonic()
-            except (EOFError, OSError):
-                pass  # the process died; _reap_workers sees it
+        self.pool.receive()
+        for w in self.pool:
             while w.backlog:
                 self._on_message(w, w.backlog[0])  # JournalAway: kept, handled when the database is back
                 w.backlog.popleft()
@@ -537,9 +460,7 @@ class Supervisor:
             self.metrics.gpu(w.device, msg.gpu)
             return
         if isinstance(msg, m.Ready):
-            w.ready, w.model = True, msg.model
-            self.deaths[w.device] = 0
-            self.fatal.pop(w.device, None)
+            self.pool.loaded(w, msg)
             return
         if isinstance(msg, m.Fatal):
             w.fatal = msg.error
@@ -615,49 +536,15 @@ class Supervisor:
         self.progress_files.update(job, p)
 
     def _watch_workers(self, now: float) -> None:
-        """A worker that stops reporting (frozen, hung in a driver) is reported, then replaced."""
-        for w in self.workers.values():
-            silent_s = now - w.last_heard
-            if silent_s >= self.settings.worker_restart_s and w.process.is_alive():
-                logger.error(
-                    "the worker on {} (pid {}) has not responded for {:.0f} s (worker_restart_s): killing it to start a new one",
-                    w.device, w.process.pid, silent_s,
-                )
-                w.process.kill()
-                w.retiring = f"not responding for {silent_s:.0f} s"
-            elif silent_s >= self.settings.worker_silent_s and not w.silent:
-                w.silent = True
-                logger.warning(
-                    "the worker on {} (pid {}) has not responded for {:.0f} s{}; it is restarted after {:.0f} s",
-                    w.device, w.process.pid, silent_s, f" while running {w.job.name}" if w.job else "",
-                    self.settings.worker_restart_s,
-                )
-            if w.silent and w.job is not None:
-                self.journal.set_progress(w.job.id, {**w.last_progress, "worker_silent_s": round(silent_s)})
+        for w, silent_s in self.pool.watch(now):
+            assert w.job is not None
+            self.journal.set_progress(w.job.id, {**w.last_progress, "worker_silent_s": round(silent_s)})
 
     def _reap_workers(self) -> None:
-        for device, w in list(self.workers.items()):
-            if w.process.is_alive():
-                continue
-            w.process.join()
-            code = w.process.exitcode
-            del self.workers[device]
-            w.conn.close()
-            if w.job is not None:
-                self._job_lost(w, code)
-            if self.stopping:
-                continue
-            if w.fatal is not None:
-                self.fatal[device] = w.fatal
-                delay = FATAL_RESTART_DELAY_S  # the models will not load: try again now and then
-            else:
-                # A worker that keeps dying is restarted ever more slowly.
-                deaths = self.deaths[device] = self.deaths.get(device, 0) + 1
-                delay = min(MAX_RESTART_DELAY_S, 0.5 * 2 ** (deaths - 1)) if deaths > 1 else 0.0
-            if code != 0 or w.fatal is not None:
-                logger.info("restarting the worker on {} in {:.0f} s", device, delay)
-                self.metrics.worker_restarted(device)
-            self.restart_at[device] = time.monotonic() + delay
+        self.lost.extend((w, code) for w, code in self.pool.reap(self.stopping) if w.job is not None)
+        while self.lost:
+            self._job_lost(*self.lost[0])  # JournalAway: kept, recorded when the database is back
+            self.lost.popleft()
 
     def _job_lost(self, w: WorkerHandle, code: int | None) -> None:
         """The worker died holding a job: a try that failed, or none at all if it never took the job."""
@@ -681,7 +568,7 @@ class Supervisor:
     # --- job outcomes -------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        for w in self.workers.values():
+        for w in self.pool:
             if not w.available:
                 continue
             here = f"{self.settings.host}:" if self.journal.multi_host else ""  # several hosts: which one runs it
@@ -707,7 +594,7 @@ class Supervisor:
                 w.lost = False
                 w.loras = lora_set(job.spec or {})
                 logger.info("running {} ({}) on {}, try {}", job.name, job.pipeline, w.device, job.attempts + 1)
-                self._send(w, msg)
+                w.send(msg)
 
     def _eligible(self, device: str) -> Callable[[Job], bool] | None:
         """A device group takes no LoRA job while a one-GPU worker can run it (its followers hold
@@ -782,10 +669,10 @@ class Supervisor:
     # --- cancels ------------------------------------------------------------------------------
 
     def _handle_cancels(self) -> None:
-        for w in self.workers.values():
+        for w in self.pool:
             if w.job is not None and not w.stop_sent and self.journal.get(w.job.id).cancel_requested:
                 logger.info("cancel requested for {}: stopping at the next step", w.job.name)
-                self._send(w, m.StopJob(w.job.id))
+                w.send(m.StopJob(w.job.id))
                 w.stop_sent = True
         for job in self.journal.jobs((JobState.QUEUED,)):
             if job.cancel_requested:  # flagged while it ran, then requeued by a crash
