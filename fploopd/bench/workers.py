@@ -266,19 +266,17 @@ def cache_marked(caches: Path) -> bool:
     return any((caches / INDUCTOR).glob(f"{MARKER_PREFIX}*.json"))
 
 
-COMPILE_PATHS = ("compiling ahead in a helper process", "compiling in the worker on first use")
-
-
 def compile_paths(root: Path) -> dict[str, str]:
     """How each worker of a count compiled, by its log file: its line from ``compile_ahead.attach``
     (a helper and the marker it will write, or on first use and why). Empty where none said (the
     CPU, compiling off)."""
     from fploopd.daemon.layout import Layout
+    from fploopd.engine.compile_ahead import SAYS_FIRST_USE, SAYS_HELPER
 
     paths: dict[str, str] = {}
     for log in sorted(Layout(root).logs.glob("worker-*.log")):
         for line in log.read_text(errors="replace").splitlines():
-            at = min((i for i in (line.find(p) for p in COMPILE_PATHS) if i >= 0), default=-1)
+            at = next((line.find(says) for says in (SAYS_HELPER, SAYS_FIRST_USE) if says in line), -1)
             if at >= 0:
                 paths[log.stem] = line[at:]
                 break

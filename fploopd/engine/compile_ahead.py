@@ -58,6 +58,9 @@ MIN_ROOM = 4 * 2**30  # the two block kinds at the 640 bucket fit in about 3 GiB
 # the tiers plan for compiled jobs: the helper gets what is spare beyond that.
 EAGER_EXTRA = int(6.5 * 2**30)
 MARKER_PREFIX = "fploopd-compiled-ahead-"  # the warm markers' names in the compile cache
+# How a worker's log says which way it compiles (the workers bench reads these lines back).
+SAYS_HELPER = "compiling ahead in a helper process"
+SAYS_FIRST_USE = "compiling in the worker on first use"
 MAX_CRASHES = 2  # helpers that died mid-compile before the worker stops starting them
 
 
@@ -97,21 +100,21 @@ def attach(components: Any, room: int | None = None) -> CompileAhead | None:
     room = helper_room(components.tier.spare if components.tier is not None else 0) if room is None else room
     why = too_little_room(room)
     if why is not None:
-        logger.info("compiling in the worker on first use ({}): the first job waits for it", why)
+        logger.info("{} ({}): the first job waits for it", SAYS_FIRST_USE, why)
         return None
     setup = setup_for(components, room)
     marker = warm_marker(setup)
     if marker is not None and marker.exists():
-        logger.info("compiling in the worker on first use: the cache holds this setup's graphs ({})", marker.name)
+        logger.info("{}: the cache holds this setup's graphs ({})", SAYS_FIRST_USE, marker.name)
         return None
     ahead = CompileAhead(setup, marker=marker)
     components.compile_ahead = ahead
     if components.vae_accel is not None and components.accel.get("vae", {}).get("compile"):
         components.accel["vae"].update(components.vae_accel.compile(ahead))
     components.accel["compile_ahead"] = {"room_gib": round(room / 2**30, 1)}
-    logger.info("compiling ahead in a helper process ({:.1f} GiB of GPU memory): calls run eagerly until "
-                "their graphs are compiled; the cache is marked warm as {} when all are",
-                room / 2**30, marker.name if marker is not None else "(no marker: no cache folder)")  # fmt: skip
+    mark = marker.name if marker is not None else "(no marker: no cache folder)"
+    logger.info("{} ({:.1f} GiB of GPU memory): calls run eagerly until their graphs are compiled; the cache is "
+                "marked warm as {} when all are", SAYS_HELPER, room / 2**30, mark)  # fmt: skip
     return ahead
 
 
@@ -388,5 +391,5 @@ def _short(spec: CallSpec) -> str:
     return f"{spec.target} {shapes[0] if shapes else ''}"
 
 
-__all__ = ["EAGER_EXTRA", "MARKER_PREFIX", "MIN_ROOM", "CompileAhead", "attach", "helper_room", "setup_for",
-           "too_little_room", "warm_marker"]  # fmt: skip
+__all__ = ["EAGER_EXTRA", "MARKER_PREFIX", "MIN_ROOM", "SAYS_FIRST_USE", "SAYS_HELPER", "CompileAhead", "attach",
+           "helper_room", "setup_for", "too_little_room", "warm_marker"]  # fmt: skip
