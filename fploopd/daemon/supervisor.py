@@ -87,7 +87,8 @@ class Supervisor:
         self.followup = FollowUp(settings, self.layout)  # latest slots, OBS, delivery hooks
         self.devices: list[str] = []
         self.pool = WorkerPool(settings, on_restart=lambda device: self.metrics.worker_restarted(device))
-        self.lost: collections.deque[tuple[WorkerHandle, int | None]] = collections.deque()  # dead holding jobs
+        # Workers that died holding a job, their exit codes: the job's fate is still to record.
+        self.died_with_jobs: collections.deque[tuple[WorkerHandle, int | None]] = collections.deque()
         self.settle_after: dict[str, float] = {}
         self.observer: Any = None
         self.next_scan = 0.0
@@ -268,7 +269,7 @@ class Supervisor:
         self._watch_workers(now)
         if not self.stopping:
             self._check_space()
-            if not self.pool and not self.pool.restart_at and self.journal.next_due_at() is not None:
+            if not self.pool.workers and not self.pool.restart_at and self.journal.next_due_at() is not None:
                 self._start_workers()  # --once: only when there is work
             self.pool.start_due(now)
             if now >= self.next_scan:
@@ -541,10 +542,10 @@ class Supervisor:
             self.journal.set_progress(w.job.id, {**w.last_progress, "worker_silent_s": round(silent_s)})
 
     def _reap_workers(self) -> None:
-        self.lost.extend((w, code) for w, code in self.pool.reap(self.stopping) if w.job is not None)
-        while self.lost:
-            self._job_lost(*self.lost[0])  # JournalAway: kept, recorded when the database is back
-            self.lost.popleft()
+        self.died_with_jobs.extend((w, code) for w, code in self.pool.reap(self.stopping) if w.job is not None)
+        while self.died_with_jobs:
+            self._job_lost(*self.died_with_jobs[0])  # JournalAway: kept, recorded when the database is back
+            self.died_with_jobs.popleft()
 
     def _job_lost(self, w: WorkerHandle, code: int | None) -> None:
         """The worker died holding a job: a try that failed, or none at all if it never took the job."""

@@ -86,9 +86,6 @@ class WorkerPool:
     def __iter__(self) -> Iterator[WorkerHandle]:
         return iter(list(self.workers.values()))
 
-    def __bool__(self) -> bool:
-        return bool(self.workers)
-
     def start(self, device: str) -> None:
         parent, child = self.ctx.Pipe(duplex=True)
         process = spawn_worker(self.ctx, worker_main, (self.settings, device, child), f"fploopd-worker-{device}")
