@@ -97,6 +97,14 @@ def test_bench_tiers_stage_schema(tmp_path: Path) -> None:
     assert results["tiers.unlimited"]["vs_unlimited_bf16"] == 1.0 and results["tiers.unlimited"]["budget_gib"] is None
     assert results["tiers.8gib"]["streamed_gb_per_forward"] > 0 and results["tiers.8gib"]["copy_s_per_job_pcie4"] > 0
     assert results["tiers.24gib"]["streamed_gb_per_forward"] == 0
+    # Below the roomy tiers the blocks wait on the host during the decode (a 64 GiB host here).
+    assert not results["tiers.unlimited"]["park_for_decode"] and results["tiers.unlimited"]["parked_gb"] == 0
+    assert results["tiers.24gib"]["park_for_decode"] and results["tiers.24gib"]["parked_gb"] > 0
+    assert results["tiers.8gib"]["park_for_decode"]  # in proportion the tiny model keeps no block at 8 GiB
+    for name in expected:
+        phases = results[name]["phases_s"]
+        assert list(phases) == ["encode", "sample", "decode", "write"] and all(v > 0 for v in phases.values())
+        assert sum(phases.values()) <= results[name]["median_s"]
 
 
 def test_bench_rejects_bad_tier_budgets(tmp_path: Path) -> None:

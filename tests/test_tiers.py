@@ -5,6 +5,7 @@ computes, FP8 drifts within its known bounds, and LoRA merges reach the FP8 copi
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,29 @@ def test_a_budget_caps_the_choice_and_a_named_tier_is_kept() -> None:
     risky = choose_tier(8 * GiB, HOPPER, "bf16-resident")
     assert risky.tier == "bf16-resident" and "may run out of memory" in risky.reason
     assert choose_tier(60 * GiB, HOPPER, prefer_fp8=True).tier == "fp8-resident"  # the fp8 setting
+
+
+@pytest.mark.parametrize(
+    ("budget", "parks", "untiled"),
+    [(48, False, True), (24, True, True), (16, True, False), (12, True, False), (8, True, False), (6, False, False)],
+)
+def test_tight_tiers_park_their_blocks_for_the_decode_where_the_host_can_pin_them(budget: int, parks: bool, untiled: bool) -> None:
+    roomy = choose_tier(141 * GiB, HOPPER, f"{budget}GiB", host_free=200 * GiB)
+    assert (roomy.park_for_decode, roomy.untiled_decode) == (parks, untiled), roomy.reason
+    unparked = choose_tier(141 * GiB, HOPPER, f"{budget}GiB")  # host memory unknown: never parked
+    assert not unparked.park_for_decode
+    assert dataclasses.replace(roomy, park_for_decode=False, untiled_decode=unparked.untiled_decode,
+                               decode_room=unparked.decode_room, reason=unparked.reason) == unparked  # fmt: skip
+    if parks:
+        # Everything but the transformer's rest and the VAE is the decode's, and it needs fewer strips.
+        assert roomy.decode_room == roomy.usable - FULL_SIZE.transformer_rest - FULL_SIZE.vae
+        assert strip_count(5, 80, 80, roomy.decode_room) < strip_count(5, 80, 80, unparked.decode_room)
+        assert "wait in pinned host memory during the decode" in roomy.reason
+        blocks = (roomy.resident_doubles * FULL_SIZE.double_fp8 + roomy.resident_singles * FULL_SIZE.single_fp8)
+        short = choose_tier(141 * GiB, HOPPER, f"{budget}GiB", host_free=blocks + 3 * GiB)
+        assert not short.park_for_decode and short.decode_room == unparked.decode_room
+        assert short.reason.endswith(f"parking the blocks for it needs {blocks / GiB:.1f} GiB of pinned host memory and "
+                                     f"4.0 GiB left over, {(blocks + 3 * GiB) / GiB:.1f} GiB is free")  # fmt: skip
 
 
 def test_parse_vram_forms_and_errors() -> None:
@@ -249,3 +273,59 @@ def test_doctor_says_which_tier_and_why(tmp_path: Path) -> None:
     assert h200.detail.endswith("; a new worker's first job runs while a helper process compiles (in 68.5 GiB)")
     off = vram_tier_check("cuda:0", 140 * GiB, HOPPER, load_settings(tmp_path, {"compile_ahead": False}, env={}))
     assert off.detail.endswith("; compile_ahead is off: a new worker's first job waits for the compiler")
+
+
+def test_parked_blocks_give_their_memory_to_the_decode_and_come_back_merged(tiny_root: Path, tmp_path: Path) -> None:
+    lora = write_tiny_lora(tmp_path / "a.safetensors", "musubi", seed=1)
+    c = load_components(resolve("tiny"), device="cpu")
+    place_tier(c, dataclasses.replace(tiny_tier(c, "fp8-streamed", 0.5), park_for_decode=True))
+    assert c.parking is not None and c.parking.bytes > 0 and c.accel["parked_gb"] >= 0
+    resident = next(b for b in c.transformer.single_transformer_blocks if not c.streamer.streams(b))
+    norm = next(resident.norm.parameters())
+    base = forward(c)
+    c.apply_loras([(lora, 0.8)])
+    merged = forward(c)
+    assert not torch.equal(base, merged)
+    before = norm.data
+    with c.room_for_decode():
+        assert c.parking.is_parked and norm.data is not before  # the block reads its host copy
+        assert torch.equal(forward(c), merged)  # the copies were saved after the merge
+        with c.room_for_decode():  # nesting parks once
+            pass
+        assert c.parking.is_parked
+    assert not c.parking.is_parked and norm.data is not before and torch.equal(norm.data, before)
+    assert torch.equal(forward(c), merged)
+    c.apply_loras([])
+    assert torch.equal(forward(c), base)
+    with c.room_for_decode():
+        assert torch.equal(forward(c), base)
+
+
+def test_a_decode_with_parked_blocks_makes_the_frames_of_one_without(tiny_root: Path) -> None:
+    from fploopd.core.assemble import linear_plan
+    from fploopd.pipelines.common import decode_with_plan
+
+    latents = torch.randn(1, 16, 7, 8, 8, generator=torch.Generator().manual_seed(3))
+    frames, seen = {}, {}
+    for park in (False, True):
+        c = load_components(resolve("tiny"), device="cpu")
+        place_tier(c, dataclasses.replace(tiny_tier(c, "fp8-resident", 1.0), park_for_decode=park))
+        assert (c.parking is not None) == park and c.streamer is None
+        seen[park] = []
+        parking, record = c.parking, seen[park].append
+        c.vae.decoder.register_forward_pre_hook(lambda *_, p=parking, r=record: r(p is not None and p.is_parked))
+        frames[park] = decode_with_plan(c, latents, linear_plan([3, 4], 2))
+        assert c.parking is None or not c.parking.is_parked  # back after the decode
+    assert seen[True] and all(seen[True]) and not any(seen[False])
+    assert torch.equal(frames[True], frames[False])
+
+
+def test_a_host_arena_holds_its_copies_in_one_allocation_of_their_own_size() -> None:
+    from fploopd.engine.streaming import HostArena
+
+    sources = [torch.randn(3, 5), torch.arange(7, dtype=torch.int8), torch.ones(66, dtype=torch.bfloat16)]
+    arena = HostArena(sources, pin=False)
+    assert arena.bytes == 3 * HostArena.ALIGN  # each rounded to the alignment, not to a power of two
+    assert len({t.untyped_storage().data_ptr() for t in arena.tensors}) == 1
+    for host, src in zip(arena.tensors, sources):
+        assert host.dtype == src.dtype and torch.equal(host, src) and host.data_ptr() != src.data_ptr()

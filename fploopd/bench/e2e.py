@@ -69,8 +69,9 @@ def run_e2e(bench: Bench) -> None:
             ahead.wait(timeout=900)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        wall, frames = time_job(dev, comps, spec, image)
-        extra: dict[str, Any] = {"compile_counters": compile_counters()}
+        phases: dict[str, float] = {}
+        wall, frames = time_job(dev, comps, spec, image, phases)
+        extra: dict[str, Any] = {"compile_counters": compile_counters(), "phases_s": phases}
         if name == "e2e.loop_job_first":
             extra["compile_cache_files_at_start"] = cache
         if ahead is not None:
@@ -150,12 +151,20 @@ def job_image() -> Any:
     return np.stack([x % 256, y % 256, (x + y) // 5 % 256], axis=-1).astype(np.uint8)
 
 
-def time_job(dev: torch.device, comps: Any, spec: Any, image: Any) -> tuple[float, int]:
+def time_job(dev: torch.device, comps: Any, spec: Any, image: Any, phases: dict[str, float] | None = None) -> tuple[float, int]:
     """One loop job through ``run_job``, image file in, mp4 files out: its wall time and the
-    1-loop's frame count."""
+    1-loop's frame count. ``phases``, if given, gets the seconds from each phase's first progress
+    report to the next phase's (encode, sample, decode, write; host clock: sampling's reports wait
+    for the GPU, so each phase's GPU work lands in its own figure)."""
     from PIL import Image
 
     from fploopd.pipelines import run_job
+
+    marks: list[tuple[str, float]] = []
+
+    def progress(p: Any) -> None:
+        if not marks or marks[-1][0] != p.phase:
+            marks.append((p.phase, time.perf_counter()))
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.png"
@@ -164,9 +173,14 @@ def time_job(dev: torch.device, comps: Any, spec: Any, image: Any) -> tuple[floa
         if getattr(comps, "compile_ahead", None) is not None:
             comps.compile_ahead.begin_job()  # as a worker does
         result = run_job(spec, {"image": src}, Path(tmp) / "out", name="bench", seeds=[31337],
-                         components=comps, work_dir=Path(tmp) / "work")  # fmt: skip
+                         components=comps, work_dir=Path(tmp) / "work", progress=progress)  # fmt: skip
         sync(dev)
         wall = time.perf_counter() - t0
+    if phases is not None:
+        ends = [t for _, t in marks[1:]] + [t0 + wall]
+        for (phase, start), end in zip(marks, ends):
+            if phase != "done":
+                phases[phase] = phases.get(phase, 0.0) + end - start
     return wall, next(o.frames for o in result.outputs if o.kind == "1loop")
 
 

@@ -86,10 +86,14 @@ def _torch(settings: Settings) -> Iterator[Check]:
 
 def vram_tier_check(device: str, free: int, capability: tuple[int, int], settings: Settings) -> Check:
     """The tier a worker on ``device`` would take now (for the full-size weights) and why."""
-    from fploopd.engine.compile_ahead import helper_room, too_little_room
-    from fploopd.engine.tiers import choose_tier
+    import psutil
 
-    choice = choose_tier(free, capability, settings.vram, prefer_fp8=settings.fp8)
+    from fploopd.engine.compile_ahead import helper_room, too_little_room
+    from fploopd.engine.tiers import FULL_SIZE, choose_tier
+
+    # A worker chooses with its models loaded into host memory: what is free now, less them.
+    host = psutil.virtual_memory().available - FULL_SIZE.resident_bytes
+    choice = choose_tier(free, capability, settings.vram, prefer_fp8=settings.fp8, host_free=max(0, host))
     risky = "run out of memory" in choice.reason
     room = helper_room(choice.spare)
     if not settings.compile_ahead:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from loguru import logger
 
@@ -45,7 +46,7 @@ from fploopd.engine.lora import LoraFile, ResolvedLora, check_scale, load_lora, 
 from fploopd.engine.lora_merge import LoraState, MergeStats, ScaledLora, safetensors_base_source, set_identity
 from fploopd.engine.options import RunnerOptions
 from fploopd.engine.sources import ModelPaths
-from fploopd.engine.streaming import BlockStreamer, place_blocks, refresh_fp8
+from fploopd.engine.streaming import BlockParking, BlockStreamer, park_resident, place_blocks, refresh_fp8
 from fploopd.engine.tiers import FULL_SIZE, ModelSizes, TierChoice, choose_tier, parse_vram
 from fploopd.engine.vae_accel import VaeAccel
 from fploopd.engine.weights import PreparedWeights
@@ -80,6 +81,8 @@ class Components:
     offloaded: frozenset[str] = field(default_factory=frozenset)  # names under group-offload hooks
     # Streamed tiers: streams the transformer's blocks from pinned host memory.
     streamer: BlockStreamer | None = None
+    # Tiers that park their resident blocks on the host for the VAE decode (``tier.park_for_decode``).
+    parking: BlockParking | None = None
     fp8: bool = False  # FP8 matmuls in the transformer (the FP8 tiers, or --fp8 in bf16-resident)
     tier: TierChoice | None = None  # the VRAM tier on a GPU (None on the CPU)
     compile_vae: bool = False  # compile the VAE decoder (high mode on a GPU): for long-lived workers
@@ -141,6 +144,8 @@ class Components:
         self._resolved = {e.lora.sha256: e.lora for e in entries}  # keep the merged set: a repeat is free
         if stats.rewritten:
             self._refresh_fp8()
+            if self.parking is not None:
+                self.parking.save()
         if self.base_identity is None:
             self.base_identity = dict(self.identity)
         self.identity = identity_with_loras(self.base_identity, set_identity(entries))
@@ -166,6 +171,10 @@ class Components:
             granularity = weights.fp8_granularity
             weights.remove_fp8()
             weights.quantize_fp8(granularity)
+
+    def room_for_decode(self) -> contextlib.AbstractContextManager[None]:
+        """The resident blocks off the GPU for a decode, where the tier parks them (else nothing)."""
+        return self.parking.parked() if self.parking is not None else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
@@ -273,9 +282,11 @@ def _groups(module: torch.nn.Module) -> list[torch.nn.Module]:
 
 def gpu_tier(device: torch.device, vram: str | float, sizes: ModelSizes, *, fp8: bool = False, held: int = 0) -> TierChoice:
     """The tier for ``device`` now: its free memory (plus ``held``, bytes our models already take
-    there) and compute capability, the user's ``vram``."""
+    there) and compute capability, the user's ``vram``, and the host memory available with the
+    models loaded (for parking blocks during the decode)."""
     free, _ = torch.cuda.mem_get_info(device)
-    return choose_tier(free + held, torch.cuda.get_device_capability(device), parse_vram(vram), sizes, prefer_fp8=fp8)
+    return choose_tier(free + held, torch.cuda.get_device_capability(device), parse_vram(vram), sizes, prefer_fp8=fp8,
+                       host_free=psutil.virtual_memory().available)  # fmt: skip
 
 
 def load_components(
@@ -409,15 +420,18 @@ def place_tier(components: Components, tier: TierChoice, *, use_stream: bool | N
     # The transformer runs every step: resident blocks in place, the others streamed from pinned
     # memory, the next ones prefetched while the current computes. An earlier layout's streamer goes
     # first: its host copies are freed block by block as the new ones are made (one set at a time).
-    components.streamer = None
+    components.streamer = components.parking = None
     components.streamer = place_blocks(
         components.transformer, dev, weights=acc.weights, fp8_granularity="row" if tier.fp8 else None,
         resident=(tier.resident_doubles, tier.resident_singles),
     )
+    if tier.park_for_decode:
+        components.parking = park_resident(components.transformer, dev, acc.weights, components.streamer)
     components.weights = acc.weights
     components.runner_options = acc.options.replace(fp8=tier.fp8)
     components.accel = {**acc.applied, "fp8": tier.fp8, "tier": tier.tier,
-                        "streamed_blocks": components.streamer.blocks if components.streamer else 0}
+                        "streamed_blocks": components.streamer.blocks if components.streamer else 0,
+                        "parked_gb": round(components.parking.bytes / 1e9, 2) if components.parking else 0}
     if tier.fp8 != components.fp8:
         components.fp8 = tier.fp8
         components.identity = {**{k: v for k, v in components.identity.items() if k != "fp8"},

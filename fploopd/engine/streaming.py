@@ -1,6 +1,8 @@
 """The transformer's blocks outside the ``bf16-resident`` tier (``tiers``): FP8 copies of their
 linears made block by block on the GPU, and blocks that stream from pinned host memory one block
-ahead of use on a side stream (``BlockStreamer``, the runner's ``offloader``).
+ahead of use on a side stream (``BlockStreamer``, the runner's ``offloader``), and the resident
+blocks' pinned host copies that let a tight tier hand their memory to the VAE decode
+(``BlockParking``).
 
 ``place_blocks`` lays the blocks out for a tier: each block either stays on the GPU or streams; with
 FP8 its linears' bf16 weights stay on the host (the master copies that LoRA merges write into) and
@@ -13,9 +15,11 @@ tested without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,10 +67,10 @@ class BlockStreamer:
         """Stream ``block``: ``tensors`` (its parameters and buffers that the block functions read)
         and its FP8 weights ``fp8`` (a ``BlockWeights.fp8``, updated in place) move to pinned host
         memory and come to the GPU only while the block runs."""
-        slots = [_Slot(self._host_copy(t.data), *_param_access(t)) for t in tensors]
+        slots = [_Slot(_host_copy(t.data, self.device), *_param_access(t)) for t in tensors]
         hosts: dict[str, tuple[Tensor, Tensor]] = {}
         for name, (w8, scale) in (fp8 or {}).items():
-            hw, hs = self._host_copy(w8), self._host_copy(scale)
+            hw, hs = _host_copy(w8, self.device), _host_copy(scale, self.device)
             hosts[name] = (hw, hs)
             slots += [_Slot(hw, *_fp8_access(fp8, name, 0)), _Slot(hs, *_fp8_access(fp8, name, 1))]
         for slot in slots:
@@ -80,12 +84,6 @@ class BlockStreamer:
         hw, hs = self._fp8[id(block)][name]
         hw.copy_(q[0])
         hs.copy_(q[1])
-
-    def _host_copy(self, t: Tensor) -> Tensor:
-        pin = self.device.type == "cuda"
-        host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
-        host.copy_(t, non_blocking=False)
-        return host
 
     def _load(self, block: nn.Module) -> torch.cuda.Event | None:
         if self.stream is None:  # CPU: a plain copy, nothing to overlap
@@ -141,6 +139,97 @@ class BlockStreamer:
                 slot.assign(slot.host.to(self.device))
         self._slots.clear()
         self._fp8.clear()
+
+
+class BlockParking:
+    """Pinned host copies of the resident blocks' GPU tensors, so that the phase that needs the most
+    memory besides sampling, the VAE decode, can have theirs: inside ``parked()`` the blocks read
+    their host copies and their GPU memory is free; after it one host-to-device pass of ``bytes``
+    (about 0.3 s for the full-size FP8 blocks at 55 GB/s, 0.65 s over a desktop's PCIe 4.0) brings
+    them back. Costs ``bytes`` of pinned host memory for as long as the tier lasts (the tier is
+    chosen only where the host has that to spare: ``tiers.choose_tier``'s ``host_free``)."""
+
+    def __init__(self, device: torch.device | str, blocks: Sequence[tuple[Sequence[Tensor], dict[str, Fp8Weight]]]) -> None:
+        """``blocks``: per resident block, the tensors it reads on the GPU (parameters, buffers)
+        and its FP8 weights (a ``BlockWeights.fp8``, whose entries are replaced when parked)."""
+        self.device = torch.device(device)
+        accesses: list[tuple[Callable[[Tensor], None], Callable[[], Tensor]]] = []
+        for tensors, fp8 in blocks:
+            accesses += [_param_access(t) for t in tensors]
+            accesses += [_fp8_access(fp8, name, i) for name in fp8 for i in (0, 1)]
+        self._arena = HostArena([current() for _, current in accesses], pin=self.device.type == "cuda")
+        self._slots = [_Slot(host, assign, current) for host, (assign, current) in zip(self._arena.tensors, accesses)]
+        self.bytes = self._arena.bytes
+        self.is_parked = False
+
+    def save(self) -> None:
+        """Copy the GPU tensors into their host copies again (after a LoRA merge rewrote them)."""
+        assert not self.is_parked, "save() while parked would copy the host copies onto themselves"
+        for slot in self._slots:
+            slot.host.copy_(slot.current())
+
+    @contextlib.contextmanager
+    def parked(self) -> Iterator[None]:
+        """The blocks on their host copies (GPU memory released) inside; back on the GPU after."""
+        if self.is_parked or not self._slots:
+            yield
+            return
+        for slot in self._slots:
+            slot.assign(slot.host)
+        self.is_parked = True
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            yield
+        finally:
+            for slot in self._slots:
+                # A clone on the CPU: the block must never share storage with its host copy.
+                slot.assign(slot.host.to(self.device, non_blocking=True) if self.device.type == "cuda" else slot.host.clone())
+            self.is_parked = False
+
+
+class HostArena:
+    """Host copies of many tensors in one allocation, page-locked in place for a GPU
+    (``cudaHostRegister``). torch's pinned allocator rounds each tensor up to a power of two, up to
+    1.9x the bytes of these weights (a single block's 66 MB linear takes 128 MB); one registered
+    allocation takes what the tensors take."""
+
+    ALIGN = 512  # bytes: every dtype's alignment, and the copy engines'
+
+    def __init__(self, tensors: Sequence[Tensor], *, pin: bool) -> None:
+        sizes = [t.numel() * t.element_size() for t in tensors]
+        starts, total = [], 0
+        for size in sizes:
+            starts.append(total)
+            total += -(-size // self.ALIGN) * self.ALIGN
+        self._memory = torch.empty(total, dtype=torch.uint8)
+        self.bytes = total
+        self.pinned = pin and total > 0 and _register(self._memory)
+        self.tensors = [self._memory[start : start + size].view(t.dtype).view(t.shape)
+                        for t, start, size in zip(tensors, starts, sizes)]  # fmt: skip
+        for host, t in zip(self.tensors, tensors):
+            host.copy_(t)
+
+
+def _register(memory: Tensor) -> bool:
+    """Page-lock ``memory`` for fast asynchronous copies; unlocked when it is freed. False (a
+    warning, slower copies) where the driver refuses, e.g. past the locked-memory limit."""
+    cudart = torch.cuda.cudart()
+    ptr = memory.data_ptr()
+    err = cudart.cudaHostRegister(ptr, memory.numel(), 0)
+    if int(err) != 0:
+        logger.warning("could not page-lock {:.1f} GB of host memory (CUDA error {}): host copies stay pageable",
+                       memory.numel() / 1e9, int(err))
+        return False
+    weakref.finalize(memory.untyped_storage(), cudart.cudaHostUnregister, ptr)
+    return True
+
+
+def _host_copy(t: Tensor, device: torch.device) -> Tensor:
+    """A host copy of ``t``, pinned when ``device`` is a GPU (fast and asynchronous to copy back)."""
+    host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=device.type == "cuda")
+    host.copy_(t, non_blocking=False)
+    return host
 
 
 def _param_access(t: Tensor) -> tuple[Callable[[Tensor], None], Callable[[], Tensor]]:
@@ -228,6 +317,26 @@ def _place_block(
 
 
 @torch.no_grad()
+def park_resident(transformer: nn.Module, device: torch.device | str, weights: PreparedWeights,
+                  streamer: BlockStreamer | None) -> BlockParking:
+    """Host copies of every block that ``streamer`` does not stream (their FP8 weights and the
+    tensors they read on the GPU; the bf16 masters of FP8 linears are on the host already)."""
+    t0 = time.perf_counter()
+    blocks = []
+    for stack in _stacks(transformer):
+        for block in stack:
+            if streamer is not None and streamer.streams(block):
+                continue
+            fp8 = weights.of(block).fp8
+            masters = {id(lin.weight) for _, lin in block_fp8_linears(block)} if fp8 else set()
+            blocks.append(([t for t in _tensors(block) if id(t) not in masters], fp8))
+    parking = BlockParking(device, blocks)
+    logger.info("resident blocks parked in pinned host memory during the VAE decode: {:.1f} GB ({:.1f} s)",
+                parking.bytes / 1e9, time.perf_counter() - t0)
+    return parking
+
+
+@torch.no_grad()
 def refresh_fp8(transformer: nn.Module, device: torch.device | str, weights: PreparedWeights,
                 streamer: BlockStreamer | None) -> None:
     """FP8 copies made again from the host bf16 masters (after a LoRA merge rewrote them), into
@@ -258,4 +367,4 @@ def enable_low_vram(
     return streamer
 
 
-__all__ = ["BlockStreamer", "enable_low_vram", "place_blocks", "refresh_fp8"]
+__all__ = ["BlockParking", "BlockStreamer", "HostArena", "enable_low_vram", "park_resident", "place_blocks", "refresh_fp8"]

@@ -6,7 +6,9 @@ Fastest first:
 - ``fp8-resident``: the transformer's block linears as FP8 (e4m3) copies on the GPU, their bf16
   weights on the host; the text encoders and SigLIP visit the GPU only to encode (the 8B Llama
   streamed layer by layer), the VAE only to decode (compiled, in strips of one shape unless there
-  is room for whole frames: ``vae_tiles``);
+  is room for whole frames: ``vae_tiles``). Where the host has memory to spare, the blocks leave
+  the GPU for the decode (``park_for_decode``: pinned host copies, one copy back after it), so that
+  it has the room of whole frames, or of fewer strips;
 - ``fp8-streamed``: as ``fp8-resident``, but only as many FP8 blocks as fit stay on the GPU, spread
   evenly through the stack; the others stream from pinned host memory one block ahead of use;
 - ``bf16-streamed``: the same with bf16 blocks (cards without FP8 tensor cores: before Ada).
@@ -21,6 +23,7 @@ exactly what the resident tier of the same dtype computes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -44,6 +47,10 @@ HIGH_VRAM_FACTOR = 1.4
 # Streamed blocks on the GPU at once: ``prefetch`` ahead, the one running, the one being released.
 STREAM_PREFETCH = 2
 STREAM_IN_FLIGHT = STREAM_PREFETCH + 2
+# Parking the resident blocks for the decode (pinned host copies) pays when it gives the decode at
+# least this much more room (fewer strips), and leaves this much host memory to everything else.
+PARK_GAIN = 1.5
+HOST_MARGIN = 4 * GiB
 MAX_BUDGET_GIB = 4096
 
 
@@ -169,6 +176,7 @@ class TierChoice:
     untiled_decode: bool = True  # room for the untiled VAE decode (else in strips; compiled either way on a GPU)
     vae_resident: bool = True  # the VAE (0.5 GB) stays on the GPU (else it visits to encode and decode)
     decode_room: int = FULL_SIZE.decode_work  # bytes a decode in strips may use (vae_tiles sizes the strips)
+    park_for_decode: bool = False  # the resident blocks leave the GPU for the decode (pinned host copies)
     spare: int = 0  # bytes left over beside the tier's own plan (a compile helper may use them)
 
     @property
@@ -209,10 +217,12 @@ def choose_tier(
     sizes: ModelSizes = FULL_SIZE,
     *,
     prefer_fp8: bool = False,
+    host_free: int | None = None,
 ) -> TierChoice:
     """The fastest tier that fits ``free`` bytes (or the request's budget, if smaller) with a
     margin; a named tier as asked, laid out for that memory. ``capability``: the GPU's (major,
-    minor), None for no GPU. ``prefer_fp8`` (the ``fp8`` setting): FP8 also where bf16 would fit."""
+    minor), None for no GPU. ``prefer_fp8`` (the ``fp8`` setting): FP8 also where bf16 would fit.
+    ``host_free``: host memory available now (None: unknown), for pinned copies of parked blocks."""
     if isinstance(request, str):
         request = parse_vram(request)
     has_fp8 = capability is not None and tuple(capability) >= FP8_CAPABILITY
@@ -233,7 +243,7 @@ def choose_tier(
         if usable < need_bytes(tier, sizes) and not tier.endswith("streamed"):
             notes.append(f"it needs about {_gib(need_bytes(tier, sizes))} and {where} leaves {_gib(usable)}: "
                          "it may run out of memory")
-        return _layout(tier, sizes, usable, f"{where}; " + "; ".join(notes), upgrade=False)
+        return _layout(tier, sizes, usable, f"{where}; " + "; ".join(notes), host_free, upgrade=False)
     order = ["bf16-resident", "fp8-resident", "fp8-streamed", "bf16-streamed"]
     if prefer_fp8 and has_fp8:
         order.remove("bf16-resident")
@@ -250,13 +260,14 @@ def choose_tier(
                 why += "; " + ", ".join(f"{t} needs {_gib(need_bytes(t, sizes))}" for t in skipped)
             if usable < need:
                 why += f"; even {tier} needs about {_gib(need)}: it may run out of memory"
-            return _layout(tier, sizes, usable, "; ".join([why, *notes]))
+            return _layout(tier, sizes, usable, "; ".join([why, *notes]), host_free)
     raise AssertionError("unreachable")
 
 
-def _layout(tier: str, sizes: ModelSizes, usable: int, reason: str, *, upgrade: bool = True) -> TierChoice:
+def _layout(tier: str, sizes: ModelSizes, usable: int, reason: str, host_free: int | None = None, *,
+            upgrade: bool = True) -> TierChoice:
     """``tier`` laid out in ``usable`` bytes; ``upgrade``: fp8-streamed with every block kept is
-    fp8-resident (a named tier keeps its name)."""
+    fp8-resident (a named tier keeps its name). ``host_free``: see ``choose_tier``."""
     need = need_bytes(tier, sizes)
     if tier == "bf16-resident":
         return TierChoice(tier, reason, usable, need, sizes.doubles, sizes.singles, untiled_decode=True,
@@ -268,15 +279,36 @@ def _layout(tier: str, sizes: ModelSizes, usable: int, reason: str, *, upgrade: 
         room = sizes.decode_work + max(0, spare - (sizes.vae if vae_resident else 0))
         untiled = spare >= sizes.untiled_decode
         left = spare - (sizes.vae if vae_resident else 0) - sizes.untiled_decode if untiled else 0
-        return TierChoice(tier, reason, usable, need, sizes.doubles, sizes.singles, untiled_decode=untiled,
-                          vae_resident=vae_resident, decode_room=room, spare=max(0, left))
+        choice = TierChoice(tier, reason, usable, need, sizes.doubles, sizes.singles, untiled_decode=untiled,
+                            vae_resident=vae_resident, decode_room=room, spare=max(0, left))
+        return choice if untiled else _with_parking(choice, sizes, sizes.blocks(True), host_free)
     d_bytes, s_bytes = (sizes.double_fp8, sizes.single_fp8) if fp8 else (sizes.double_bf16, sizes.single_bf16)
     doubles, singles = resident_blocks(max(0, spare), d_bytes, sizes.doubles, s_bytes, sizes.singles)
     if doubles == sizes.doubles and singles == sizes.singles and fp8 and upgrade:
-        return _layout("fp8-resident", sizes, usable, reason)
+        return _layout("fp8-resident", sizes, usable, reason, host_free)
     kept = f"{doubles}/{sizes.doubles} double and {singles}/{sizes.singles} single blocks stay on the GPU"
-    return TierChoice(tier, f"{reason}; {kept}", usable, need, doubles, singles, untiled_decode=False,
-                      vae_resident=False, decode_room=sizes.decode_work)
+    choice = TierChoice(tier, f"{reason}; {kept}", usable, need, doubles, singles, untiled_decode=False,
+                        vae_resident=False, decode_room=sizes.decode_work)
+    return _with_parking(choice, sizes, doubles * d_bytes + singles * s_bytes, host_free)
+
+
+def _with_parking(choice: TierChoice, sizes: ModelSizes, resident: int, host_free: int | None) -> TierChoice:
+    """``choice`` with its ``resident`` bytes of blocks parked on the host for the decode, where
+    that gives the decode ``PARK_GAIN`` times the room and the host can pin them."""
+    if host_free is None or resident <= 0:
+        return choice
+    room = choice.usable - sizes.transformer_rest - sizes.vae  # all a decode needs besides its work
+    if room < PARK_GAIN * choice.decode_room:
+        return choice
+    if host_free < resident + HOST_MARGIN:
+        return dataclasses.replace(choice, reason=(
+            f"{choice.reason}; the decode in strips: parking the blocks for it needs {_gib(resident)} of pinned "
+            f"host memory and {_gib(HOST_MARGIN)} left over, {_gib(host_free)} is free"))
+    untiled = room >= sizes.decode_work + sizes.untiled_decode
+    decode = "whole frames" if untiled else f"strips in {_gib(room)}"
+    return dataclasses.replace(
+        choice, park_for_decode=True, untiled_decode=untiled, decode_room=room,
+        reason=f"{choice.reason}; the blocks ({_gib(resident)}) wait in pinned host memory during the decode: {decode}")
 
 
 def resident_blocks(spare: int, double: int, doubles: int, single: int, singles: int) -> tuple[int, int]:
@@ -311,6 +343,7 @@ __all__ = [
     "ALIASES",
     "FP8_TIERS",
     "FULL_SIZE",
+    "HOST_MARGIN",
     "STREAMED_TIERS",
     "TIERS",
     "ModelSizes",

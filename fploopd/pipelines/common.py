@@ -202,7 +202,8 @@ def decode_with_plan(
         reporter.count("decode", done, total, "windows")
         return frames
 
-    with components.on_device(components.vae):
+    # Parked blocks first: the decode gets their memory (tiers.park_for_decode).
+    with components.room_for_decode(), components.on_device(components.vae):
         return run_plan(plan, decode)
 
 
