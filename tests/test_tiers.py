@@ -287,6 +287,11 @@ def test_parked_blocks_give_their_memory_to_the_decode_and_come_back_merged(tiny
     merged = forward(c)
     assert not torch.equal(base, merged)
     before = norm.data
+
+    def layouts() -> list[tuple[Any, ...]]:
+        return [(n, i, t.shape, t.stride(), t.dtype) for n, pair in c.weights.of(resident).fp8.items() for i, t in enumerate(pair)]
+
+    fp8_layouts = layouts()
     with c.room_for_decode():
         assert c.parking.is_parked and norm.data is not before  # the block reads its host copy
         assert torch.equal(forward(c), merged)  # the copies were saved after the merge
@@ -294,6 +299,12 @@ def test_parked_blocks_give_their_memory_to_the_decode_and_come_back_merged(tiny
             pass
         assert c.parking.is_parked
     assert not c.parking.is_parked and norm.data is not before and torch.equal(norm.data, before)
+    # Back in the same layout: compiled blocks guard on strides (a (1, n) row scale's are (1, 1)),
+    # and another layout would compile them again.
+    assert layouts() == fp8_layouts and any(st == (1, 1) for *_, st, _ in fp8_layouts)
+    streamed = next(b for b in c.transformer.single_transformer_blocks if c.streamer.streams(b))
+    assert [(t.shape, t.stride()) for pair in c.weights.of(streamed).fp8.values() for t in pair] == \
+        [(t.shape, t.stride()) for pair in c.weights.of(resident).fp8.values() for t in pair]
     assert torch.equal(forward(c), merged)
     c.apply_loras([])
     assert torch.equal(forward(c), base)

@@ -197,7 +197,7 @@ class HostArena:
     ALIGN = 512  # bytes: every dtype's alignment, and the copy engines'
 
     def __init__(self, tensors: Sequence[Tensor], *, pin: bool) -> None:
-        sizes = [t.numel() * t.element_size() for t in tensors]
+        sizes = [_span(t) * t.element_size() for t in tensors]
         starts, total = [], 0
         for size in sizes:
             starts.append(total)
@@ -205,10 +205,17 @@ class HostArena:
         self._memory = torch.empty(total, dtype=torch.uint8)
         self.bytes = total
         self.pinned = pin and total > 0 and _register(self._memory)
-        self.tensors = [self._memory[start : start + size].view(t.dtype).view(t.shape)
+        # Each copy keeps its tensor's strides: compiled graphs guard on them (a row-scale tensor's
+        # are not the contiguous ones), so a copy in another layout would compile them again.
+        self.tensors = [self._memory[start : start + size].view(t.dtype).as_strided(t.shape, t.stride())
                         for t, start, size in zip(tensors, starts, sizes)]  # fmt: skip
         for host, t in zip(self.tensors, tensors):
             host.copy_(t)
+
+
+def _span(t: Tensor) -> int:
+    """Elements from a tensor's first to its last, as its strides lay them out."""
+    return 0 if t.numel() == 0 else 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
 
 
 def _register(memory: Tensor) -> bool:
@@ -227,7 +234,8 @@ def _register(memory: Tensor) -> bool:
 
 def _host_copy(t: Tensor, device: torch.device) -> Tensor:
     """A host copy of ``t``, pinned when ``device`` is a GPU (fast and asynchronous to copy back)."""
-    host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=device.type == "cuda")
+    # Same strides as ``t``: compiled graphs guard on them (see ``HostArena``).
+    host = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu", pin_memory=device.type == "cuda")
     host.copy_(t, non_blocking=False)
     return host
 
