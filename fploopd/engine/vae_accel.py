@@ -27,7 +27,11 @@ def compile_decoder(decoder: nn.Module) -> Callable[..., Any]:
     """``decoder.forward`` under torch.compile, unguarded: as a worker compiles it (``VaeAccel``) and
     as its compile helper does, whose graphs must be the worker's cache hits."""
     configure_dynamo()
-    return torch.compile(decoder.forward)
+    # One static graph per input shape (a job decodes two temporal tile lengths; a tier in strips,
+    # one strip height): left to dynamo, the third shape got a graph symbolic in the frames and the
+    # height, and the strip decodes that ran on it took 20-24 s of a loop job, against 5.1-5.4 s
+    # for whole frames on static graphs (H200, docs/benchmarks.md, sixth pass).
+    return torch.compile(decoder.forward, dynamic=False)
 
 
 class VaeAccel:
