@@ -340,3 +340,49 @@ def test_a_host_arena_holds_its_copies_in_one_allocation_of_their_own_size() -> 
     assert len({t.untyped_storage().data_ptr() for t in arena.tensors}) == 1
     for host, src in zip(arena.tensors, sources):
         assert host.dtype == src.dtype and torch.equal(host, src) and host.data_ptr() != src.data_ptr()
+
+
+def test_streamed_and_unparked_weights_are_ordinary_tensors_inside_inference_mode(tiny_root: Path) -> None:
+    # Compiled blocks guard on dispatch keys: inference tensors among the weights of some blocks
+    # made a second pair of block graphs for them (docs/benchmarks.md, sixth pass).
+    c = load_components(resolve("tiny"), device="cpu")
+    place_tier(c, dataclasses.replace(tiny_tier(c, "fp8-streamed", 0.5), park_for_decode=True))
+    blocks = list(c.transformer.transformer_blocks)
+    assert any(c.streamer.streams(b) for b in blocks) and not all(c.streamer.streams(b) for b in blocks)
+    seen: list[tuple[bool, Any]] = []
+
+    def run(block: torch.nn.Module, state: None) -> None:
+        w8 = c.weights.of(block).fp8["ff.net.2"][0]
+        seen.append((w8.is_inference(), str(torch._C._dispatch_keys(w8))))
+
+    with torch.inference_mode():
+        c.streamer.run(blocks, run, None)
+        with c.room_for_decode():
+            pass
+    assert len(seen) == len(blocks) and len(set(seen)) == 1 and not seen[0][0]
+    assert not any(t.is_inference() for b in blocks for pair in c.weights.of(b).fp8.values() for t in pair)
+    assert not any(p.is_inference() for p in blocks[0].parameters())
+
+
+def test_streamed_and_parked_blocks_run_the_resident_blocks_compiled_graphs(tiny_root: Path) -> None:
+    """The real guard check: one compiled graph per block kind serves resident, streamed and
+    unparked blocks, job after job (inductor's C++ backend on the CPU)."""
+    import torch._dynamo
+
+    from fploopd.bench.e2e import compile_counters
+
+    c = load_components(resolve("tiny"), device="cpu")
+    place_tier(c, dataclasses.replace(tiny_tier(c, "fp8-streamed", 0.5), park_for_decode=True))
+    c.runner_options = c.runner_options.replace(compile=True)
+    torch._dynamo.reset()
+    try:
+        before = compile_counters()["unique_graphs"]
+        outs = []
+        for _ in range(3):  # a forward, then the decode's parking, as jobs go
+            outs.append(forward(c))
+            with c.room_for_decode():
+                pass
+        assert compile_counters()["unique_graphs"] - before == 2  # one double-block and one single-block graph
+        assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
+    finally:
+        torch._dynamo.reset()

@@ -86,6 +86,13 @@ class BlockStreamer:
         hs.copy_(q[1])
 
     def _load(self, block: nn.Module) -> torch.cuda.Event | None:
+        # Ordinary tensors even inside the forward's inference mode, like the resident blocks'
+        # weights: compiled blocks guard on the dispatch keys, and inference tensors made a second
+        # pair of block graphs for the streamed blocks.
+        with torch.inference_mode(False):
+            return self._copy_in(block)
+
+    def _copy_in(self, block: nn.Module) -> torch.cuda.Event | None:
         if self.stream is None:  # CPU: a plain copy, nothing to overlap
             for slot in self._slots[id(block)]:
                 slot.assign(slot.host.clone())
@@ -182,10 +189,14 @@ class BlockParking:
         try:
             yield
         finally:
-            for slot in self._slots:
-                # A clone on the CPU: the block must never share storage with its host copy.
-                slot.assign(slot.host.to(self.device, non_blocking=True) if self.device.type == "cuda" else slot.host.clone())
+            with torch.inference_mode(False):  # ordinary tensors, as they were (see BlockStreamer._load)
+                self._unpark()
             self.is_parked = False
+
+    def _unpark(self) -> None:
+        for slot in self._slots:
+            # A clone on the CPU: the block must never share storage with its host copy.
+            slot.assign(slot.host.to(self.device, non_blocking=True) if self.device.type == "cuda" else slot.host.clone())
 
 
 class HostArena:
