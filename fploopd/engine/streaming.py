@@ -66,11 +66,15 @@ class BlockStreamer:
     def add(self, block: nn.Module, tensors: Sequence[Tensor], fp8: dict[str, Fp8Weight] | None = None) -> None:
         """Stream ``block``: ``tensors`` (its parameters and buffers that the block functions read)
         and its FP8 weights ``fp8`` (a ``BlockWeights.fp8``, updated in place) move to pinned host
-        memory and come to the GPU only while the block runs."""
-        slots = [_Slot(_host_copy(t.data, self.device), *_param_access(t)) for t in tensors]
+        memory (one ``HostArena`` per block) and come to the GPU only while the block runs."""
+        fp8 = fp8 if fp8 is not None else {}
+        arena = HostArena([t.data for t in tensors] + [x for pair in fp8.values() for x in pair],
+                          pin=self.device.type == "cuda")  # fmt: skip
+        copies = iter(arena.tensors)
+        slots = [_Slot(next(copies), *_param_access(t)) for t in tensors]
         hosts: dict[str, tuple[Tensor, Tensor]] = {}
-        for name, (w8, scale) in (fp8 or {}).items():
-            hw, hs = _host_copy(w8, self.device), _host_copy(scale, self.device)
+        for name in fp8:
+            hw, hs = next(copies), next(copies)
             hosts[name] = (hw, hs)
             slots += [_Slot(hw, *_fp8_access(fp8, name, 0)), _Slot(hs, *_fp8_access(fp8, name, 1))]
         for slot in slots:
@@ -229,6 +233,9 @@ def _span(t: Tensor) -> int:
     return 0 if t.numel() == 0 else 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
 
 
+_REFUSED: list[int] = []  # page-locking refused in this process (warned once)
+
+
 def _register(memory: Tensor) -> bool:
     """Page-lock ``memory`` for fast asynchronous copies; unlocked when it is freed. False (a
     warning, slower copies) where the driver refuses, e.g. past the locked-memory limit."""
@@ -236,19 +243,13 @@ def _register(memory: Tensor) -> bool:
     ptr = memory.data_ptr()
     err = cudart.cudaHostRegister(ptr, memory.numel(), 0)
     if int(err) != 0:
-        logger.warning("could not page-lock {:.1f} GB of host memory (CUDA error {}): host copies stay pageable",
-                       memory.numel() / 1e9, int(err))
+        if not _REFUSED:
+            logger.warning("could not page-lock {:.2f} GB of host memory (CUDA error {}): host copies stay pageable, "
+                           "and copies to the GPU are slower", memory.numel() / 1e9, int(err))
+        _REFUSED.append(int(err))
         return False
     weakref.finalize(memory.untyped_storage(), cudart.cudaHostUnregister, ptr)
     return True
-
-
-def _host_copy(t: Tensor, device: torch.device) -> Tensor:
-    """A host copy of ``t``, pinned when ``device`` is a GPU (fast and asynchronous to copy back)."""
-    # Same strides as ``t``: compiled graphs guard on them (see ``HostArena``).
-    host = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu", pin_memory=device.type == "cuda")
-    host.copy_(t, non_blocking=False)
-    return host
 
 
 def _param_access(t: Tensor) -> tuple[Callable[[Tensor], None], Callable[[], Tensor]]:
