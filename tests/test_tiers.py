@@ -254,6 +254,28 @@ def test_lora_merges_reach_the_fp8_copies_resident_and_streamed(tiny_root: Path,
     assert all(torch.equal(a, b) for a, b in zip(outs["fp8-resident"], outs["fp8-streamed"]))
 
 
+def test_host_bytes_of_each_tier_and_the_doctors_host_memory_check() -> None:
+    from fploopd.daemon.doctor import host_memory_check
+    from fploopd.engine.tiers import host_bytes
+
+    GB = 10**9
+    h200 = choose_tier(141 * GiB, HOPPER)
+    parked_24 = choose_tier(141 * GiB, HOPPER, "24GiB", host_free=200 * GiB)
+    unparked_24 = choose_tier(141 * GiB, HOPPER, "24GiB")
+    old_card = choose_tier(10 * GiB, AMPERE)
+    # Loading reads every model into host memory first: no tier takes less.
+    assert host_bytes(h200) == host_bytes(unparked_24) == FULL_SIZE.resident_bytes
+    # FP8 linears' bf16 masters (18.1 GB), the Llama and small encoders, and every FP8 block pinned.
+    assert host_bytes(parked_24) == 2 * (FULL_SIZE.blocks(False) - FULL_SIZE.blocks(True)) + FULL_SIZE.blocks(True) + \
+        FULL_SIZE.text_encoder + FULL_SIZE.small_encoders
+    assert 50 * GB < host_bytes(parked_24) < 53 * GB
+    assert old_card.tier == "bf16-streamed" and FULL_SIZE.resident_bytes <= host_bytes(old_card) < 45 * GB
+    roomy = host_memory_check(128 * GiB, [parked_24, parked_24])
+    assert roomy.status == "ok" and roomy.detail.startswith("128 GiB; the workers' models take about 95 GiB")
+    short = host_memory_check(32 * GiB, [parked_24])
+    assert short.status == "warn" and "expect swapping" in short.detail and "fewer workers" in short.fix
+
+
 def test_doctor_says_which_tier_and_why(tmp_path: Path) -> None:
     from fploopd.daemon.doctor import vram_tier_check
 

@@ -8,10 +8,14 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fploopd.daemon.layout import PIPELINE_FOLDERS, Layout
 from fploopd.daemon.loras import lora_folders, shown_folders
 from fploopd.daemon.settings import SETTINGS_FILE, Settings
+
+if TYPE_CHECKING:
+    from fploopd.engine.tiers import TierChoice
 
 GIB = 1024**3
 MIN_FREE_GIB = 10
@@ -71,6 +75,9 @@ def _torch(settings: Settings) -> Iterator[Check]:
             "the daemon can run on the CPU only with --model tiny",
         )
         return
+    import psutil
+
+    choices: list[TierChoice] = []
     for i in range(torch.cuda.device_count()):
         free, total = torch.cuda.mem_get_info(i)
         name = torch.cuda.get_device_name(i)
@@ -82,18 +89,26 @@ def _torch(settings: Settings) -> Iterator[Check]:
             "FramePack needs about 6 GiB with vram = \"fp8-streamed\" or \"bf16-streamed\"" if low else "",
         )
         yield vram_tier_check(f"cuda:{i}", free, torch.cuda.get_device_capability(i), settings)
+        choices.append(tier_choice(free, torch.cuda.get_device_capability(i), settings))
+    yield host_memory_check(psutil.virtual_memory().total, choices)
 
 
-def vram_tier_check(device: str, free: int, capability: tuple[int, int], settings: Settings) -> Check:
-    """The tier a worker on ``device`` would take now (for the full-size weights) and why."""
+def tier_choice(free: int, capability: tuple[int, int], settings: Settings) -> TierChoice:
+    """The tier a worker would take now on a GPU with ``free`` bytes, for the full-size weights."""
     import psutil
 
-    from fploopd.engine.compile_ahead import helper_room, too_little_room
     from fploopd.engine.tiers import FULL_SIZE, choose_tier
 
     # A worker chooses with its models loaded into host memory: what is free now, less them.
     host = psutil.virtual_memory().available - FULL_SIZE.resident_bytes
-    choice = choose_tier(free, capability, settings.vram, prefer_fp8=settings.fp8, host_free=max(0, host))
+    return choose_tier(free, capability, settings.vram, prefer_fp8=settings.fp8, host_free=max(0, host))
+
+
+def vram_tier_check(device: str, free: int, capability: tuple[int, int], settings: Settings) -> Check:
+    """The tier a worker on ``device`` would take now (for the full-size weights) and why."""
+    from fploopd.engine.compile_ahead import helper_room, too_little_room
+
+    choice = tier_choice(free, capability, settings)
     risky = "run out of memory" in choice.reason
     room = helper_room(choice.spare)
     if not settings.compile_ahead:
@@ -108,6 +123,20 @@ def vram_tier_check(device: str, free: int, capability: tuple[int, int], setting
         f"{choice.summary()}; {first}",
         "close other programs on this GPU, or set vram to a smaller tier or to auto" if risky else "",
     )
+
+
+def host_memory_check(total: int, choices: list[TierChoice]) -> Check:
+    """Whether the host's ``total`` memory holds a worker's models for each GPU's tier."""
+    from fploopd.engine.tiers import HOST_MARGIN, host_bytes
+
+    needs = [host_bytes(c) for c in choices]
+    need = sum(needs)
+    each = ", ".join(f"{c.tier} {n / GIB:.0f}" for c, n in zip(choices, needs))
+    detail = f"{total / GIB:.0f} GiB; the workers' models take about {need / GIB:.0f} GiB ({each} GiB)"
+    if total >= need + HOST_MARGIN:
+        return Check("host memory", "ok", detail)
+    return Check("host memory", "warn", f"{detail}: expect swapping while they load and run",
+                 "add RAM (or a swap file or page file on a fast disk), or run fewer workers (`device`)")
 
 
 def _codecs(settings: Settings) -> Iterator[Check]:

@@ -311,6 +311,21 @@ def _with_parking(choice: TierChoice, sizes: ModelSizes, resident: int, host_fre
         reason=f"{choice.reason}; the blocks ({_gib(resident)}) wait in pinned host memory during the decode: {decode}")
 
 
+def host_bytes(choice: TierChoice, sizes: ModelSizes = FULL_SIZE) -> int:
+    """Host memory one worker's models take in ``choice``: the larger of loading (every model is
+    read into host memory before it is placed) and the placed layout (FP8 linears' bf16 masters,
+    streamed and parked blocks, the encoders that visit the GPU)."""
+    if choice.tier == "bf16-resident":
+        return sizes.resident_bytes
+    fp8 = choice.fp8
+    double, single = (sizes.double_fp8, sizes.single_fp8) if fp8 else (sizes.double_bf16, sizes.single_bf16)
+    kept = choice.resident_doubles * double + choice.resident_singles * single
+    pinned = sizes.blocks(fp8) - kept + (kept if choice.park_for_decode else 0)
+    masters = 2 * (sizes.blocks(False) - sizes.blocks(True)) if fp8 else 0  # bf16 linears: twice their FP8 bytes
+    visiting = sizes.text_encoder + sizes.small_encoders + (0 if choice.vae_resident else sizes.vae)
+    return max(sizes.resident_bytes, masters + pinned + visiting)
+
+
 def resident_blocks(spare: int, double: int, doubles: int, single: int, singles: int) -> tuple[int, int]:
     """How many blocks of each stack fit in ``spare`` bytes, the same fraction of each stack (so
     that streamed blocks are spread through the whole forward and their copies overlap compute)."""
@@ -350,6 +365,7 @@ __all__ = [
     "TierChoice",
     "VramRequest",
     "choose_tier",
+    "host_bytes",
     "need_bytes",
     "normalize_vram",
     "parse_vram",
