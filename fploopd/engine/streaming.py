@@ -68,19 +68,12 @@ class BlockStreamer:
         and its FP8 weights ``fp8`` (a ``BlockWeights.fp8``, updated in place) move to pinned host
         memory (one ``HostArena`` per block) and come to the GPU only while the block runs."""
         fp8 = fp8 if fp8 is not None else {}
-        arena = HostArena([t.data for t in tensors] + [x for pair in fp8.values() for x in pair],
-                          pin=self.device.type == "cuda")  # fmt: skip
-        copies = iter(arena.tensors)
-        slots = [_Slot(next(copies), *_param_access(t)) for t in tensors]
-        hosts: dict[str, tuple[Tensor, Tensor]] = {}
-        for name in fp8:
-            hw, hs = next(copies), next(copies)
-            hosts[name] = (hw, hs)
-            slots += [_Slot(hw, *_fp8_access(fp8, name, 0)), _Slot(hs, *_fp8_access(fp8, name, 1))]
+        slots = _host_slots(tensors, fp8, pin=self.device.type == "cuda")
+        fp8_hosts = iter(slot.host for slot in slots[len(tensors) :])  # each linear's (weight, scale) in turn
         for slot in slots:
             slot.assign(slot.host)
         self._slots[id(block)] = slots
-        self._fp8[id(block)] = hosts
+        self._fp8[id(block)] = {name: (next(fp8_hosts), next(fp8_hosts)) for name in fp8}
         self.bytes_per_pass += sum(s.host.numel() * s.host.element_size() for s in slots)
 
     def update_fp8(self, block: nn.Module, name: str, q: Fp8Weight) -> None:
@@ -164,13 +157,9 @@ class BlockParking:
         """``blocks``: per resident block, the tensors it reads on the GPU (parameters, buffers)
         and its FP8 weights (a ``BlockWeights.fp8``, whose entries are replaced when parked)."""
         self.device = torch.device(device)
-        accesses: list[tuple[Callable[[Tensor], None], Callable[[], Tensor]]] = []
-        for tensors, fp8 in blocks:
-            accesses += [_param_access(t) for t in tensors]
-            accesses += [_fp8_access(fp8, name, i) for name in fp8 for i in (0, 1)]
-        self._arena = HostArena([current() for _, current in accesses], pin=self.device.type == "cuda")
-        self._slots = [_Slot(host, assign, current) for host, (assign, current) in zip(self._arena.tensors, accesses)]
-        self.bytes = self._arena.bytes
+        pin = self.device.type == "cuda"
+        self._slots = [slot for tensors, fp8 in blocks for slot in _host_slots(tensors, fp8, pin=pin)]
+        self.bytes = sum(_span(s.host) * s.host.element_size() for s in self._slots)
         self.is_parked = False
 
     def save(self) -> None:
@@ -219,7 +208,8 @@ class HostArena:
             total += -(-size // self.ALIGN) * self.ALIGN
         self._memory = torch.empty(total, dtype=torch.uint8)
         self.bytes = total
-        self.pinned = pin and total > 0 and _register(self._memory)
+        if pin and total > 0:
+            _register(self._memory)
         # Each copy keeps its tensor's strides: compiled graphs guard on them (a row-scale tensor's
         # are not the contiguous ones), so a copy in another layout would compile them again.
         self.tensors = [self._memory[start : start + size].view(t.dtype).as_strided(t.shape, t.stride())
@@ -236,9 +226,9 @@ def _span(t: Tensor) -> int:
 _REFUSED: list[int] = []  # page-locking refused in this process (warned once)
 
 
-def _register(memory: Tensor) -> bool:
-    """Page-lock ``memory`` for fast asynchronous copies; unlocked when it is freed. False (a
-    warning, slower copies) where the driver refuses, e.g. past the locked-memory limit."""
+def _register(memory: Tensor) -> None:
+    """Page-lock ``memory`` for fast asynchronous copies; unlocked when it is freed. Where the driver
+    refuses (e.g. past the locked-memory limit) it stays pageable: a warning, slower copies."""
     cudart = torch.cuda.cudart()
     ptr = memory.data_ptr()
     err = cudart.cudaHostRegister(ptr, memory.numel(), 0)
@@ -247,9 +237,16 @@ def _register(memory: Tensor) -> bool:
             logger.warning("could not page-lock {:.2f} GB of host memory (CUDA error {}): host copies stay pageable, "
                            "and copies to the GPU are slower", memory.numel() / 1e9, int(err))
         _REFUSED.append(int(err))
-        return False
+        return
     weakref.finalize(memory.untyped_storage(), cudart.cudaHostUnregister, ptr)
-    return True
+
+
+def _host_slots(tensors: Sequence[Tensor], fp8: dict[str, Fp8Weight], *, pin: bool) -> list[_Slot]:
+    """Slots for a block's ``tensors``, then for each FP8 linear's weight and scale in turn, their
+    host copies in one ``HostArena``."""
+    accesses = [_param_access(t) for t in tensors] + [_fp8_access(fp8, name, i) for name in fp8 for i in (0, 1)]
+    arena = HostArena([current() for _, current in accesses], pin=pin)
+    return [_Slot(host, assign, current) for host, (assign, current) in zip(arena.tensors, accesses)]
 
 
 def _param_access(t: Tensor) -> tuple[Callable[[Tensor], None], Callable[[], Tensor]]:
