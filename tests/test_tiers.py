@@ -277,23 +277,25 @@ def test_host_bytes_of_each_tier_and_the_doctors_host_memory_check() -> None:
 
 
 def test_doctor_says_which_tier_and_why(tmp_path: Path) -> None:
-    from fploopd.daemon.doctor import vram_tier_check
+    from fploopd.daemon.doctor import tier_choice, vram_tier_check
 
     auto = load_settings(tmp_path, env={})
-    old_card = vram_tier_check("cuda:0", 7 * GiB, AMPERE, auto)
+    old_card = vram_tier_check("cuda:0", tier_choice(7 * GiB, AMPERE, auto), auto)
     assert old_card.status == "ok" and old_card.detail.startswith("bf16-streamed: ")
     assert "no FP8 tensor cores" in old_card.detail
-    card_24 = vram_tier_check("cuda:0", 23 * GiB, ADA, auto)
+    card_24 = vram_tier_check("cuda:0", tier_choice(23 * GiB, ADA, auto), auto)
     assert card_24.status == "ok" and card_24.detail.startswith("fp8-resident: 23.0 GiB free")
-    forced = vram_tier_check("cuda:1", 8 * GiB, HOPPER, load_settings(tmp_path, {"vram": "high"}, env={}))
+    high = load_settings(tmp_path, {"vram": "high"}, env={})
+    forced = vram_tier_check("cuda:1", tier_choice(8 * GiB, HOPPER, high), high)
     assert forced.status == "warn" and "run out of memory" in forced.detail and forced.fix
     # Whether a new worker's first job waits for the compiler (engine/compile_ahead.py).
     assert card_24.detail.endswith("; a new worker's first job waits for the compiler "
                                    "(0.0 GiB for it beside the VRAM tier, 4 GiB needed)")  # fmt: skip
-    h200 = vram_tier_check("cuda:0", 140 * GiB, HOPPER, auto)
+    h200 = vram_tier_check("cuda:0", tier_choice(140 * GiB, HOPPER, auto), auto)
     assert h200.detail.startswith("bf16-resident: ")
     assert h200.detail.endswith("; a new worker's first job runs while a helper process compiles (in 68.5 GiB)")
-    off = vram_tier_check("cuda:0", 140 * GiB, HOPPER, load_settings(tmp_path, {"compile_ahead": False}, env={}))
+    no_helper = load_settings(tmp_path, {"compile_ahead": False}, env={})
+    off = vram_tier_check("cuda:0", tier_choice(140 * GiB, HOPPER, no_helper), no_helper)
     assert off.detail.endswith("; compile_ahead is off: a new worker's first job waits for the compiler")
 
 

@@ -88,8 +88,8 @@ def _torch(settings: Settings) -> Iterator[Check]:
             f"{name}, {free / GIB:.1f} of {total / GIB:.1f} GiB free",
             "FramePack needs about 6 GiB with vram = \"fp8-streamed\" or \"bf16-streamed\"" if low else "",
         )
-        yield vram_tier_check(f"cuda:{i}", free, torch.cuda.get_device_capability(i), settings)
         choices.append(tier_choice(free, torch.cuda.get_device_capability(i), settings))
+        yield vram_tier_check(f"cuda:{i}", choices[-1], settings)
     yield host_memory_check(psutil.virtual_memory().total, choices)
 
 
@@ -104,11 +104,10 @@ def tier_choice(free: int, capability: tuple[int, int], settings: Settings) -> T
     return choose_tier(free, capability, settings.vram, prefer_fp8=settings.fp8, host_free=max(0, host))
 
 
-def vram_tier_check(device: str, free: int, capability: tuple[int, int], settings: Settings) -> Check:
-    """The tier a worker on ``device`` would take now (for the full-size weights) and why."""
+def vram_tier_check(device: str, choice: TierChoice, settings: Settings) -> Check:
+    """The tier a worker on ``device`` would take now (``tier_choice``) and why."""
     from fploopd.engine.compile_ahead import helper_room, too_little_room
 
-    choice = tier_choice(free, capability, settings)
     risky = "run out of memory" in choice.reason
     room = helper_room(choice.spare)
     if not settings.compile_ahead:
