@@ -119,8 +119,10 @@ def run_tiers(bench: Bench) -> None:
                 warmed.add(key)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(index)
+            retries = _alloc_retries(index)
             phases: dict[str, float] = {}
             wall, frames = time_job(dev, comps, spec, image, phases)
+            retries = _alloc_retries(index) - retries if cuda else None
             peak_reserved = torch.cuda.max_memory_reserved(index) / GiB if cuda else None
             peak = torch.cuda.max_memory_allocated(index) / GiB if cuda else None
         finally:
@@ -136,6 +138,7 @@ def run_tiers(bench: Bench) -> None:
             name, Measurement([wall], peak), tier=choice.tier, budget_gib=budget, reason=choice.reason,
             vs_unlimited_bf16=(wall / base) if base else None, peak_reserved_gib=peak_reserved,
             within_budget=(peak_reserved <= budget) if (budget and peak_reserved is not None) else None,
+            alloc_retries=retries,
             resident_blocks=[choice.resident_doubles, choice.resident_singles], untiled_decode=choice.untiled_decode,
             decode_room_gib=None if choice.untiled_decode else choice.decode_room / GiB,
             park_for_decode=choice.park_for_decode, parked_gb=comps.parking.bytes / 1e9 if comps.parking else 0.0,
@@ -148,6 +151,14 @@ def run_tiers(bench: Bench) -> None:
         )  # fmt: skip
     comps = None
     free(dev)
+
+
+def _alloc_retries(index: int | None) -> int:
+    """How often the allocator has freed its cache and retried a cudaMalloc (at the budget's cap):
+    each retry synchronizes and returns memory to the driver, the cost of running close to a cap."""
+    if index is None:
+        return 0
+    return int(torch.cuda.memory_stats(index).get("num_alloc_retries", 0))
 
 
 def _in_proportion(choice: Any, comps: Any) -> Any:
