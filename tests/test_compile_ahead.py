@@ -219,6 +219,32 @@ def test_the_cache_is_marked_warm_once_every_target_is_settled(tmp_path: Path) -
     assert warm_marker(_ahead(transformer_config={**config, "num_layers": 2}).setup) != moved
 
 
+MARKER_OF_THE_FULL_VAE = """
+import torch
+from fploopd.engine import random_models
+from fploopd.engine.compile_ahead import warm_marker
+from fploopd.engine.compile_helper import HelperSetup
+vae = random_models.build_vae("full", torch.device("meta"), torch.float16)
+print(warm_marker(HelperSetup(
+    device="cpu", room=None, transformer_class="t", transformer_config={}, transformer_dtype="bfloat16",
+    transformer_requires_grad=False, fused=False, fp8_granularity=None, compile_mode=None,
+    vae_class="diffusers:AutoencoderKLHunyuanVideo", vae_config=dict(vae.config))).name)
+"""
+
+
+def test_every_process_computes_the_same_marker_for_the_same_models(tmp_path: Path) -> None:
+    """diffusers lists a config's defaulted keys in set order, which Python's string hashing changes
+    from process to process: a restarted worker must still find its marker (a GPU run found two)."""
+    names = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+        done = subprocess.run([sys.executable, "-c", MARKER_OF_THE_FULL_VAE], env=env, check=False,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        names.add(done.stdout.split()[-1])
+    assert len(names) == 1, names
+
+
 @pytest.fixture(scope="module")
 def worker_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """``compile_ahead_worker.py``: three tiny loop jobs in a fresh process with an empty compile cache."""

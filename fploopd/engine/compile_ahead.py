@@ -58,6 +58,9 @@ MIN_ROOM = 4 * 2**30  # the two block kinds at the 640 bucket fit in about 3 GiB
 # the tiers plan for compiled jobs: the helper gets what is spare beyond that.
 EAGER_EXTRA = int(6.5 * 2**30)
 MARKER_PREFIX = "fploopd-compiled-ahead-"  # the warm markers' names in the compile cache
+# diffusers' config keys that make no graph: where the weights were read from, and which values were
+# defaults, a list in set order that differs from process to process (Python's string hashing).
+CONFIG_BOOKKEEPING = frozenset({"_name_or_path", "_use_default_values"})
 # How a worker's log says which way it compiles (the workers bench reads these lines back).
 SAYS_HELPER = "compiling ahead in a helper process"
 SAYS_FIRST_USE = "compiling in the worker on first use"
@@ -128,9 +131,9 @@ def warm_marker(setup: HelperSetup) -> Path | None:
     except (ImportError, OSError):  # pragma: no cover - another torch layout: no marker, always a helper
         return None
     key = {k: v for k, v in dataclasses.asdict(setup).items() if k not in ("room", "idle_exit_s")}
-    for name in ("transformer_config", "vae_config"):  # where the weights were read from makes no graph
+    for name in ("transformer_config", "vae_config"):
         if key[name] is not None:
-            key[name] = {k: v for k, v in key[name].items() if k != "_name_or_path"}
+            key[name] = {k: v for k, v in key[name].items() if k not in CONFIG_BOOKKEEPING}
     device = torch.device(setup.device)
     key["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     key["torch"] = torch.__version__
