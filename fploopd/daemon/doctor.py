@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import psutil
+
 from fploopd.daemon.layout import PIPELINE_FOLDERS, Layout
 from fploopd.daemon.loras import lora_folders, shown_folders
 from fploopd.daemon.settings import SETTINGS_FILE, Settings
@@ -75,8 +77,6 @@ def _torch(settings: Settings) -> Iterator[Check]:
             "the daemon can run on the CPU only with --model tiny",
         )
         return
-    import psutil
-
     choices: list[TierChoice] = []
     for i in range(torch.cuda.device_count()):
         free, total = torch.cuda.mem_get_info(i)
@@ -95,8 +95,6 @@ def _torch(settings: Settings) -> Iterator[Check]:
 
 def tier_choice(free: int, capability: tuple[int, int], settings: Settings) -> TierChoice:
     """The tier a worker would take now on a GPU with ``free`` bytes, for the full-size weights."""
-    import psutil
-
     from fploopd.engine.tiers import FULL_SIZE, choose_tier
 
     # A worker chooses with its models loaded into host memory: what is free now, less them.

@@ -318,19 +318,24 @@ def place_blocks(
 def _place_block(
     block: nn.Module, bw: BlockWeights, device: torch.device, granularity: str | None, streamer: BlockStreamer | None
 ) -> None:
-    masters: set[int] = set()
     if granularity is not None:
         for name, lin in block_fp8_linears(block):
             host = lin.weight.data if lin.weight.device.type == "cpu" else lin.weight.data.to("cpu")
             bw.fp8[name] = quantize_weight(lin.weight.data.to(device), granularity)
             lin.weight.data = host  # the bf16 master: LoRA merges write here, FP8 is made from it
-            masters.add(id(lin.weight))
-    rest = [t for t in _tensors(block) if id(t) not in masters]
+    rest = _gpu_tensors(block, fp8=granularity is not None)
     if streamer is None:
         for t in rest:
             t.data = t.data.to(device)
     else:
         streamer.add(block, rest, bw.fp8 if granularity is not None else None)
+
+
+def _gpu_tensors(block: nn.Module, *, fp8: bool) -> list[Tensor]:
+    """The parameters and buffers ``block`` reads on the GPU: with ``fp8``, all but its FP8
+    linears' bf16 weights (the masters, which stay on the host)."""
+    masters = {id(lin.weight) for _, lin in block_fp8_linears(block)} if fp8 else set()
+    return [t for t in _tensors(block) if id(t) not in masters]
 
 
 @torch.no_grad()
@@ -345,8 +350,7 @@ def park_resident(transformer: nn.Module, device: torch.device | str, weights: P
             if streamer is not None and streamer.streams(block):
                 continue
             fp8 = weights.of(block).fp8
-            masters = {id(lin.weight) for _, lin in block_fp8_linears(block)} if fp8 else set()
-            blocks.append(([t for t in _tensors(block) if id(t) not in masters], fp8))
+            blocks.append((_gpu_tensors(block, fp8=bool(fp8)), fp8))
     parking = BlockParking(device, blocks)
     logger.info("resident blocks parked in pinned host memory during the VAE decode: {:.1f} GB ({:.1f} s)",
                 parking.bytes / 1e9, time.perf_counter() - t0)
